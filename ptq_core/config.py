@@ -1,0 +1,382 @@
+"""QuantConfig: everything that decides a PTQ run, as frozen dataclasses that round-trip to JSON.
+
+A config names the model and data set, how weights and activations are quantized, which
+calibration subset is used and which layers differ from the global choice. ``to_dict`` writes
+every field with its default filled in, ``from_dict`` accepts exactly that schema and rejects
+anything else with a :class:`~ptq_core.errors.ConfigError` naming the field, the value and
+what is allowed. ``from_dict(c.to_dict()) == c`` for every valid config, so a config exported
+by the dashboard reproduces the same run through ``python -m ptq_core run``.
+
+Example (a W4 per-group, A8 static config)::
+
+    {"schema_version": 1, "model": "digits_cnn", "dataset": "digits",
+     "weights": {"bits": 4, "scheme": "symmetric", "granularity": "per_group",
+                 "group_size": 32, "clipping": "mse"},
+     "activations": {"bits": 8, "scheme": "asymmetric", "clipping": "percentile",
+                     "percentile": 99.99},
+     "calibration": {"num_samples": 256, "seed": 0, "selection": "random"},
+     "fold_batchnorm": true, "keep_float": ["fc2"],
+     "overrides": {"conv1": {"weights": {"bits": 8}}}}
+
+``"activations": null`` is weight-only quantization; ``"activations": {"mode": "dynamic"}``
+quantizes each layer's input from its own min/max at inference time (no calibration).
+What the fields mean for the numbers (integer ranges, placement of activation quantizers)
+is documented in :mod:`ptq_core.primitives` and :mod:`ptq_core.graph`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+MIN_BITS, MAX_BITS = 2, 8
+SCHEMES = ("symmetric", "asymmetric")
+WEIGHT_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+# Static activations share one range per tensor, as integer runtimes do. Dynamic activations
+# may also use one range per token (row) of a Linear input, as onnxruntime/torch dynamic do.
+STATIC_ACTIVATION_GRANULARITIES = ("per_tensor",)
+DYNAMIC_ACTIVATION_GRANULARITIES = ("per_tensor", "per_token")
+ACTIVATION_CLIPPING = ("minmax", "percentile", "mse", "kl")
+# KL/entropy calibration is defined on the histogram of a calibration set; weights have no
+# such distribution per channel worth the name, so no PTQ tool offers it for weights.
+WEIGHT_CLIPPING = ("minmax", "percentile", "mse")
+ACTIVATION_MODES = ("static", "dynamic")
+SELECTIONS = ("random", "first", "balanced")
+
+
+def _fail(path: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{path}: got {value!r}; allowed: {allowed}")
+
+
+def _check_int(path: str, value: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        rng = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+        raise _fail(path, value, rng)
+    return value
+
+
+def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(path, value, ", ".join(choices))
+    return value
+
+
+def _check_percentile(path: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (50.0 < float(value) < 100.0):
+        raise _fail(path, value, "a number strictly between 50 and 100, e.g. 99.9, 99.99, 99.999")
+    return float(value)
+
+
+def _check_keys(path: str, data: Any, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise _fail(path, data, "a JSON object with keys " + ", ".join(allowed))
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{where}: unknown key; allowed keys{' of ' + path if path else ''}: {', '.join(allowed)}")
+    return data
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """How the weights of Conv/Linear layers are quantized."""
+
+    bits: int = 8  # INT8 is the deployment default; 4 and below need per-channel or per-group
+    scheme: str = "symmetric"  # weights are centred on zero; symmetric keeps zero_point = 0
+    granularity: str = "per_channel"  # one range per output channel: the standard for INT8 weights
+    group_size: int | None = None  # required for per_group: elements of the input dimension sharing a range
+    clipping: str = "minmax"  # weights are all known: min-max loses no outliers
+    percentile: float = 99.99  # used when clipping == "percentile"
+
+    def validate(self, path: str = "weights") -> None:
+        _check_int(f"{path}.bits", self.bits, MIN_BITS, MAX_BITS)
+        _check_choice(f"{path}.scheme", self.scheme, SCHEMES)
+        _check_choice(f"{path}.granularity", self.granularity, WEIGHT_GRANULARITIES)
+        if self.group_size is not None:
+            _check_int(f"{path}.group_size", self.group_size, 1)
+        if self.granularity == "per_group" and self.group_size is None:
+            raise ConfigError(f"{path}.group_size: required when granularity is per_group; allowed: a positive integer, e.g. 32, 64, 128")
+        _check_choice(f"{path}.clipping", self.clipping, WEIGHT_CLIPPING)
+        _check_percentile(f"{path}.percentile", self.percentile)
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """How activations (the tensors between layers) are quantized."""
+
+    mode: str = "static"  # static: ranges calibrated once; dynamic: from each input at inference
+    bits: int = 8
+    scheme: str = "asymmetric"  # post-ReLU activations are >= 0: unsigned uint8 uses all 256 levels
+    granularity: str = "per_tensor"
+    clipping: str = "minmax"  # static only; dynamic mode always uses the input's own min/max
+    percentile: float = 99.99  # used when clipping == "percentile"
+
+    def validate(self, path: str = "activations") -> None:
+        _check_choice(f"{path}.mode", self.mode, ACTIVATION_MODES)
+        _check_int(f"{path}.bits", self.bits, MIN_BITS, MAX_BITS)
+        _check_choice(f"{path}.scheme", self.scheme, SCHEMES)
+        grans = DYNAMIC_ACTIVATION_GRANULARITIES if self.mode == "dynamic" else STATIC_ACTIVATION_GRANULARITIES
+        _check_choice(f"{path}.granularity", self.granularity, grans)
+        _check_choice(f"{path}.clipping", self.clipping, ACTIVATION_CLIPPING)
+        if self.mode == "dynamic" and self.clipping != "minmax":
+            raise ConfigError(
+                f"{path}.clipping: got {self.clipping!r} with mode 'dynamic'; allowed: minmax "
+                "(a dynamic quantizer takes each input's own min/max, there is no calibration to clip)"
+            )
+        _check_percentile(f"{path}.percentile", self.percentile)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Which samples of the calibration pool the activation statistics come from."""
+
+    num_samples: int = 256  # enough for stable INT8 ranges on small models; capped at the pool size
+    seed: int = 0  # picks the samples for selection random/balanced
+    selection: str = "random"  # random | first | balanced (round-robin over classes)
+    batch_size: int = 32  # statistics are kept per batch, so subsets of them can be recombined
+
+    def validate(self, path: str = "calibration") -> None:
+        _check_int(f"{path}.num_samples", self.num_samples, 1)
+        _check_int(f"{path}.seed", self.seed, 0)
+        _check_choice(f"{path}.selection", self.selection, SELECTIONS)
+        _check_int(f"{path}.batch_size", self.batch_size, 1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Which samples accuracy and per-layer errors are measured on."""
+
+    num_samples: int | None = None  # None: the whole evaluation split; N: its first N samples
+    batch_size: int = 128
+    layer_error_samples: int = 128  # first N evaluation samples on which per-layer output SQNR is measured
+
+    def validate(self, path: str = "evaluation") -> None:
+        if self.num_samples is not None:
+            _check_int(f"{path}.num_samples", self.num_samples, 1)
+        _check_int(f"{path}.batch_size", self.batch_size, 1)
+        _check_int(f"{path}.layer_error_samples", self.layer_error_samples, 1)
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Per-layer differences from the global choice: partial ``weights``/``activations`` objects.
+
+    ``weights`` applies to the layer's weights; ``activations`` to the activation quantizer on
+    the layer's output tensor (the one its consumers read).
+    """
+
+    weights: Mapping[str, Any] = field(default_factory=dict)
+    activations: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _parse_partial(path: str, data: Any, cls: type) -> dict[str, Any]:
+    return dict(_check_keys(path, data, _field_names(cls)))
+
+
+def _spec(path: str, value: Any) -> str | dict[str, Any]:
+    """A model or data-set spec: a registry name, or an object with a ``kind`` (checked by the registry)."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("kind"), str):
+        return json.loads(json.dumps(value))  # a plain, JSON-clean copy
+    raise _fail(path, value, 'a registered name such as "digits_cnn", or an object with a "kind" key')
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One PTQ run. See the module docstring for the JSON form."""
+
+    model: str | dict[str, Any] = "digits_cnn"
+    dataset: str | dict[str, Any] = "digits"
+    weights: WeightQuant = field(default_factory=WeightQuant)
+    activations: ActivationQuant | None = field(default_factory=ActivationQuant)  # None: weight-only
+    calibration: Calibration = field(default_factory=Calibration)
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    fold_batchnorm: bool = True  # integer runtimes fold BN into the conv before quantizing
+    keep_float: tuple[str, ...] = ()  # layer names left in floating point
+    overrides: Mapping[str, LayerOverride] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            raise _fail("schema_version", self.schema_version, str(SCHEMA_VERSION))
+        _spec("model", self.model)
+        _spec("dataset", self.dataset)
+        if not isinstance(self.weights, WeightQuant):
+            raise _fail("weights", self.weights, "an object with keys " + ", ".join(_field_names(WeightQuant)))
+        self.weights.validate()
+        if self.activations is not None:
+            self.activations.validate()
+        self.calibration.validate()
+        self.evaluation.validate()
+        if not isinstance(self.fold_batchnorm, bool):
+            raise _fail("fold_batchnorm", self.fold_batchnorm, "true or false")
+        for i, name in enumerate(self.keep_float):
+            if not isinstance(name, str) or not name:
+                raise _fail(f"keep_float[{i}]", name, "a layer name")
+        for name, ov in self.overrides.items():
+            self.weight_quant_for(name, _override=ov)
+            if ov.activations:
+                if self.activations is None:
+                    raise ConfigError(
+                        f"overrides.{name}.activations: activations are not quantized (activations is null); "
+                        "allowed: remove this override or quantize activations"
+                    )
+                self.activation_quant_for(name, _override=ov)
+
+    # -- per-layer resolution ---------------------------------------------------------------
+    def weight_quant_for(self, layer: str, *, _override: LayerOverride | None = None) -> WeightQuant | None:
+        """The weight quantization of ``layer`` after overrides; None if it is kept in float."""
+        if layer in self.keep_float:
+            return None
+        ov = _override if _override is not None else self.overrides.get(layer)
+        if ov is None or not ov.weights:
+            return self.weights
+        wq = dataclasses.replace(self.weights, **ov.weights)
+        wq.validate(f"overrides.{layer}.weights")
+        return wq
+
+    def activation_quant_for(self, point: str, *, _override: LayerOverride | None = None) -> ActivationQuant | None:
+        """The quantization of the activation tensor produced by ``point`` after overrides."""
+        if self.activations is None:
+            return None
+        ov = _override if _override is not None else self.overrides.get(point)
+        if ov is None or not ov.activations:
+            return self.activations
+        aq = dataclasses.replace(self.activations, **ov.activations)
+        aq.validate(f"overrides.{point}.activations")
+        return aq
+
+    @property
+    def mode(self) -> str:
+        """static, dynamic or weight_only: the activation mode this config produces."""
+        return "weight_only" if self.activations is None else self.activations.mode
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "dataset": self.dataset,
+            "weights": dataclasses.asdict(self.weights),
+            "activations": None if self.activations is None else dataclasses.asdict(self.activations),
+            "calibration": dataclasses.asdict(self.calibration),
+            "evaluation": dataclasses.asdict(self.evaluation),
+            "fold_batchnorm": self.fold_batchnorm,
+            "keep_float": list(self.keep_float),
+            "overrides": {
+                name: {k: dict(v) for k, v in (("weights", ov.weights), ("activations", ov.activations)) if v}
+                for name, ov in sorted(self.overrides.items())
+            },
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=indent is None)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> QuantConfig:
+        data = _check_keys("", data, _field_names(cls))
+        kwargs: dict[str, Any] = {}
+        if "schema_version" in data:
+            kwargs["schema_version"] = data["schema_version"]
+        for key in ("model", "dataset"):
+            if key in data:
+                kwargs[key] = _spec(key, data[key])
+        if "weights" in data:
+            if data["weights"] is None:
+                raise _fail("weights", None, "an object; to keep every layer in float list them in keep_float")
+            kwargs["weights"] = _build("weights", data["weights"], WeightQuant)
+        if "activations" in data:
+            kwargs["activations"] = None if data["activations"] is None else _build("activations", data["activations"], ActivationQuant)
+        for key, sub in (("calibration", Calibration), ("evaluation", Evaluation)):
+            if key in data:
+                kwargs[key] = _build(key, data[key], sub)
+        if "fold_batchnorm" in data:
+            kwargs["fold_batchnorm"] = data["fold_batchnorm"]
+        if "keep_float" in data:
+            kf = data["keep_float"]
+            if not isinstance(kf, list):
+                raise _fail("keep_float", kf, "a list of layer names")
+            kwargs["keep_float"] = tuple(kf)
+        if "overrides" in data:
+            ovs = data["overrides"]
+            if not isinstance(ovs, Mapping):
+                raise _fail("overrides", ovs, 'an object {"layer name": {"weights": {...}, "activations": {...}}}')
+            parsed = {}
+            for name, ov in ovs.items():
+                ov = _check_keys(f"overrides.{name}", ov, ("weights", "activations"))
+                parsed[name] = LayerOverride(
+                    weights=_parse_partial(f"overrides.{name}.weights", ov.get("weights", {}), WeightQuant),
+                    activations=_parse_partial(f"overrides.{name}.activations", ov.get("activations", {}), ActivationQuant),
+                )
+            kwargs["overrides"] = parsed
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a wrong type deep inside, e.g. a string where a number goes
+            raise ConfigError(f"invalid config: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str) -> QuantConfig:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"config file {path!r} cannot be read: {exc.strerror}") from None
+        return cls.from_json(text)
+
+    def replace(self, **changes: Any) -> QuantConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _build(path: str, data: Any, cls: type) -> Any:
+    data = _check_keys(path, data, _field_names(cls))
+    for key, value in data.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _fail(f"{path}.{key}", value, "a finite number")
+    obj = cls(**data)
+    obj.validate(path)
+    return obj
+
+
+def set_field(config: QuantConfig, dotted: str, value: Any) -> QuantConfig:
+    """Return ``config`` with one dotted field (``weights.bits``) set, re-validated.
+
+    Used by sweeps (``--grid weights.bits=8,4``) and the dashboard's controls.
+    """
+    data = config.to_dict()
+    node: Any = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"{dotted}: no such config field; allowed: top-level fields {', '.join(data)} and their sub-fields")
+        node = node[part]
+    if parts[-1] not in node and not (dotted.startswith("overrides.") or parts[-1] in ("group_size",)):
+        raise ConfigError(f"{dotted}: no such config field; allowed fields here: {', '.join(node)}")
+    node[parts[-1]] = value
+    return QuantConfig.from_dict(data)
