@@ -1,0 +1,408 @@
+"""Where quantization happens in a model: tracing, BatchNorm folding, fusion, quantizer placement.
+
+A model is traced once with ``torch.fx`` into a :class:`PreparedModel`: BatchNorm folded into
+the convolution or Linear before it (``fold_batchnorm``), the graph's *units* found, and every
+tensor that could carry an activation quantizer listed as a *point*. Nothing here quantizes;
+:mod:`ptq_core.quantize` builds the simulated model from a prepared one.
+
+Placement, chosen to be what an integer runtime (onnxruntime QDQ, TFLite, TensorRT) executes,
+and what the ONNX export reproduces one for one:
+
+1. A *compute unit* is a Conv1d/Conv2d/Linear call, with the BatchNorm that alone consumes it
+   folded in, and a following ReLU/ReLU6 (module, functional or method form, Hardtanh(0, 6))
+   fused. Its output point is the tensor AFTER the fused activation: a runtime computes
+   conv+bias+ReLU6 in int32 and requantizes once, so clipping at 6 is part of the range
+   instead of a wasted third of it (the torch.ao FX x86 backend does not fuse ReLU6 and loses
+   16-18 top-1 points on EfficientNet-Lite0 for it).
+2. A residual addition (tensor + tensor) is a unit too, with a following ReLU fused; so are
+   concatenation, elementwise multiplication and average pooling: a runtime requantizes their
+   outputs (QLinearAdd, QLinearConcat, QLinearMul, QLinearAveragePool), so each gets its own
+   quantizer.
+3. Static mode: one quantizer on every tensor that a quantized unit produces or consumes
+   (the model input included). Units listed in ``keep_float`` run in float: their input is
+   dequantized, their output is float unless a quantized unit consumes it.
+4. Value-preserving ops (flatten, reshape, view, permute, max pooling, dropout, identity,
+   zero padding, slicing) pass a quantized tensor through with no new quantizer: their output
+   lies on the same integer grid.
+5. Any other op (unfolded BatchNorm, hardswish, SiLU, sigmoid, ...) runs in float between a
+   dequantize and a quantize: its output gets a quantizer only when a quantized unit reads it.
+6. Dynamic mode: only the inputs of quantized Conv/Linear units are quantized, from each
+   input's own range at inference; outputs stay float (``quantize_dynamic`` semantics).
+   Weight-only mode: no activation quantizers at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+COMPUTE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+_PASS_THROUGH_MODULES = (
+    nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ZeroPad1d,
+)
+_PASS_THROUGH_FUNCTIONS = {
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute,
+    F.dropout, F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, operator.getitem,
+}
+_PASS_THROUGH_METHODS = {
+    "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "contiguous", "expand",
+    "__getitem__", "view_as", "reshape_as",
+}
+_REQUANT_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_REQUANT_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.cat, torch.concat}
+_ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
+_MUL_FUNCTIONS = {operator.mul, torch.mul}
+
+
+@dataclass
+class Unit:
+    """A quantizable op with its fused activation. ``name`` is the module path for Conv/Linear."""
+
+    name: str
+    kind: str  # conv | linear | add | mul | cat | avgpool
+    node: str  # fx node name of the op itself
+    output_node: str  # fx node name of the tensor after the fused activation
+    module: str | None = None  # module path for conv/linear
+    fused_activation: str | None = None  # relu | relu6
+    folded_batchnorm: str | None = None  # module path of the folded BN
+    inputs: tuple[str, ...] = ()  # point names this unit reads (after skipping pass-through ops)
+
+    @property
+    def has_weights(self) -> bool:
+        return self.kind in ("conv", "linear")
+
+
+@dataclass
+class Point:
+    """A tensor that may carry an activation quantizer; named after the unit (or op) producing it."""
+
+    name: str
+    node: str  # fx node name of the tensor
+    producer: str  # unit name, "input", or the kind of float op ("float:<op>")
+    shape: tuple[int, ...] = ()
+    consumers: tuple[str, ...] = ()  # names of units reading it (directly or through pass-through ops)
+
+
+@dataclass
+class PreparedModel:
+    """A traced float model (BN folded when asked) with its units and candidate points in network order."""
+
+    graph_module: torch.fx.GraphModule
+    units: list[Unit]
+    points: list[Point]
+    fold_batchnorm: bool
+    unsupported: list[str] = field(default_factory=list)  # modules with weights that stay in float
+
+    def unit(self, name: str) -> Unit:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise ModelError(f"no layer named {name!r}; layers: {', '.join(self.layer_names()[:40])}")
+
+    def point(self, name: str) -> Point:
+        for p in self.points:
+            if p.name == name:
+                return p
+        raise ModelError(f"no activation point named {name!r}; points: {', '.join(p.name for p in self.points[:40])}")
+
+    def layer_names(self) -> list[str]:
+        """Conv/Linear layers, in network order: the names keep_float and overrides take."""
+        return [u.name for u in self.units if u.has_weights]
+
+    def weight_module(self, unit: Unit) -> nn.Module:
+        assert unit.module is not None
+        return self.graph_module.get_submodule(unit.module)
+
+
+def _modules(gm: torch.fx.GraphModule) -> dict[str, nn.Module]:
+    return dict(gm.named_modules())
+
+
+def fused_activation_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """'relu' or 'relu6' if ``node`` is an activation an integer runtime fuses into the op before it."""
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        if isinstance(m, nn.ReLU):
+            return "relu"
+        if isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0:  # ReLU6 is a Hardtanh
+            return "relu6"
+        return None
+    if node.op == "call_function":
+        if node.target in (F.relu, torch.relu, torch.relu_, F.relu_):
+            return "relu"
+        if node.target is F.relu6:
+            return "relu6"
+        if node.target is F.hardtanh:
+            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+            hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+            return "relu6" if (lo, hi) == (0.0, 6.0) else None
+        if node.target in (torch.clamp, torch.clip):
+            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+            hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+            if lo == 0 and hi is None:
+                return "relu"
+            if lo == 0 and hi == 6:
+                return "relu6"
+        return None
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return "relu"
+    return None
+
+
+def is_pass_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        if isinstance(m, nn.ConstantPad2d | nn.ConstantPad1d):
+            return m.value == 0.0
+        return isinstance(m, _PASS_THROUGH_MODULES)
+    if node.op == "call_function":
+        if node.target is F.pad:
+            mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+            value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+            return mode == "constant" and (value in (None, 0, 0.0))
+        return node.target in _PASS_THROUGH_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _PASS_THROUGH_METHODS
+    return False
+
+
+def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
+    return [a for a in node.all_input_nodes if _is_tensor(a)]
+
+
+def _is_tensor(node: torch.fx.Node) -> bool:
+    return isinstance(node.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)
+
+
+def _requant_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    if node.op == "call_module":
+        return "avgpool" if isinstance(modules.get(str(node.target)), _REQUANT_MODULES) else None
+    if node.op == "call_function":
+        if node.target in (F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
+            return "avgpool"
+        if node.target in (torch.cat, torch.concat):
+            return "cat"
+        both = len([a for a in node.args[:2] if isinstance(a, torch.fx.Node) and _is_tensor(a)]) == 2
+        if node.target in _ADD_FUNCTIONS and both:
+            return "add"
+        if node.target in _MUL_FUNCTIONS and both:
+            return "mul"
+    if node.op == "call_method" and node.target in ("add", "add_", "mul"):
+        others = [a for a in node.args[1:2] if isinstance(a, torch.fx.Node) and _is_tensor(a)]
+        return ("add" if node.target != "mul" else "mul") if others else None
+    return None
+
+
+def trace(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """Trace a copy of ``model`` (the input is never modified) and record every node's shape."""
+    model = copy.deepcopy(model).eval()
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as exc:  # torch.fx raises many types; all mean the same thing to a user
+        raise ModelError(
+            f"the model cannot be traced by torch.fx ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "ptq_core needs a model without data-dependent Python control flow in forward()"
+        ) from None
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+    except Exception as exc:
+        raise ModelError(f"the traced model failed on an example input of shape {tuple(example.shape)}: {exc}") from None
+    return gm
+
+
+def _fold_bn_weights(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    assert isinstance(bn, _BN_MODULES)
+    if bn.running_mean is None or bn.running_var is None:
+        raise ModelError("BatchNorm without running statistics (track_running_stats=False) cannot be folded; set fold_batchnorm to false")
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_var)
+    inv_std = torch.rsqrt(bn.running_var + bn.eps)
+    factor = gamma * inv_std
+    w_folded = w * factor.reshape(-1, *([1] * (w.dim() - 1)))
+    b0 = b if b is not None else torch.zeros_like(bn.running_mean)
+    b_folded = (b0 - bn.running_mean) * factor + beta
+    return w_folded.detach(), b_folded.detach()
+
+
+def fold_batchnorm(gm: torch.fx.GraphModule) -> dict[str, str]:
+    """Fold every BatchNorm that alone consumes a Conv/Linear into it, in place. Returns {bn: conv}."""
+    modules = _modules(gm)
+    folded: dict[str, str] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), _BN_MODULES):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1):
+            continue
+        conv = modules.get(str(src.target))
+        if not isinstance(conv, COMPUTE_MODULES):
+            continue
+        bn = modules[str(node.target)]
+        if conv.weight.shape[0] != bn.num_features:
+            continue
+        with torch.no_grad():
+            w, b = _fold_bn_weights(conv.weight, conv.bias, bn)
+            conv.weight = nn.Parameter(w, requires_grad=False)
+            conv.bias = nn.Parameter(b, requires_grad=False)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        folded[str(node.target)] = str(src.target)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()  # the folded BatchNorms: they must not count as model size
+    gm.recompile()
+    return folded
+
+
+def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) -> PreparedModel:
+    """Trace, fold BatchNorm, and find the units and candidate activation points of ``model``."""
+    gm = trace(model, example)
+    folded = fold_batchnorm(gm) if fold_bn else {}
+    conv_to_bn = {v: k for k, v in folded.items()}
+    modules = _modules(gm)
+    nodes = list(gm.graph.nodes)
+
+    for name, mod in modules.items():
+        if isinstance(mod, COMPUTE_MODULES):
+            for pname, p in mod.named_parameters(recurse=False):
+                if not torch.isfinite(p).all():
+                    raise ModelError(f"layer {name}: {pname} contains NaN or Inf; allowed: finite weights only")
+
+    units: list[Unit] = []
+    unit_of_output: dict[str, Unit] = {}
+    fused_nodes: set[str] = set()
+    used_names: set[str] = set()
+
+    def unique(name: str) -> str:
+        base, i = name, 1
+        while name in used_names:
+            name, i = f"{base}#{i}", i + 1
+        used_names.add(name)
+        return name
+
+    for node in nodes:
+        kind: str | None = None
+        module_path: str | None = None
+        if node.op == "call_module" and isinstance(modules.get(str(node.target)), COMPUTE_MODULES):
+            module_path = str(node.target)
+            kind = "linear" if isinstance(modules[module_path], nn.Linear) else "conv"
+        else:
+            kind = _requant_kind(node, modules)
+        if kind is None:
+            continue
+        out = node
+        act = None
+        if kind in ("conv", "linear", "add") and len(node.users) == 1:
+            user = next(iter(node.users))
+            act = fused_activation_kind(user, modules)
+            if act is not None:
+                out = user
+                fused_nodes.add(user.name)
+        unit = Unit(
+            name=unique(module_path if module_path is not None else node.name),
+            kind=kind,
+            node=node.name,
+            output_node=out.name,
+            module=module_path,
+            fused_activation=act,
+            folded_batchnorm=conv_to_bn.get(module_path or ""),
+        )
+        units.append(unit)
+        unit_of_output[out.name] = unit
+
+    # Candidate points: the model inputs, every unit output, and every other non-pass-through tensor.
+    points: list[Point] = []
+    point_of_node: dict[str, Point] = {}
+    for node in nodes:
+        if not _is_tensor(node) or node.op in ("output", "get_attr"):
+            continue
+        if node.op == "placeholder":
+            producer = "input"
+            name = unique(str(node.target))
+        elif node.name in unit_of_output:
+            producer = unit_of_output[node.name].name
+            name = producer
+        elif is_pass_through(node, modules):
+            continue
+        elif any(u.node == node.name for u in units):
+            continue  # a unit's op whose output continues into its fused activation
+        else:
+            op = type(modules[str(node.target)]).__name__ if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
+            producer = f"float:{op}"
+            name = unique(str(node.target) if node.op == "call_module" else node.name)
+        meta = node.meta["tensor_meta"]
+        p = Point(name=name, node=node.name, producer=producer, shape=tuple(meta.shape))
+        points.append(p)
+        point_of_node[node.name] = p
+
+    def source_point(node: torch.fx.Node) -> Point | None:
+        while node.name not in point_of_node:
+            if not is_pass_through(node, modules):
+                return None
+            args = _tensor_args(node)
+            if not args:
+                return None
+            node = args[0]
+        return point_of_node[node.name]
+
+    node_by_name = {n.name: n for n in nodes}
+    consumers: dict[str, list[str]] = {p.name: [] for p in points}
+    for unit in units:
+        op = node_by_name[unit.node]
+        srcs = []
+        for arg in _tensor_args(op):
+            sp = source_point(arg)
+            if sp is not None and sp.name not in srcs:
+                srcs.append(sp.name)
+                consumers[sp.name].append(unit.name)
+        unit.inputs = tuple(srcs)
+    for p in points:
+        p.consumers = tuple(consumers[p.name])
+
+    unsupported = [
+        name for name, mod in modules.items()
+        if name and not isinstance(mod, COMPUTE_MODULES + _BN_MODULES) and any(True for _ in mod.parameters(recurse=False))
+    ]
+    if unsupported:
+        log.info("layers with weights that ptq_core does not quantize (kept in float): %s", ", ".join(unsupported))
+    return PreparedModel(graph_module=gm, units=units, points=points, fold_batchnorm=fold_bn, unsupported=unsupported)
+
+
+def node_map(gm: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:
+    return {n.name: n for n in gm.graph.nodes}
+
+
+def insert_after(gm: torch.fx.GraphModule, node_name: str, module_name: str, module: nn.Module) -> str:
+    """Insert ``module`` on the tensor of ``node_name``: every former consumer now reads its output."""
+    node = node_map(gm)[node_name]
+    gm.add_submodule(module_name, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(module_name, (node,))
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    return new.name
+
+
+def with_taps(gm: torch.fx.GraphModule, node_names: dict[str, str]) -> torch.fx.GraphModule:
+    """A view of ``gm`` (sharing its modules) that returns ``(output, {tap name: tensor})``."""
+    graph = copy.deepcopy(gm.graph)
+    nodes = {n.name: n for n in graph.nodes}
+    out = next(n for n in graph.nodes if n.op == "output")
+    taps: dict[str, Any] = {tap: nodes[n] for tap, n in node_names.items()}
+    out.args = ((out.args[0], taps),)
+    return torch.fx.GraphModule(gm, graph)

@@ -1,0 +1,139 @@
+"""Tracing, BatchNorm folding, fusion and activation-point placement (ptq_core.graph)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptq_core.errors import ModelError
+from ptq_core.graph import prepare
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn_dw = nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.bn_pw = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.bn_pw(self.pw(self.act(self.bn_dw(self.dw(x))))))
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(2)
+        self.block = _Block()
+        self.hs = nn.Hardswish()
+        self.conv2 = nn.Conv2d(8, 8, 1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))
+        x = self.conv2(self.hs(self.block(x)))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = _Net().eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics, so folding is really tested
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-1, 1)
+    return net
+
+
+def test_folding_preserves_outputs_and_leaves_input_untouched() -> None:
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(5, 3, 16, 16)
+    prepared = prepare(net, x[:1], fold_bn=True)
+    assert torch.allclose(prepared.graph_module(x), net(x), atol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.graph_module.modules())
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # never mutates its input
+
+
+def test_units_fuse_bn_and_relu_like_an_integer_runtime() -> None:
+    prepared = prepare(_net(), torch.randn(1, 3, 16, 16))
+    units = {u.name: u for u in prepared.units}
+    assert units["conv1"].folded_batchnorm == "bn1" and units["conv1"].fused_activation == "relu"
+    assert units["block.dw"].fused_activation == "relu6"
+    assert units["block.pw"].fused_activation is None
+    assert units["add"].kind == "add" and units["add"].fused_activation == "relu"
+    assert units["gap"].kind == "avgpool"
+    assert prepared.layer_names() == ["conv1", "block.dw", "block.pw", "conv2", "fc"]
+    # max pooling passes the quantized tensor through: block.dw reads conv1's (fused) output
+    assert units["block.dw"].inputs == ("conv1",)
+    assert set(units["add"].inputs) == {"conv1", "block.pw"}
+    # hardswish is not fusable: it is a float op whose output feeds conv2
+    assert units["conv2"].inputs == ("hs",)
+    assert prepared.point("hs").producer == "float:Hardswish"
+    # flatten passes through: the Linear reads the pooled tensor
+    assert units["fc"].inputs == ("gap",)
+
+
+def test_without_folding_batchnorm_is_a_float_op() -> None:
+    net = _net()
+    x = torch.randn(2, 3, 16, 16)
+    prepared = prepare(net, x[:1], fold_bn=False)
+    assert torch.equal(prepared.graph_module(x), net(x))
+    units = {u.name: u for u in prepared.units}
+    assert units["conv1"].fused_activation is None and units["conv1"].folded_batchnorm is None
+    assert prepared.point("bn1").producer == "float:BatchNorm2d"
+
+
+def test_torchvision_resnet18_adds_and_downsample() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    prepared = prepare(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))  # random weights, no download
+    kinds = [u.kind for u in prepared.units]
+    assert kinds.count("conv") == 20 and kinds.count("add") == 8 and kinds.count("linear") == 1
+    assert all(u.fused_activation == "relu" for u in prepared.units if u.kind == "add")
+
+
+def test_non_finite_weights_name_the_layer() -> None:
+    net = _net()
+    with torch.no_grad():
+        net.conv2.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ModelError, match="layer conv2: weight contains NaN or Inf"):
+        prepare(net, torch.randn(1, 3, 16, 16))
+
+
+def test_untraceable_model_gives_a_clear_error() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow
+                return self.fc(x)
+            return x
+
+    with pytest.raises(ModelError, match="cannot be traced by torch.fx"):
+        prepare(Branchy(), torch.randn(1, 4))
+
+
+def test_unsupported_layers_are_listed() -> None:
+    class WithEmbedding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.emb(x))
+
+    prepared = prepare(WithEmbedding(), torch.tensor([[1, 2]]))
+    assert prepared.unsupported == ["emb"]
+    assert prepared.layer_names() == ["fc"]
