@@ -129,6 +129,16 @@ class PreparedModel:
         assert unit.module is not None
         return self.graph_module.get_submodule(unit.module)
 
+    def weight(self, unit: Unit) -> torch.Tensor:
+        """The (BN-folded) float weight of a Conv/Linear unit, detached."""
+        w = self.weight_module(unit).weight
+        assert isinstance(w, torch.Tensor)
+        return w.detach()
+
+    def bias(self, unit: Unit) -> torch.Tensor | None:
+        b = getattr(self.weight_module(unit), "bias", None)
+        return b.detach() if isinstance(b, torch.Tensor) else None
+
 
 def _modules(gm: torch.fx.GraphModule) -> dict[str, nn.Module]:
     return dict(gm.named_modules())
@@ -169,13 +179,13 @@ def is_pass_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         m = modules.get(str(node.target))
         if isinstance(m, nn.ConstantPad2d | nn.ConstantPad1d):
-            return m.value == 0.0
+            return bool(m.value == 0.0)
         return isinstance(m, _PASS_THROUGH_MODULES)
     if node.op == "call_function":
         if node.target is F.pad:
             mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
             value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-            return mode == "constant" and (value in (None, 0, 0.0))
+            return bool(mode == "constant" and value in (None, 0, 0.0))
         return node.target in _PASS_THROUGH_FUNCTIONS
     if node.op == "call_method":
         return node.target in _PASS_THROUGH_METHODS
@@ -280,8 +290,8 @@ def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) ->
 
     for name, mod in modules.items():
         if isinstance(mod, COMPUTE_MODULES):
-            for pname, p in mod.named_parameters(recurse=False):
-                if not torch.isfinite(p).all():
+            for pname, param in mod.named_parameters(recurse=False):
+                if not torch.isfinite(param).all():
                     raise ModelError(f"layer {name}: {pname} contains NaN or Inf; allowed: finite weights only")
 
     units: list[Unit] = []

@@ -1,0 +1,150 @@
+"""Command line: ``python -m ptq_core run | sweep | list``.
+
+    python -m ptq_core run --config assets/configs/w8a8.json --output result.json
+    python -m ptq_core sweep --config assets/configs/w8a8.json \\
+        --grid weights.bits=8,4 weights.granularity=per_tensor,per_channel --output table.csv
+    python -m ptq_core list
+
+A bad config, model or data set prints one line naming the field and what is allowed, and
+exits with status 2 (no traceback). Progress goes to stderr, results to files (or stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import QuantConfig
+from .errors import PTQError
+from .sweep import expand_grid, parse_grid
+
+EXIT_USER_ERROR = 2
+
+
+class _Progress:
+    """A one-line text progress bar on stderr (silent when ``quiet``)."""
+
+    def __init__(self, quiet: bool, prefix: str = "") -> None:
+        self.quiet, self.prefix = quiet, prefix
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.quiet:
+            return
+        width = 30
+        filled = int(width * done / max(total, 1))
+        sys.stderr.write(f"\r{self.prefix}{message:<22} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _write(text: str, output: str | None) -> None:
+    if output is None or output == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    config = QuantConfig.load(args.config)
+    result = run(config, on_progress=_Progress(args.quiet))
+    _write(result.to_json(), args.output)
+    if not args.quiet:
+        m = result.metrics
+        top1 = f"top-1 FP32 {m['fp32_top1']:.2%} -> quantized {m['quant_top1']:.2%}, " if "quant_top1" in m else ""
+        sys.stderr.write(
+            f"{result.mode}: {top1}agreement {m['agreement']:.2%}, "
+            f"size {result.size['fp32_bytes']} -> {result.size['quant_bytes']} bytes "
+            f"({result.size['compression_ratio']:.2f}x)\n"
+        )
+        for w in result.warnings:
+            sys.stderr.write(f"warning: {w}\n")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .pipeline import Explorer
+
+    base = QuantConfig.load(args.config)
+    configs = expand_grid(base, parse_grid(args.grid))
+    explorer = Explorer.for_config(base)
+    rows, results = [], []
+    for i, cfg in enumerate(configs):
+        if cfg.model != base.model or cfg.dataset != base.dataset:
+            explorer = Explorer.for_config(cfg)
+        result = explorer.evaluate(cfg, on_progress=_Progress(args.quiet, f"[{i + 1}/{len(configs)}] "))
+        rows.append(result.summary_row())
+        results.append(result.to_dict())
+    out = Path(args.output)
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path = out.with_suffix(".json")
+    json_path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    if not args.quiet:
+        sys.stderr.write(f"{len(rows)} configurations -> {out} and {json_path}\n")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .data import available_datasets
+    from .models import available_models, get_model_entry
+
+    lines = ["models:"]
+    for name in available_models():
+        e = get_model_entry(name)
+        label = "" if e.pretrained else " [random weights]"
+        lines.append(f"  {name:<24} {e.description}{label}")
+    lines.append("datasets:")
+    lines.extend(f"  {name}" for name in available_datasets())
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ptq_core",
+        description="PTQ Explorer engine: post-training quantization runs, sweeps and listings.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log engine details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_run = sub.add_parser("run", help="quantize and evaluate one config, write its Result as JSON")
+    p_run.add_argument("--config", required=True, help="QuantConfig JSON file (see assets/configs/)")
+    p_run.add_argument("--output", default=None, help="where to write the Result JSON (default: stdout)")
+    p_run.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
+    p_run.set_defaults(func=cmd_run)
+
+    p_sweep = sub.add_parser("sweep", help="run every combination of a grid of config fields")
+    p_sweep.add_argument("--config", required=True, help="base QuantConfig JSON file")
+    p_sweep.add_argument(
+        "--grid", nargs="+", required=True, metavar="FIELD=V1,V2",
+        help="dotted config field and comma-separated values, e.g. weights.bits=8,4 "
+             "weights.granularity=per_tensor,per_channel activations.clipping=minmax,mse",
+    )
+    p_sweep.add_argument("--output", required=True, help="CSV table, one row per config; the full Results go next to it as .json")
+    p_sweep.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p_sweep.set_defaults(func=cmd_sweep)
+
+    p_list = sub.add_parser("list", help="list the registered models and data sets")
+    p_list.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except PTQError as exc:
+        sys.stderr.write(f"\nerror: {exc}\n")
+        return EXIT_USER_ERROR

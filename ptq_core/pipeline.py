@@ -1,0 +1,456 @@
+"""The facade the dashboard and the CLI call: :class:`Explorer` and :func:`run`.
+
+An ``Explorer`` holds one (model, data set) pair and caches what is expensive to derive from
+it: the prepared (traced, BN-folded) model, calibration statistics per calibration subset,
+weight qparams per layer and setting, and the FP32 reference outputs. So the first
+``evaluate`` of a config runs calibration and evaluation; the next one that changes only
+bits, scheme, granularity, clipping or the float layers re-runs evaluation only.
+
+    explorer = Explorer("digits_cnn", "digits")
+    result = explorer.evaluate(QuantConfig())            # calibrates, evaluates
+    result = explorer.evaluate(config_with_other_clip)  # evaluates only
+
+An Explorer is safe to share between threads (the dashboard shares one per model between
+all browser sessions): caches are guarded by a lock, and nothing shared is ever mutated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import statistics
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from .calibration import CalibrationStats, batches, collect_stats
+from .config import Calibration, Evaluation, QuantConfig
+from .data import Dataset, load_dataset, select_calibration
+from .graph import PreparedModel, prepare, with_taps
+from .metrics import SqnrAccumulator, agreement, mean_kl_divergence, quantized_size, topk_accuracy
+from .models import ModelEntry, get_model_entry
+from .quantize import QuantPlan, build_quantized_model, make_plan
+from .ranges import weight_error
+from .result import Result
+
+log = logging.getLogger(__name__)
+
+# on_progress(done, total, message): called as work advances, so a UI can show a progress bar.
+ProgressFn = Callable[[int, int, str], None]
+
+HISTOGRAM_BINS = 64  # bins per histogram in a Result: enough to see a shape, small enough for JSON
+STATS_CACHE_ENTRIES = 8  # calibration subsets kept per Explorer
+
+
+@dataclass
+class FloatReference:
+    """FP32 logits of the original model on an evaluation subset."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor | None
+    seconds: float
+
+
+def _phase(on_progress: ProgressFn | None, message: str) -> Callable[[int, int], None] | None:
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress(done, total, message)
+
+
+class Explorer:
+    """One model on one data set, with every expensive intermediate cached."""
+
+    def __init__(self, model: str | dict[str, Any] = "digits_cnn", dataset: str | dict[str, Any] | None = None) -> None:
+        self.entry: ModelEntry = get_model_entry(model)
+        self.model_spec = model
+        self.model: nn.Module = self.entry.build().eval()
+        self.dataset_spec = dataset if dataset is not None else self.entry.default_dataset
+        self.dataset: Dataset = load_dataset(self.dataset_spec, transform=self.entry.transform)
+        self._lock = threading.RLock()
+        self._prepared: dict[bool, PreparedModel] = {}
+        self._stats: OrderedDict[tuple[Any, ...], CalibrationStats] = OrderedDict()
+        self._plan_cache: dict[Any, Any] = {}
+        self._reference: dict[tuple[Any, ...], FloatReference] = {}
+
+    @classmethod
+    def for_config(cls, config: QuantConfig) -> Explorer:
+        return cls(config.model, config.dataset)
+
+    # -- cached building blocks -----------------------------------------------------------
+    def example_input(self) -> torch.Tensor:
+        x, _ = self.dataset.calibration_pool[0]
+        return x.unsqueeze(0)
+
+    def prepared(self, fold_batchnorm: bool = True) -> PreparedModel:
+        with self._lock:
+            if fold_batchnorm not in self._prepared:
+                self._prepared[fold_batchnorm] = prepare(self.model, self.example_input(), fold_bn=fold_batchnorm)
+            return self._prepared[fold_batchnorm]
+
+    def calibration_indices(self, calibration: Calibration) -> tuple[list[int], list[str]]:
+        pool = self.dataset.calibration_pool
+        return select_calibration(
+            self.dataset.calibration_labels, len(pool), calibration.num_samples, calibration.seed, calibration.selection  # type: ignore[arg-type]
+        )
+
+    def calibrate(self, config: QuantConfig, on_progress: ProgressFn | None = None) -> CalibrationStats:
+        """Statistics of every activation point over the config's calibration subset (cached)."""
+        cal = config.calibration
+        indices, warnings = self.calibration_indices(cal)
+        key = self._stats_key(config, indices)
+        with self._lock:
+            if key in self._stats:
+                self._stats.move_to_end(key)
+                return self._stats[key]
+            prepared = self.prepared(config.fold_batchnorm)
+            stats = collect_stats(
+                prepared, self.dataset.calibration_pool, indices, batch_size=cal.batch_size,
+                on_progress=_phase(on_progress, "calibrating"),
+            )
+            stats.warnings.extend(warnings)
+            self._stats[key] = stats
+            while len(self._stats) > STATS_CACHE_ENTRIES:
+                self._stats.popitem(last=False)
+            return stats
+
+    def _stats_key(self, config: QuantConfig, indices: list[int]) -> tuple[Any, ...]:
+        return (config.fold_batchnorm, tuple(indices), config.calibration.batch_size)
+
+    def is_calibrated(self, config: QuantConfig) -> bool:
+        """Whether the statistics ``config`` needs are already cached (a what-if then skips the model)."""
+        if config.mode != "static":
+            return True
+        indices, _ = self.calibration_indices(config.calibration)
+        with self._lock:
+            return self._stats_key(config, indices) in self._stats
+
+    def plan(self, config: QuantConfig, on_progress: ProgressFn | None = None) -> QuantPlan:
+        """Every scale and zero point of ``config`` (calibrating first if needed)."""
+        stats = self.calibrate(config, on_progress) if config.mode == "static" else None
+        with self._lock:
+            return make_plan(self.prepared(config.fold_batchnorm), config, stats, cache=self._plan_cache)
+
+    def quantized_model(self, config: QuantConfig) -> torch.fx.GraphModule:
+        """A new simulated (fake-quantized) model for ``config``."""
+        gm, _ = build_quantized_model(self.prepared(config.fold_batchnorm), self.plan(config))
+        return gm
+
+    def evaluation_indices(self, evaluation: Evaluation) -> list[int]:
+        n = len(self.dataset.evaluation)  # type: ignore[arg-type]
+        return list(range(n if evaluation.num_samples is None else min(n, evaluation.num_samples)))
+
+    def float_reference(self, evaluation: Evaluation, on_progress: ProgressFn | None = None) -> FloatReference:
+        """FP32 logits of the original model on the evaluation subset (cached)."""
+        indices = self.evaluation_indices(evaluation)
+        key = (len(indices), evaluation.batch_size)
+        with self._lock:
+            if key not in self._reference:
+                start = time.perf_counter()
+                logits, labels = _forward_all(self.model, self.dataset.evaluation, indices, evaluation.batch_size,
+                                              _phase(on_progress, "evaluating FP32"))
+                has_labels = self.dataset.evaluation_labels is not None
+                self._reference[key] = FloatReference(logits, labels if has_labels else None, time.perf_counter() - start)
+            return self._reference[key]
+
+    # -- the whole run ---------------------------------------------------------------------
+    def evaluate(self, config: QuantConfig, on_progress: ProgressFn | None = None) -> Result:
+        """Quantize as ``config`` says, evaluate against FP32 and measure everything a Result holds."""
+        t_start = time.perf_counter()
+        prepared = self.prepared(config.fold_batchnorm)
+        stats: CalibrationStats | None = None
+        cal_cached = self.is_calibrated(config)
+        if config.mode == "static":
+            stats = self.calibrate(config, on_progress)
+        t_plan = time.perf_counter()
+        plan = self.plan(config)
+        qgm, visible = build_quantized_model(prepared, plan)
+        plan_s = time.perf_counter() - t_plan
+
+        ref = self.float_reference(config.evaluation, on_progress)
+        t_eval = time.perf_counter()
+        indices = self.evaluation_indices(config.evaluation)
+        q_logits, _ = _forward_all(qgm, self.dataset.evaluation, indices, config.evaluation.batch_size,
+                                   _phase(on_progress, "evaluating quantized"))
+        evaluation_s = time.perf_counter() - t_eval
+
+        t_probe = time.perf_counter()
+        probe = self._layer_errors(prepared, qgm, visible, plan, indices[: config.evaluation.layer_error_samples],
+                                   config.evaluation.batch_size)
+        probe_s = time.perf_counter() - t_probe
+
+        metrics: dict[str, Any] = {
+            "agreement": agreement(ref.logits, q_logits),
+            "kl_divergence": mean_kl_divergence(ref.logits, q_logits),
+            "num_eval_samples": len(indices),
+            "labeled": ref.labels is not None,
+        }
+        if ref.labels is not None:
+            metrics["fp32_top1"] = topk_accuracy(ref.logits, ref.labels, 1)
+            metrics["quant_top1"] = topk_accuracy(q_logits, ref.labels, 1)
+            if self.dataset.num_classes > 5:
+                metrics["fp32_top5"] = topk_accuracy(ref.logits, ref.labels, 5)
+                metrics["quant_top5"] = topk_accuracy(q_logits, ref.labels, 5)
+        if not self.entry.pretrained:
+            metrics["note"] = "random weights: accuracy is meaningless, agreement with FP32 is not"
+
+        warnings = list(stats.warnings) if stats is not None else []
+        latency = _simulated_latency(self.model, qgm, self.example_input())
+        return Result(
+            config=config.to_dict(),
+            mode=config.mode,
+            model=self._model_info(prepared),
+            dataset=self._dataset_info(stats, len(indices)),
+            metrics=metrics,
+            size=quantized_size(prepared, plan, self.model),
+            layers=_layer_rows(prepared, plan, probe),
+            activations=_activation_rows(plan),
+            histograms=_histograms(prepared, plan, stats),
+            timing={
+                "calibration_s": stats.seconds if stats is not None else 0.0,
+                "calibration_cached": cal_cached,
+                "plan_s": plan_s,
+                "evaluation_s": evaluation_s,
+                "fp32_evaluation_s": ref.seconds,
+                "layer_error_s": probe_s,
+                "total_s": time.perf_counter() - t_start,
+            },
+            latency=latency,
+            warnings=warnings,
+            environment=environment(),
+        )
+
+    def _layer_errors(
+        self, prepared: PreparedModel, qgm: torch.fx.GraphModule, visible: dict[str, str], plan: QuantPlan,
+        indices: list[int], batch_size: int,
+    ) -> dict[str, dict[str, float]]:
+        """Accumulated output SQNR per unit and isolated SQNR per quantizer, on the probe samples."""
+        unit_points = [u.name for u in prepared.units if any(p.name == u.name for p in prepared.points)]
+        f_taps = {name: prepared.point(name).node for name in unit_points}
+        q_taps = {f"out:{name}": visible[name] for name in unit_points}
+        for name in plan.points:
+            q_taps[f"pre:{name}"] = prepared.point(name).node
+            q_taps[f"post:{name}"] = visible[name]
+        f_view, q_view = with_taps(prepared.graph_module, f_taps), with_taps(qgm, q_taps)
+        out_acc = {name: SqnrAccumulator() for name in unit_points}
+        in_acc = {name: SqnrAccumulator() for name in plan.points}
+        with torch.inference_mode():
+            for x, _ in batches(self.dataset.evaluation, indices, batch_size):
+                _, f = f_view(x)
+                _, q = q_view(x)
+                for name in unit_points:
+                    out_acc[name].add(f[name], q[f"out:{name}"])
+                for name in plan.points:
+                    in_acc[name].add(q[f"pre:{name}"], q[f"post:{name}"])
+        rows = {name: {"output_sqnr_db": acc.db} for name, acc in out_acc.items()}
+        for name, acc in in_acc.items():
+            rows.setdefault(name, {})["quantizer_sqnr_db"] = acc.db
+        return rows
+
+    def _model_info(self, prepared: PreparedModel) -> dict[str, Any]:
+        return {
+            "name": self.entry.name,
+            "description": self.entry.description,
+            "pretrained": self.entry.pretrained,
+            "weights": "pretrained" if self.entry.pretrained else "random weights",
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "layers": prepared.layer_names(),
+            "unsupported_layers": prepared.unsupported,
+        }
+
+    def _dataset_info(self, stats: CalibrationStats | None, num_eval: int) -> dict[str, Any]:
+        return {
+            "name": self.dataset.name,
+            "calibration_pool_size": len(self.dataset.calibration_pool),  # type: ignore[arg-type]
+            "evaluation_size": len(self.dataset.evaluation),  # type: ignore[arg-type]
+            "num_calibration_samples": stats.num_samples if stats is not None else 0,
+            "calibration_indices": stats.indices if stats is not None else [],
+            "num_eval_samples": num_eval,
+            "labeled": self.dataset.evaluation_labels is not None,
+            "num_classes": self.dataset.num_classes,
+        }
+
+
+def _forward_all(
+    model: nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    outs, labels = [], []
+    loader = batches(dataset, indices, batch_size)
+    with torch.inference_mode():
+        for i, (x, y) in enumerate(loader):
+            outs.append(model(x).float())
+            labels.append(torch.as_tensor(y))
+            if on_progress is not None:
+                on_progress(i + 1, len(loader))
+    return torch.cat(outs), torch.cat(labels)
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _layer_rows(prepared: PreparedModel, plan: QuantPlan, probe: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    rows = []
+    for lq in plan.layers.values():
+        unit = lq.unit
+        w = prepared.weight(unit)
+        row: dict[str, Any] = {
+            "name": unit.name,
+            "kind": unit.kind,
+            "weight_shape": list(w.shape),
+            "num_weights": w.numel(),
+            "fused_activation": unit.fused_activation,
+            "folded_batchnorm": unit.folded_batchnorm,
+            "quantized": lq.quant is not None,
+            "input_points": list(unit.inputs),
+            "output_point": unit.name,
+            "output_sqnr_db": probe.get(unit.name, {}).get("output_sqnr_db"),
+        }
+        if lq.quant is not None and lq.qparams is not None:
+            qp = lq.qparams
+            row.update({
+                "weight_bits": lq.quant.bits,
+                "weight_scheme": lq.quant.scheme,
+                "weight_granularity": lq.quant.granularity,
+                "group_size": lq.quant.group_size,
+                "weight_clipping": lq.quant.clipping,
+                "weight_mse": lq.error["mse"],
+                "weight_sqnr_db": lq.error["sqnr_db"],
+                "weight_clip_fraction": lq.error["clip_fraction"],
+                "weight_range": [float(qp.lo.min()), float(qp.hi.max())],
+                "weight_scale_min": float(qp.scale.min()),
+                "weight_scale_max": float(qp.scale.max()),
+                "num_scales": qp.scale.numel(),
+            })
+        else:
+            row.update({"weight_bits": None, "weight_mse": 0.0, "weight_sqnr_db": math.inf, "weight_clip_fraction": 0.0})
+        ins = [plan.points[i] for i in unit.inputs if i in plan.points]
+        if ins:
+            pq = ins[0]
+            row["input_bits"] = pq.quant.bits
+            row["input_sqnr_db"] = probe.get(pq.name, {}).get("quantizer_sqnr_db")
+            row["input_expected_sqnr_db"] = pq.error.sqnr_db if pq.error is not None else None
+            row["input_clip_fraction"] = pq.error.clip_fraction if pq.error is not None else None
+        else:
+            row.update({"input_bits": None, "input_sqnr_db": None, "input_expected_sqnr_db": None, "input_clip_fraction": None})
+        rows.append(row)
+    return rows
+
+
+def _activation_rows(plan: QuantPlan) -> list[dict[str, Any]]:
+    rows = []
+    for pq in plan.points.values():
+        row: dict[str, Any] = {
+            "name": pq.name,
+            "mode": pq.quant.mode,
+            "bits": pq.quant.bits,
+            "scheme": pq.quant.scheme,
+            "granularity": pq.granularity,
+            "clipping": pq.quant.clipping if pq.quant.mode == "static" else "dynamic minmax",
+            "qmin": pq.qmin,
+            "qmax": pq.qmax,
+        }
+        if pq.quant.mode == "static":
+            assert pq.error is not None
+            row.update({
+                "lo": pq.lo, "hi": pq.hi, "scale": pq.scale, "zero_point": pq.zero_point,
+                "expected_mse": pq.error.mse, "expected_sqnr_db": pq.error.sqnr_db,
+                "rounding_mse": pq.error.rounding_mse, "clipping_mse": pq.error.clipping_mse,
+                "clip_fraction": pq.error.clip_fraction,
+            })
+        rows.append(row)
+    return rows
+
+
+def _histograms(prepared: PreparedModel, plan: QuantPlan, stats: CalibrationStats | None) -> dict[str, Any]:
+    weights = {}
+    for lq in plan.layers.values():
+        w = prepared.weight(lq.unit).float()
+        lo, hi = float(w.min()), float(w.max())
+        counts = torch.histc(w, bins=HISTOGRAM_BINS, min=lo, max=hi if hi > lo else lo + 1e-12)
+        entry: dict[str, Any] = {
+            "counts": counts.long().tolist(),
+            "edges": torch.linspace(lo, hi if hi > lo else lo + 1e-12, HISTOGRAM_BINS + 1).tolist(),
+        }
+        if lq.qparams is not None:
+            entry["clip_range"] = [float(lq.qparams.lo.min()), float(lq.qparams.hi.max())]
+        weights[lq.unit.name] = entry
+    acts = {}
+    if stats is not None:
+        for name, ts in stats.points.items():
+            counts_np, edges_np = ts.to_plot(HISTOGRAM_BINS)
+            entry = {"counts": [float(c) for c in counts_np], "edges": [float(e) for e in edges_np]}
+            pq = plan.points.get(name)
+            if pq is not None and pq.lo is not None:
+                entry["clip_range"] = [pq.lo, pq.hi]
+                entry["scale"] = pq.scale
+                entry["zero_point"] = pq.zero_point
+            acts[name] = entry
+    return {"weights": weights, "activations": acts}
+
+
+def _simulated_latency(model: nn.Module, qgm: nn.Module, x: torch.Tensor, repeats: int = 7) -> dict[str, Any]:
+    def median_ms(m: nn.Module) -> float:
+        times = []
+        with torch.inference_mode():
+            m(x)
+            for _ in range(repeats):
+                t = time.perf_counter()
+                m(x)
+                times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    return {
+        "kind": "simulated",
+        "runtime": f"PyTorch {torch.__version__} eager, FP32 with fake quantization",
+        "note": "simulated: the quantized model runs in float with fake-quantize ops; "
+                "this is the cost of simulation, not the latency of integer kernels",
+        "threads": torch.get_num_threads(),
+        "batch_size": int(x.shape[0]),
+        "fp32_ms": median_ms(model),
+        "quant_ms": median_ms(qgm),
+    }
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run(config: QuantConfig, *, on_progress: ProgressFn | None = None, explorer: Explorer | None = None) -> Result:
+    """Run one config from scratch (or on a given Explorer) and return its Result."""
+    explorer = explorer if explorer is not None else Explorer.for_config(config)
+    return explorer.evaluate(config, on_progress)
+
+
+def weight_details(explorer: Explorer, config: QuantConfig, layer: str) -> dict[str, Any]:
+    """FP32 and fake-quantized weights of one layer, with per-channel/group ranges, for plotting."""
+    plan = explorer.plan(config)
+    lq = plan.layers.get(layer)
+    if lq is None:
+        explorer.prepared(config.fold_batchnorm).unit(layer)  # raises with the list of layers
+        raise AssertionError(layer)
+    w = explorer.prepared(config.fold_batchnorm).weight(lq.unit)
+    rows = w.reshape(w.shape[0], -1)
+    out: dict[str, Any] = {
+        "name": layer,
+        "weights": w,
+        "fq_weights": lq.fq_weight if lq.fq_weight is not None else w,
+        "channel_min": rows.min(dim=1).values,
+        "channel_max": rows.max(dim=1).values,
+    }
+    if lq.qparams is not None:
+        out.update({"qparams": lq.qparams, "error": weight_error(w, lq.qparams)})
+    return out

@@ -1,0 +1,71 @@
+"""Sweeps: every combination of a grid of config fields, run on one Explorer.
+
+    grid = parse_grid(["weights.bits=8,4", "weights.granularity=per_tensor,per_channel"])
+    for config, result in run_sweep(explorer, expand_grid(base, grid), on_progress=...):
+        ...
+
+Calibration statistics are shared by every config with the same calibration subset, so a
+sweep over bits, granularity or clipping calibrates once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .config import QuantConfig, set_field
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .pipeline import Explorer
+    from .result import Result
+
+
+def _parse_value(text: str) -> Any:
+    """Grid values: JSON where it parses (8, 99.9, null, true), else the bare string (per_channel)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_grid(items: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """``["weights.bits=8,4"]`` -> ``[("weights.bits", [8, 4])]``."""
+    grid = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"grid entry {item!r}: expected FIELD=V1,V2,... e.g. weights.bits=8,4")
+        key, values = item.split("=", 1)
+        vals = [_parse_value(v.strip()) for v in values.split(",") if v.strip() != ""]
+        if not vals:
+            raise ConfigError(f"grid entry {item!r}: no values after '='")
+        grid.append((key.strip(), vals))
+    return grid
+
+
+def expand_grid(base: QuantConfig, grid: Sequence[tuple[str, Sequence[Any]]]) -> list[QuantConfig]:
+    """Every combination of the grid's values applied to ``base``, each validated, in row-major order."""
+    configs = []
+    keys = [k for k, _ in grid]
+    for combo in itertools.product(*(v for _, v in grid)):
+        cfg = base
+        for key, value in zip(keys, combo, strict=True):
+            cfg = set_field(cfg, key, value)
+        configs.append(cfg)
+    return configs
+
+
+def run_sweep(
+    explorer: Explorer,
+    configs: Sequence[QuantConfig],
+    *,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> Iterator[tuple[QuantConfig, Result]]:
+    """Evaluate each config in turn (lazily), reporting ``(done, total, message)`` after each."""
+    for i, cfg in enumerate(configs):
+        result = explorer.evaluate(cfg)
+        if on_progress is not None:
+            on_progress(i + 1, len(configs), f"configuration {i + 1}/{len(configs)}")
+        yield cfg, result
