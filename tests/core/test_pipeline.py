@@ -201,3 +201,44 @@ def test_nan_weights_and_activations_name_the_layer() -> None:
         explorer.model.bn2.running_var[0] = -1.0  # sqrt of a negative variance: NaN after conv2
     with pytest.raises((CalibrationError, ModelError), match="conv2"):
         explorer.evaluate(_cfg())
+
+
+def test_nan_in_activations_names_the_point() -> None:
+    from ptq_core.data import Dataset, TensorSamples, load_dataset, register_dataset
+
+    digits = load_dataset("digits")
+    x = digits.calibration_pool.x.clone()  # type: ignore[attr-defined]
+    x[5, 0, 3, 3] = float("nan")
+    y = digits.calibration_pool.y  # type: ignore[attr-defined]
+
+    def loader(**_: object) -> Dataset:
+        return Dataset(
+            name="digits_with_nan", description="digits with one NaN pixel (test only)",
+            calibration_pool=TensorSamples(x, y), evaluation=digits.evaluation,
+            calibration_labels=digits.calibration_labels, evaluation_labels=digits.evaluation_labels,
+            num_classes=10, class_names=digits.class_names, input_shape=digits.input_shape, info={},
+        )
+
+    register_dataset("digits_with_nan", loader, "digits with one NaN pixel (test only)")
+    explorer = Explorer("digits_cnn", "digits_with_nan")
+    with pytest.raises(CalibrationError, match=r"^x: activation contains NaN or Inf"):
+        explorer.evaluate(_cfg(dataset="digits_with_nan", calibration={"selection": "first"}))
+
+
+def test_unlabeled_evaluation_reports_agreement_not_accuracy() -> None:
+    from ptq_core.data import Dataset, load_dataset, register_dataset
+
+    digits = load_dataset("digits")
+
+    def loader(**_: object) -> Dataset:
+        return Dataset(
+            name="digits_unlabeled", description="digits without labels (test only)",
+            calibration_pool=digits.calibration_pool, evaluation=digits.evaluation,
+            calibration_labels=None, evaluation_labels=None,
+            num_classes=10, class_names=None, input_shape=digits.input_shape, info={},
+        )
+
+    register_dataset("digits_unlabeled", loader, "digits without labels (test only)")
+    r = Explorer("digits_cnn", "digits_unlabeled").evaluate(_cfg(dataset="digits_unlabeled"))
+    assert "quant_top1" not in r.metrics and "fp32_top1" not in r.metrics
+    assert r.metrics["labeled"] is False and r.metrics["agreement"] > 0.98
