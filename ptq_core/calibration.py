@@ -16,6 +16,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx
@@ -55,6 +56,9 @@ class CalibrationStats:
     batch_size: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    # Activation ranges derived from these statistics, memoized per (point, method, bits, ...):
+    # kept here so they are dropped together with the statistics they came from.
+    ranges: dict[tuple[object, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_samples(self) -> int:

@@ -48,6 +48,7 @@ ProgressFn = Callable[[int, int, str], None]
 
 HISTOGRAM_BINS = 64  # bins per histogram in a Result: enough to see a shape, small enough for JSON
 STATS_CACHE_ENTRIES = 8  # calibration subsets kept per Explorer
+WEIGHT_CACHE_VARIANTS = 8  # weight settings kept per layer (each holds a fake-quantized weight copy)
 
 
 @dataclass
@@ -136,7 +137,12 @@ class Explorer:
         """Every scale and zero point of ``config`` (calibrating first if needed)."""
         stats = self.calibrate(config, on_progress) if config.mode == "static" else None
         with self._lock:
-            return make_plan(self.prepared(config.fold_batchnorm), config, stats, cache=self._plan_cache)
+            prepared = self.prepared(config.fold_batchnorm)
+            plan = make_plan(prepared, config, stats, cache=self._plan_cache)
+            limit = WEIGHT_CACHE_VARIANTS * max(1, len(prepared.units))
+            while len(self._plan_cache) > limit:  # oldest first: dicts keep insertion order
+                self._plan_cache.pop(next(iter(self._plan_cache)))
+            return plan
 
     def quantized_model(self, config: QuantConfig) -> torch.fx.GraphModule:
         """A new simulated (fake-quantized) model for ``config``."""

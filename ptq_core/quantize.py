@@ -170,7 +170,11 @@ def make_plan(
     *,
     cache: dict[Any, Any] | None = None,
 ) -> QuantPlan:
-    """Decide every range, scale and zero point of ``config``. ``cache`` memoizes per layer/point work."""
+    """Decide every range, scale and zero point of ``config``.
+
+    ``cache`` memoizes weight qparams per (layer, weight setting); activation ranges are memoized
+    on the statistics object itself.
+    """
     check_names(prepared, config)
     cache = cache if cache is not None else {}
     layers: dict[str, LayerQuant] = {}
@@ -203,14 +207,14 @@ def make_plan(
             continue
         if stats is None or name not in stats.points:
             raise CalibrationError(f"{name}: no calibration statistics for this activation; run calibration first")
-        key = ("a", name, aq.bits, aq.scheme, aq.clipping, aq.percentile if aq.clipping == "percentile" else None, id(stats))
-        if key not in cache:
+        akey = (name, aq.bits, aq.scheme, aq.clipping, aq.percentile if aq.clipping == "percentile" else None)
+        if akey not in stats.ranges:
             ts = stats.points[name]
             lo, hi = activation_range(ts, method=aq.clipping, bits=aq.bits, scheme=aq.scheme, percentile=aq.percentile)
             err = range_error(ts, lo, hi, bits=aq.bits, scheme=aq.scheme)
             scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), aq.bits, aq.scheme)
-            cache[key] = (lo, hi, float(scale), int(zp), err)
-        lo, hi, scale, zp, err = cache[key]
+            stats.ranges[akey] = (lo, hi, float(scale), int(zp), err)
+        lo, hi, scale, zp, err = stats.ranges[akey]
         qmin, qmax = int_range(aq.bits, aq.scheme)
         points[name] = PointQuant(name, aq, "per_tensor", lo, hi, scale, zp, qmin, qmax, err)
     return QuantPlan(mode=config.mode, layers=layers, points=points)
