@@ -49,6 +49,7 @@ from .primitives import (
 MSE_CANDIDATES = 128  # activation MSE search: alpha = 1/128, 2/128, ..., 1 of the min-max range
 MSE_SEARCH_BINS = 1024  # the search runs on the histogram merged to <= 1024 bins (>= 4 per INT8 step)
 KL_BINS = 2048  # bins of |x| over [0, R) for KL, as TensorRT's 2048-bin histogram
+KL_START_BIN = 128  # smallest candidate threshold, in KL_BINS bins (1/16 of the range), as TensorRT starts
 KL_MAX_CANDIDATES = 256  # thresholds tried at most; the stride grows to keep KL under ~20 ms
 KL_EPS = 1e-4  # smoothing of empty bins, as in the MXNet/TVM port of TensorRT's algorithm
 # Weight MSE search: alpha = 1.00, 0.99, ..., 0.20 of each channel's/group's min-max range (the
@@ -276,7 +277,8 @@ def _mse_range(stats: TensorStats, bits: int, scheme: str) -> tuple[float, float
 def _kl_threshold(h: Tensor, width: float, levels: int) -> float:
     """TensorRT entropy calibration on the |x| histogram ``h`` (float64, bins of ``width``).
 
-    For each candidate i (number of bins kept, from ``levels`` to the last non-empty bin): P is
+    The zero bin is first given the count of its neighbour (see below). For each candidate i
+    (bins kept, from max(``levels``, KL_START_BIN) to the last non-empty bin): P is
     ``h[:i]`` with every count beyond added to its last bin; Q is ``h[:i]`` merged into
     ``levels`` runs (bin j -> level floor(j * levels / i), pytorch-quantization's even split)
     and spread back evenly over the bins where P is non-zero. Both are smoothed as MXNet/TVM
@@ -287,11 +289,16 @@ def _kl_threshold(h: Tensor, width: float, levels: int) -> float:
     """
     nz = torch.nonzero(h).flatten()
     L = int(nz[-1]) + 1
-    if L <= levels:
+    start = max(levels, KL_START_BIN)
+    if L <= start:
         return L * width
-    h = h[:L]
-    stride = max(1, -(-(L - levels) // KL_MAX_CANDIDATES))
-    cands = torch.arange(levels, L + 1, stride)
+    h = h[:L].clone()
+    # The zero bin of a post-ReLU tensor holds most of the data (often over half). Merging it
+    # with its neighbours into one level then dominates KL(P||Q) and drags the threshold down
+    # to a handful of bins; NVIDIA's pytorch-quantization neutralises it the same way.
+    h[0] = h[1]
+    stride = max(1, -(-(L - start) // KL_MAX_CANDIDATES))
+    cands = torch.arange(start, L + 1, stride)
     if int(cands[-1]) != L:
         cands = torch.cat([cands, torch.tensor([L])])
     C = cands.numel()

@@ -242,3 +242,8 @@ def test_unlabeled_evaluation_reports_agreement_not_accuracy() -> None:
     r = Explorer("digits_cnn", "digits_unlabeled").evaluate(_cfg(dataset="digits_unlabeled"))
     assert "quant_top1" not in r.metrics and "fp32_top1" not in r.metrics
     assert r.metrics["labeled"] is False and r.metrics["agreement"] > 0.98
+
+
+def test_four_bit_kl_keeps_the_model_working(cnn: Explorer) -> None:
+    r = cnn.evaluate(_cfg(activations={"bits": 4, "clipping": "kl"}))
+    assert r.metrics["agreement"] > 0.95
