@@ -1,8 +1,9 @@
-"""Command line: ``python -m ptq_core run | sweep | list``.
+"""Command line: ``python -m ptq_core run | sweep | export | list``.
 
     python -m ptq_core run --config assets/configs/w8a8.json --output result.json
     python -m ptq_core sweep --config assets/configs/w8a8.json \\
         --grid weights.bits=8,4 weights.granularity=per_tensor,per_channel --output table.csv
+    python -m ptq_core export --config assets/configs/w8a8.json --output model.onnx
     python -m ptq_core list
 
 A bad config, model or data set prints one line naming the field and what is allowed, and
@@ -94,6 +95,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Quantize as the config says and write the ONNX QDQ model (ptq_core.export); one summary line."""
+    from .export import export_config
+
+    config = QuantConfig.load(args.config)
+    report = export_config(config, args.output, opset=args.opset, on_progress=_Progress(args.quiet))
+    if args.report:
+        _write(json.dumps(report.to_dict(), indent=2), args.report)
+    sys.stdout.write(report.summary() + "\n")
+    if not args.quiet:
+        for row in report.float_fallback:
+            sys.stderr.write(f"float fallback: {row['layer']}: {row['reason']}\n")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .data import available_datasets
     from .models import available_models, get_model_entry
@@ -133,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--output", required=True, help="CSV table, one row per config; the full Results go next to it as .json")
     p_sweep.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p_sweep.set_defaults(func=cmd_sweep)
+
+    p_export = sub.add_parser("export", help="quantize one config and write it as an ONNX QDQ model for onnxruntime")
+    p_export.add_argument("--config", required=True, help="QuantConfig JSON file (see assets/configs/)")
+    p_export.add_argument("--output", required=True, help="where to write the .onnx file")
+    p_export.add_argument("--opset", type=int, default=None,
+                          help="ONNX opset, 13 to 21 (default: 17, or 21 when INT4 or per-group weights need it)")
+    p_export.add_argument("--report", default=None, help="also write the export report (kernels, fallbacks, qparams) as JSON")
+    p_export.add_argument("--quiet", action="store_true", help="no progress bar or fallback details on stderr")
+    p_export.set_defaults(func=cmd_export)
 
     p_list = sub.add_parser("list", help="list the registered models and data sets")
     p_list.set_defaults(func=cmd_list)

@@ -50,6 +50,7 @@ ACTIVATION_CLIPPING = ("minmax", "percentile", "mse", "kl")
 WEIGHT_CLIPPING = ("minmax", "percentile", "mse")
 ACTIVATION_MODES = ("static", "dynamic")
 SELECTIONS = ("random", "first", "balanced")
+RUNTIMES = ("onnxruntime",)  # evaluation.runtime: where the exported model is run and timed (or null)
 
 
 def _fail(path: str, value: Any, allowed: str) -> ConfigError:
@@ -161,12 +162,17 @@ class Evaluation:
     num_samples: int | None = None  # None: the whole evaluation split; N: its first N samples
     batch_size: int = 128
     layer_error_samples: int = 128  # first N evaluation samples on which per-layer output SQNR is measured
+    # Export to ONNX and run it in onnxruntime too, so size and latency are measured on a real integer
+    # runtime and the simulation is checked against it; None: simulation only (no export, faster).
+    runtime: str | None = "onnxruntime"
 
     def validate(self, path: str = "evaluation") -> None:
         if self.num_samples is not None:
             _check_int(f"{path}.num_samples", self.num_samples, 1)
         _check_int(f"{path}.batch_size", self.batch_size, 1)
         _check_int(f"{path}.layer_error_samples", self.layer_error_samples, 1)
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            raise _fail(f"{path}.runtime", self.runtime, f"{', '.join(RUNTIMES)} or null (simulation only)")
 
 
 @dataclass(frozen=True)

@@ -209,13 +209,24 @@ class Explorer:
 
         warnings = list(stats.warnings) if stats is not None else []
         latency = _simulated_latency(self.model, qgm, self.example_input())
+        size = quantized_size(prepared, plan, self.model)
+        runtime_s = 0.0
+        if config.evaluation.runtime is not None:  # export and run on a real integer runtime (never raises)
+            from .runtime import runtime_check
+
+            check = runtime_check(self, config, prepared, plan, q_logits, ref.labels, indices, latency)
+            metrics.update(check.metrics)
+            size.update(check.size)
+            warnings.extend(check.warnings)
+            latency = check.latency or latency
+            runtime_s = check.seconds
         return Result(
             config=config.to_dict(),
             mode=config.mode,
             model=self._model_info(prepared),
             dataset=self._dataset_info(stats, len(indices)),
             metrics=metrics,
-            size=quantized_size(prepared, plan, self.model),
+            size=size,
             layers=_layer_rows(prepared, plan, probe),
             activations=_activation_rows(plan),
             histograms=_histograms(prepared, plan, stats),
@@ -226,6 +237,7 @@ class Explorer:
                 "evaluation_s": evaluation_s,
                 "fp32_evaluation_s": ref.seconds,
                 "layer_error_s": probe_s,
+                "runtime_s": runtime_s,
                 "total_s": time.perf_counter() - t_start,
             },
             latency=latency,

@@ -1,0 +1,271 @@
+"""Run exported models for real: onnxruntime sessions, logits, latency, and the check against the simulation.
+
+What lives here: :func:`make_session` (CPUExecutionProvider, all graph optimizations, the stated
+number of intra-op threads), :func:`run_logits`, :func:`median_ms` (warm-up, then the median of
+repeats within a time budget), :func:`fused_ops` (which integer kernels onnxruntime actually
+chose, read from its optimized graph) and :func:`runtime_check`, which ``Explorer.evaluate`` calls:
+export FP32 and quantized models to a temporary folder, run the quantized one on the evaluation
+samples, compare with the simulated logits, and measure FP32 vs quantized latency at batch 1 and
+batch N (plus PyTorch FP32 for reference). Writing the ONNX file is :mod:`ptq_core.export`.
+
+``runtime_check`` never raises: a failed export or session becomes a warning naming the layer
+and the problem, and the Result keeps its simulated latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .calibration import batches
+from .errors import ExportError, PTQError
+from .export import ExportReport, export_float_onnx, export_onnx
+
+if TYPE_CHECKING:
+    from .config import QuantConfig
+    from .graph import PreparedModel
+    from .pipeline import Explorer
+    from .quantize import QuantPlan
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "CPUExecutionProvider"
+MAX_LATENCY_BATCH = 32  # batch N = min(32, evaluation size): large enough to show batching, small enough for big models
+LATENCY_BUDGET_S = 0.4  # per measurement (model x batch size), after warm-up
+MIN_REPEATS, MAX_REPEATS = 3, 50
+# Ops that mean "this unit runs on integers" in onnxruntime's optimized graph.
+INTEGER_OPS = {
+    "QLinearConv", "QGemm", "QLinearMatMul", "MatMulNBits", "QLinearAdd", "QLinearMul", "QLinearConcat",
+    "QLinearAveragePool", "QLinearGlobalAveragePool", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+    "MatMulInteger", "ConvInteger", "NhwcQLinearConv",
+}
+
+
+def runtime_name() -> str:
+    return f"onnxruntime {ort.__version__} CPU"
+
+
+def make_session(path: str | Path, *, threads: int, optimized_path: str | Path | None = None) -> ort.InferenceSession:
+    """A CPU session with every graph optimization on (QDQ fusion included) and ``threads`` intra-op threads."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # the NCHWc "hardware specific" notice when saving the optimized graph is expected
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), so, providers=[PROVIDER])
+
+
+def run_logits(session: ort.InferenceSession, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int) -> torch.Tensor:
+    """float32 outputs of ``session`` on ``dataset[indices]``, in order, batched like the simulation."""
+    name = session.get_inputs()[0].name
+    outs = []
+    for x, _ in batches(dataset, indices, batch_size):
+        outs.append(torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]).float())
+    return torch.cat(outs)
+
+
+def median_ms(fn: Callable[[], Any], *, budget_s: float = LATENCY_BUDGET_S, warmup: int = 2) -> tuple[float, int]:
+    """Median wall time of ``fn()`` in ms after ``warmup`` calls, and the number of timed repeats.
+
+    Repeats: as many as fit in ``budget_s`` judged from the first timed call, clamped to
+    [MIN_REPEATS, MAX_REPEATS], so small models get many repeats and large ones a few.
+    """
+    for _ in range(warmup):
+        fn()
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    repeats = int(min(MAX_REPEATS, max(MIN_REPEATS, budget_s / max(first, 1e-6))))
+    times = [first * 1e3]
+    for _ in range(repeats - 1):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), repeats
+
+
+def torch_latency_ms(model: nn.Module, x: torch.Tensor, *, budget_s: float = LATENCY_BUDGET_S) -> tuple[float, int]:
+    with torch.inference_mode():
+        return median_ms(lambda: model(x), budget_s=budget_s)
+
+
+def session_latency_ms(session: ort.InferenceSession, x: torch.Tensor, *, budget_s: float = LATENCY_BUDGET_S) -> tuple[float, int]:
+    feed = {session.get_inputs()[0].name: x.numpy().astype(np.float32)}
+    return median_ms(lambda: session.run(None, feed), budget_s=budget_s)
+
+
+def fused_ops(optimized_path: str | Path) -> dict[str, str]:
+    """Node name -> op type in onnxruntime's optimized graph (``optimized_model_filepath``)."""
+    model = onnx.load(str(optimized_path), load_external_data=False)
+    return {n.name: n.op_type for n in model.graph.node}
+
+
+def _find(ops: dict[str, str], node: str) -> str | None:
+    """The op onnxruntime made of ``node``: same name, or the name with a fusion/layout suffix."""
+    if node in ops:
+        return ops[node]
+    for name, op in ops.items():
+        if name.startswith(node + "_token") or name.startswith(node + "_nchwc") or name.startswith(node + "_quant"):
+            return op
+    return None
+
+
+def verify_kernels(report: ExportReport, ops: dict[str, str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Integer kernels and float fallbacks as onnxruntime actually ran them.
+
+    A unit the export expected on integers but which onnxruntime left in float moves to the
+    fallbacks with the op it ran; a unit whose node cannot be found keeps the prediction, marked.
+    """
+    kernels: list[dict[str, str]] = []
+    fallback = list(report.float_fallback)
+    for row in report.integer_kernels:
+        layer = row["layer"]
+        node = report.nodes.get(layer)
+        op = _find(ops, node) if node is not None else None
+        if op is None:
+            kernels.append({**row, "verified": "no (node renamed by onnxruntime)"})
+        elif op in INTEGER_OPS:
+            kernels.append({"layer": layer, "kernel": op, "expected": row["kernel"], "verified": "yes"})
+        else:
+            fallback.append({"layer": layer, "reason": f"onnxruntime did not fuse it into an integer kernel (ran {op} in float)"})
+    return kernels, fallback
+
+
+# -- the check Explorer.evaluate runs ----------------------------------------------------------------------
+@dataclass
+class RuntimeCheck:
+    """What the runtime adds to a Result: metrics, a measured latency block, sizes, warnings."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] | None = None  # None: keep the simulated latency
+    size: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class _FloatCache:
+    """FP32 latencies of one Explorer (they do not depend on the config): measured once."""
+
+    folder: tempfile.TemporaryDirectory[str]
+    onnx_bytes: int
+    session: ort.InferenceSession
+    ms: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
+
+
+_FLOAT_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[bool, int], _FloatCache]] = weakref.WeakKeyDictionary()
+
+
+def _float_cache(explorer: Explorer, prepared: PreparedModel, fold: bool, threads: int) -> _FloatCache:
+    per = _FLOAT_CACHE.setdefault(explorer, {})
+    key = (fold, threads)
+    if key not in per:
+        folder = tempfile.TemporaryDirectory(prefix="ptq_fp32_")
+        path = Path(folder.name) / "fp32.onnx"
+        size = export_float_onnx(prepared, path)
+        per[key] = _FloatCache(folder, size, make_session(path, threads=threads))
+    return per[key]
+
+
+def runtime_check(
+    explorer: Explorer,
+    config: QuantConfig,
+    prepared: PreparedModel,
+    plan: QuantPlan,
+    sim_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    indices: list[int],
+    simulated_latency: dict[str, Any],
+) -> RuntimeCheck:
+    """Export, run in onnxruntime, compare with the simulation, measure latency. Never raises."""
+    start = time.perf_counter()
+    out = RuntimeCheck()
+    try:
+        _check(out, explorer, config, prepared, plan, sim_logits, labels, indices, simulated_latency)
+    except PTQError as exc:
+        out.warnings.append(f"onnxruntime check skipped: {exc}")
+    except Exception as exc:  # a failed export/runtime must never lose the simulated run
+        log.exception("onnxruntime check failed")
+        out.warnings.append(f"onnxruntime check failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
+                            "latency shown is simulated")
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def _check(
+    out: RuntimeCheck, explorer: Explorer, config: QuantConfig, prepared: PreparedModel, plan: QuantPlan,
+    sim_logits: torch.Tensor, labels: torch.Tensor | None, indices: list[int], simulated_latency: dict[str, Any],
+) -> None:
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="ptq_export_") as tmp:
+        path = Path(tmp) / "quantized.onnx"
+        report = export_onnx(prepared, plan, path)
+        optimized = Path(tmp) / "quantized.optimized.onnx"
+        try:
+            session = make_session(path, threads=threads, optimized_path=optimized)
+        except Exception as exc:
+            raise ExportError(f"onnxruntime cannot load the exported model: {str(exc).splitlines()[0][:300]}") from None
+        kernels, fallback = verify_kernels(report, fused_ops(optimized))
+        ort_logits = run_logits(session, explorer.dataset.evaluation, indices, config.evaluation.batch_size)
+        same = ort_logits.argmax(dim=1) == sim_logits.argmax(dim=1)
+        out.metrics = {
+            "runtime_agreement": float(same.float().mean()),
+            "runtime_matching_samples": int(same.sum()),
+            "runtime_max_abs_diff": float((ort_logits - sim_logits).abs().max()),
+        }
+        if labels is not None:
+            out.metrics["runtime_top1"] = float((ort_logits.argmax(dim=1) == labels).float().mean())
+        fp32 = _float_cache(explorer, prepared, config.fold_batchnorm, threads)
+        n = min(MAX_LATENCY_BATCH, len(indices))
+        batch_rows: dict[str, dict[str, Any]] = {}
+        for bs in sorted({1, n}):
+            x = next(iter(batches(explorer.dataset.evaluation, indices[:bs], bs)))[0]
+            if ("ort", bs) not in fp32.ms:
+                fp32.ms[("ort", bs)] = session_latency_ms(fp32.session, x)
+                fp32.ms[("torch", bs)] = torch_latency_ms(explorer.model, x)
+            q_ms, q_rep = session_latency_ms(session, x)
+            f_ms, f_rep = fp32.ms[("ort", bs)]
+            t_ms, _ = fp32.ms[("torch", bs)]
+            batch_rows[str(bs)] = {
+                "fp32_ms": f_ms, "quant_ms": q_ms, "torch_fp32_ms": t_ms,
+                "speedup": f_ms / q_ms if q_ms > 0 else None, "repeats": min(q_rep, f_rep),
+            }
+    out.latency = {
+        "kind": "measured",
+        "runtime": runtime_name(),
+        "threads": threads,
+        "unit": "milliseconds per batch, median of repeats after warm-up",
+        "batches": batch_rows,
+        "integer_kernels": kernels,
+        "float_fallback": fallback,
+        "onnx_bytes": report.onnx_bytes,
+        "onnx_fp32_bytes": fp32.onnx_bytes,
+        "opset": report.opset,
+        "activation_type": report.activation_type,
+        "weight_type": report.weight_type,
+        "simulated": simulated_latency,
+    }
+    out.size = {"onnx_bytes": report.onnx_bytes, "onnx_fp32_bytes": fp32.onnx_bytes}
+    by_reason: dict[str, list[str]] = {}
+    for row in fallback:
+        if not row["reason"].startswith("kept in float by the config"):
+            by_reason.setdefault(row["reason"], []).append(row["layer"])
+    for reason, layers in by_reason.items():
+        named = ", ".join(layers[:8]) + (f" and {len(layers) - 8} more" if len(layers) > 8 else "")
+        out.warnings.append(f"onnxruntime runs {named} in float: {reason}")
