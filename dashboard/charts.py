@@ -1,0 +1,401 @@
+"""Plotly figure builders: pure functions from Result dicts and engine outputs to figures.
+
+No Streamlit and no engine calls here, so every builder is unit-testable. The colour meaning
+is fixed once, below, and kept on every page: FP32 is blue, quantized is orange.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from . import labels
+
+FP32_COLOR = "#3B6FB6"  # everything float: FP32 weights, FP32 accuracy, FP32 reference
+QUANT_COLOR = "#E8743B"  # everything quantized: dequantized weights, quantized accuracy, the grid
+GRID_COLOR = "rgba(232, 116, 59, 0.35)"  # the quantization grid: QUANT_COLOR, translucent
+ROUNDING_COLOR = "#F4A261"  # rounding error (inside the clip range)
+CLIPPING_COLOR = "#9B2226"  # clipping error (beyond the clip range)
+NEUTRAL_COLOR = "#7F7F7F"
+METHOD_COLORS = {"minmax": "#555555", "percentile": "#8E44AD", "mse": "#16A085", "kl": "#B7950B"}
+SQNR_COLORS = {"weight_sqnr_db": "#F4A261", "input_sqnr_db": "#E76F51", "output_sqnr_db": "#9B2226"}
+SQNR_NAMES = {"weight_sqnr_db": "weights", "input_sqnr_db": "input activation", "output_sqnr_db": "output (accumulated)"}
+FLAG_COLOR = "#C0392B"
+
+_MARGIN = {"l": 10, "r": 10, "t": 50, "b": 10}
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 380, **kwargs: Any) -> go.Figure:
+    kwargs.setdefault("legend", {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0})  # below: clear of labels
+    fig.update_layout(title=title, height=height, margin=_MARGIN, xaxis_title=x, yaxis_title=y, **kwargs)
+    return fig
+
+
+def _vlines(xs: Sequence[float], y0: float, y1: float) -> tuple[list[float | None], list[float | None]]:
+    """Many vertical segments as ONE trace (None breaks the line): far cheaper than shapes."""
+    px: list[float | None] = []
+    py: list[float | None] = []
+    for x in xs:
+        px += [float(x), float(x), None]
+        py += [y0, y1, None]
+    return px, py
+
+
+# -- Overview --------------------------------------------------------------------------------------
+def pareto_front(sizes: Sequence[float], scores: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats (smaller-or-equal size AND higher-or-equal
+    score, one of them strictly), ordered by size. Example: sizes [1, 2, 3], scores [.5, .9, .8] -> [0, 1].
+    """
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -scores[i]))
+    front: list[int] = []
+    best = -math.inf
+    for i in order:
+        if scores[i] > best:
+            front.append(i)
+            best = scores[i]
+    return front
+
+
+def tradeoff_scatter(
+    rows: Sequence[dict[str, Any]], ids: Sequence[int], current_id: int | None, metric: str, fp32: dict[str, Any],
+) -> go.Figure:
+    """Size vs ``metric`` (quant_top1 | agreement) of every config evaluated, Pareto frontier drawn.
+
+    ``customdata`` of each point is its history id, so a selection event names the config.
+    """
+    metric_name = {"quant_top1": "Quantized top-1 accuracy (%)", "agreement": "Top-1 agreement with FP32 (%)"}[metric]
+    kib = [r["quant_bytes"] / 1024 for r in rows]
+    score = [100 * (r[metric] if r[metric] is not None else math.nan) for r in rows]
+    hover = [f"{r['label']}<br>size {labels.size_bytes(r['quant_bytes'])} ({r['compression_ratio']:.2f}x)"
+             f"<br>top-1 {labels.pct(r['quant_top1'])}, agreement {labels.pct(r['agreement'])}" for r in rows]
+    fig = go.Figure()
+    valid = [i for i, s in enumerate(score) if not math.isnan(s)]
+    front = [valid[j] for j in pareto_front([kib[i] for i in valid], [score[i] for i in valid])]
+    if len(front) > 1:
+        fig.add_trace(go.Scatter(x=[kib[i] for i in front], y=[score[i] for i in front], mode="lines",
+                                 line={"color": QUANT_COLOR, "dash": "dot", "shape": "hv"}, name="Pareto frontier",
+                                 hoverinfo="skip"))
+    sizes = [16 if i_d == current_id else 10 for i_d in ids]
+    fig.add_trace(go.Scatter(
+        x=kib, y=score, mode="markers", name="quantized configs", customdata=[[i] for i in ids],
+        hovertext=hover, hoverinfo="text",
+        marker={"color": QUANT_COLOR, "size": sizes, "line": {"width": [3 if i_d == current_id else 0 for i_d in ids],
+                                                               "color": "black"}},
+    ))
+    ref = fp32.get("fp32_top1") if metric == "quant_top1" else 1.0
+    if ref is not None and fp32.get("fp32_bytes"):
+        fig.add_trace(go.Scatter(x=[fp32["fp32_bytes"] / 1024], y=[100 * ref], mode="markers", name="FP32",
+                                 marker={"color": FP32_COLOR, "size": 14, "symbol": "star"},
+                                 hovertext=[f"FP32 {labels.size_bytes(fp32['fp32_bytes'])}"], hoverinfo="text"))
+    return _layout(fig, "Accuracy vs size: every configuration of this session (click one to restore it)",
+                   "Model size (KiB)", metric_name, height=440, clickmode="event+select")
+
+
+# -- Weights -----------------------------------------------------------------------------------------
+def _qparam(arr: Any, channel: int | None, group: int | None) -> float:
+    a = np.asarray(arr)
+    if a.ndim == 0:
+        return float(a)
+    if a.ndim == 1:
+        return float(a[channel if channel is not None else 0])
+    return float(a[channel if channel is not None else 0, group or 0])
+
+
+def weight_values(view: dict[str, Any], channel: int | None, group: int | None) -> np.ndarray:
+    """The FP32 weights on screen: the whole layer, one output channel, or one group of it."""
+    rows = view["rows"]
+    if channel is None:
+        return rows.reshape(-1)
+    row = rows[channel]
+    if group is not None and view.get("group_size"):
+        gs = view["group_size"]
+        return row[group * gs:(group + 1) * gs]
+    return row
+
+
+def weight_histogram(view: dict[str, Any], grid: np.ndarray | None, channel: int | None, group: int | None) -> go.Figure:
+    """FP32 weight histogram with the quantization grid (every representable value) and the clip range."""
+    values = weight_values(view, channel, group)
+    counts, edges = np.histogram(values, bins=80)
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure(go.Bar(x=centers, y=counts, width=np.diff(edges), name="FP32 weights",
+                           marker={"color": FP32_COLOR}, hovertemplate="%{x:.4g}: %{y} weights<extra></extra>"))
+    top = float(counts.max()) if counts.size else 1.0
+    if grid is not None:
+        gx, gy = _vlines(grid, 0, top * 1.05)
+        fig.add_trace(go.Scatter(x=gx, y=gy, mode="lines", line={"color": GRID_COLOR, "width": 1},
+                                 name=f"{labels.bits(view['bits'])} grid ({len(grid)} values)", hoverinfo="skip"))
+    if view.get("quantized"):
+        lo, hi = _clip_for(view, channel, group)
+        for x, name in ((lo, "clip low"), (hi, "clip high")):
+            fig.add_vline(x=x, line={"color": QUANT_COLOR, "width": 2, "dash": "dash"},
+                          annotation_text=f"{name} {x:.3g}", annotation_position="top")
+    where = "whole layer" if channel is None else f"output channel {channel}" + ("" if group is None else f", group {group}")
+    return _layout(fig, f"{view['layer']} weights ({where})", "Weight value", "Count", bargap=0)
+
+
+def _clip_for(view: dict[str, Any], channel: int | None, group: int | None) -> tuple[float, float]:
+    lo, hi = np.asarray(view["lo"]), np.asarray(view["hi"])
+    if channel is None or lo.ndim == 0:
+        return float(lo.min()), float(hi.max())
+    if lo.ndim == 1:
+        return float(lo[channel]), float(hi[channel])
+    if group is None:
+        return float(lo[channel].min()), float(hi[channel].max())
+    return float(lo[channel, group]), float(hi[channel, group])
+
+
+def grid_qparams(view: dict[str, Any], channel: int | None, group: int | None) -> tuple[float, int] | None:
+    """(scale, zero_point) of the one grid that applies to what is on screen, or None if several do."""
+    if not view.get("quantized"):
+        return None
+    gran = view["granularity"]
+    if gran == "per_tensor" or (gran == "per_channel" and channel is not None) or (
+            gran == "per_group" and channel is not None and group is not None):
+        return _qparam(view["scale"], channel, group), int(_qparam(view["zero_point"], channel, group))
+    return None
+
+
+def channel_ranges(view: dict[str, Any]) -> go.Figure:
+    """Each output channel's min..max as a bar, against the one range per-tensor quantization would use."""
+    mins, maxs = np.asarray(view["channel_min"]), np.asarray(view["channel_max"])
+    ch = np.arange(mins.size)
+    fig = go.Figure(go.Bar(x=ch, y=maxs - mins, base=mins, name="FP32 range of each channel",
+                           marker={"color": FP32_COLOR},
+                           hovertemplate="channel %{x}: [%{base:.3g}, %{y:.3g} wide]<extra></extra>"))
+    if view.get("quantized"):
+        lo, hi = np.asarray(view["lo"]), np.asarray(view["hi"])
+        if lo.ndim == 1:
+            fig.add_trace(go.Scatter(x=ch, y=hi, mode="markers", name="clip range per channel",
+                                     marker={"color": QUANT_COLOR, "symbol": "line-ew-open", "size": 12}))
+            fig.add_trace(go.Scatter(x=ch, y=lo, mode="markers", showlegend=False,
+                                     marker={"color": QUANT_COLOR, "symbol": "line-ew-open", "size": 12}))
+        elif lo.ndim == 2:
+            g = lo.shape[1]
+            xs = np.repeat(ch, g) + np.tile(np.linspace(-0.3, 0.3, g), ch.size)
+            fig.add_trace(go.Scatter(x=xs, y=hi.reshape(-1), mode="markers", name=f"clip range per group ({g} per channel)",
+                                     marker={"color": QUANT_COLOR, "size": 4}))
+            fig.add_trace(go.Scatter(x=xs, y=lo.reshape(-1), mode="markers", showlegend=False,
+                                     marker={"color": QUANT_COLOR, "size": 4}))
+        pt = view["per_tensor"]
+        for y, name in ((pt["hi"], "per-tensor range"), (pt["lo"], None)):
+            fig.add_hline(y=y, line={"color": NEUTRAL_COLOR, "dash": "dash"},
+                          annotation_text=name or "", annotation_position="top left")
+    return _layout(fig, f"{view['layer']}: weight range of every output channel", "Output channel", "Weight value",
+                   bargap=0.15)
+
+
+def fp32_vs_dequantized(view: dict[str, Any]) -> go.Figure:
+    """A seeded sample of weights: FP32 value vs its dequantized value (on the diagonal = no error)."""
+    x, y = np.asarray(view["sample_fp32"]), np.asarray(view["sample_fq"])
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"color": FP32_COLOR, "dash": "dot"},
+                             name="no error (y = x)", hoverinfo="skip"))
+    fig.add_trace(go.Scattergl(x=x, y=y, mode="markers", name=f"dequantized ({x.size} sampled weights)",
+                               marker={"color": QUANT_COLOR, "size": 4, "opacity": 0.6},
+                               hovertemplate="FP32 %{x:.4g} → %{y:.4g}<extra></extra>"))
+    return _layout(fig, f"{view['layer']}: FP32 vs dequantized weights", "FP32 weight", "Dequantized weight")
+
+
+# -- Activations ------------------------------------------------------------------------------------
+def activation_histogram(view: dict[str, Any], log_y: bool) -> go.Figure:
+    """Calibration histogram with every clipping method's range; the config's method drawn solid."""
+    counts, edges = np.asarray(view["counts"]), np.asarray(view["edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure(go.Bar(x=centers, y=counts, width=np.diff(edges), name=f"FP32 activations ({view['count']:,} values)",
+                           marker={"color": FP32_COLOR}, hovertemplate="%{x:.4g}: %{y} values<extra></extra>"))
+    for m in view["methods"]:
+        color = METHOD_COLORS[m["method"]]
+        style = {"color": color, "width": 3 if m["chosen"] else 1.5, "dash": "solid" if m["chosen"] else "dash"}
+        name = labels.CLIPPING[m["method"]] + (" (chosen)" if m["chosen"] else "")
+        top = float(counts.max()) * 1.1 if counts.size else 1.0
+        xs, ys = _vlines([m["lo"], m["hi"]], 1 if log_y else 0, top)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=style, name=name,
+                                 hovertemplate=f"{name}: [{m['lo']:.4g}, {m['hi']:.4g}]<extra></extra>"))
+    return _layout(fig, f"{view['point']}: calibration histogram ({view['num_samples']} calibration samples)",
+                   "Activation value", "Count" + (" (log scale)" if log_y else ""),
+                   yaxis_type="log" if log_y else "linear", bargap=0, height=420)
+
+
+def method_errors(view: dict[str, Any]) -> go.Figure:
+    """Expected quantization MSE of each method's range, split into rounding and clipping error."""
+    names = [labels.CLIPPING[m["method"]] + (" ★" if m["chosen"] else "") for m in view["methods"]]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=names, y=[m["rounding_mse"] for m in view["methods"]], name="rounding error",
+                         marker={"color": ROUNDING_COLOR}))
+    fig.add_trace(go.Bar(x=names, y=[m["clipping_mse"] for m in view["methods"]], name="clipping error",
+                         marker={"color": CLIPPING_COLOR}))
+    return _layout(fig, f"Expected error at {labels.bits(view['bits'])} (★ chosen)",
+                   "Clipping method", "Mean squared error", barmode="stack", height=340)
+
+
+# -- Layer error --------------------------------------------------------------------------------------
+def layer_sqnr(layers: Sequence[dict[str, Any]], flagged: Sequence[str] = ()) -> go.Figure:
+    """Per-layer SQNR bars in network order; a missing bar is a layer with no quantization there."""
+    names = [r["name"] for r in layers]
+    ticks = [f"<span style='color:{FLAG_COLOR}'><b>⚠ {n}</b></span>" if n in flagged else n for n in names]
+    fig = go.Figure()
+    for key, color in SQNR_COLORS.items():
+        ys = [r.get(key) for r in layers]
+        fig.add_trace(go.Bar(x=names, y=ys, name=SQNR_NAMES[key], marker={"color": color},
+                             hovertemplate="%{x}: %{y:.1f} dB<extra>" + SQNR_NAMES[key] + "</extra>"))
+    fig.update_xaxes(tickmode="array", tickvals=names, ticktext=ticks)
+    return _layout(fig, "Signal-to-quantization-noise ratio per layer (higher is better; +6 dB ≈ one more bit)",
+                   "Layer (network order)", "SQNR (dB)", barmode="group", height=420)
+
+
+# -- Compare ------------------------------------------------------------------------------------------
+def compare_bars(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """Top-1 (FP32 and quantized), agreement and size of saved configurations side by side."""
+    names = [n.replace(" · ", "<br>") for n in names]  # long config names: one part per line, not rotated
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy (%)", "Model size (KiB)"))
+    fig.add_trace(go.Bar(x=names, y=[100 * (r["fp32_top1"] or 0) for r in rows], name="FP32 top-1",
+                         marker={"color": FP32_COLOR}), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[100 * (r["quant_top1"] or 0) for r in rows], name="quantized top-1",
+                         marker={"color": QUANT_COLOR}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=names, y=[100 * r["agreement"] for r in rows], mode="markers", name="agreement with FP32",
+                             marker={"color": "black", "symbol": "diamond", "size": 10}), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[r["fp32_bytes"] / 1024 for r in rows], name="FP32 size",
+                         marker={"color": FP32_COLOR}, showlegend=False), row=1, col=2)
+    fig.add_trace(go.Bar(x=names, y=[r["quant_bytes"] / 1024 for r in rows], name="quantized size",
+                         marker={"color": QUANT_COLOR}, showlegend=False), row=1, col=2)
+    low = min([100 * min(r["quant_top1"] or 1, r["agreement"]) for r in rows] + [100.0])
+    fig.update_yaxes(range=[max(0.0, low - 5), 100.5], row=1, col=1)
+    fig.update_yaxes(title_text="%", row=1, col=1)
+    fig.update_yaxes(title_text="KiB", row=1, col=2)
+    fig.update_xaxes(tickangle=0)
+    fig.update_layout(height=460, margin=_MARGIN, barmode="group",
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 0})
+    return fig
+
+
+# -- Calibration check -----------------------------------------------------------------------------
+def calibration_accuracy(check: dict[str, Any]) -> go.Figure:
+    """Top-1 and agreement vs calibration size: each seed as a dot, the mean as a line, min..max as a band."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Quantized top-1 (%)", "Agreement with FP32 (%)"))
+    for col, key in ((1, "quant_top1"), (2, "agreement")):
+        rows = check["summary"]
+        if rows[0][f"{key}_mean"] is None:
+            continue
+        xs = [r["size"] for r in rows]
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[100 * r[f"{key}_max"] for r in rows] + [100 * r[f"{key}_min"] for r in rows][::-1],
+                                 fill="toself", fillcolor="rgba(232, 116, 59, 0.18)", line={"width": 0},
+                                 name="min..max over seeds", showlegend=col == 1, hoverinfo="skip"), row=1, col=col)
+        fig.add_trace(go.Scatter(x=xs, y=[100 * r[f"{key}_mean"] for r in rows], mode="lines+markers",
+                                 line={"color": QUANT_COLOR}, name="mean over seeds", showlegend=col == 1), row=1, col=col)
+        runs = check["runs"]
+        fig.add_trace(go.Scatter(x=[r["size"] for r in runs], y=[100 * r[key] for r in runs], mode="markers",
+                                 marker={"color": "black", "size": 5, "opacity": 0.6}, name="one seed",
+                                 showlegend=col == 1, customdata=[r["seed"] for r in runs],
+                                 hovertemplate="size %{x}, seed %{customdata}: %{y:.2f} %<extra></extra>"), row=1, col=col)
+        ref = check["fp32_top1"] if key == "quant_top1" else 1.0
+        if ref is not None:
+            fig.add_hline(y=100 * ref, line={"color": FP32_COLOR, "dash": "dash"}, row=1, col=col,
+                          annotation_text="FP32", annotation_position="bottom right")
+        lo = min(100 * r[key] for r in runs)
+        fig.add_trace(go.Scatter(x=[check["config_size"]] * 2, y=[lo, 100 * max(r[key] for r in runs + [{key: ref or 0}])],
+                                 mode="lines", line={"color": NEUTRAL_COLOR, "dash": "dot"}, name="this config's size",
+                                 showlegend=col == 1, hoverinfo="skip"), row=1, col=col)
+    # log axis with the sizes as ticks (shapes such as add_vline would need log10 positions on a log axis)
+    fig.update_xaxes(type="log", title_text="Calibration samples (log scale)", tickvals=check["sizes"],
+                     ticktext=[str(n) for n in check["sizes"]])
+    fig.update_layout(height=400, margin=_MARGIN, legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 0})
+    return fig
+
+
+def calibration_ranges(check: dict[str, Any], unstable: Sequence[str]) -> go.Figure:
+    """Each activation's chosen range width vs calibration size, relative to the largest size; error bars = std over seeds."""
+    fig = go.Figure()
+    for point in check["points"]:
+        rows = [r for r in check["spread"] if r["point"] == point]
+        flagged = point in unstable
+        ref = rows[-1]["width_mean"] or 1.0
+        fig.add_trace(go.Scatter(
+            x=[r["size"] for r in rows], y=[r["width_vs_largest"] for r in rows], mode="lines+markers",
+            name=point + (" ⚠ unstable" if flagged else ""),
+            error_y={"type": "data", "array": [r["width_std"] / ref for r in rows], "visible": True},
+            line={"width": 3 if flagged else 1.5, "dash": "solid" if flagged else "dot",
+                  **({"color": FLAG_COLOR} if flagged else {})},
+            hovertemplate=point + ": size %{x}, width %{y:.3f}× the largest size's<extra></extra>",
+        ))
+    ys = [r["width_vs_largest"] for r in check["spread"]]
+    fig.add_trace(go.Scatter(x=[check["config_size"]] * 2, y=[min(ys), max(ys)], mode="lines",
+                             line={"color": NEUTRAL_COLOR, "dash": "dot"}, name="this config's size", hoverinfo="skip"))
+    fig.update_xaxes(tickvals=check["sizes"], ticktext=[str(n) for n in check["sizes"]])
+    return _layout(fig, "Chosen activation range width vs calibration size (1.0 = the largest size)",
+                   "Calibration samples (log scale)", "Range width / width at the largest size",
+                   xaxis_type="log", height=440, legend={"orientation": "v"})
+
+
+# -- Learn --------------------------------------------------------------------------------------------
+def number_line(x: np.ndarray, x_hat: np.ndarray, levels: np.ndarray, lo: float, hi: float, title: str) -> go.Figure:
+    """Values on a number line: FP32 (blue, top), where each lands on the grid (orange, bottom), the grid ticks."""
+    fig = go.Figure()
+    span = max(hi - lo, 1e-12)
+    vis = levels[(levels >= lo - 0.15 * span) & (levels <= hi + 0.15 * span)]
+    gx, gy = _vlines(vis, -0.25, 0.25)
+    fig.add_trace(go.Scatter(x=gx, y=gy, mode="lines", line={"color": GRID_COLOR, "width": 1.5},
+                             name=f"grid ({len(levels)} values)", hoverinfo="skip"))
+    for xi, qi in zip(x, x_hat, strict=True):
+        fig.add_trace(go.Scatter(x=[xi, qi], y=[1, 0], mode="lines", line={"color": NEUTRAL_COLOR, "width": 1},
+                                 showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=x, y=np.ones_like(x), mode="markers", name="FP32 value x",
+                             marker={"color": FP32_COLOR, "size": 11}, hovertemplate="x = %{x:.4g}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=x_hat, y=np.zeros_like(x_hat), mode="markers", name="dequantized x̂",
+                             marker={"color": QUANT_COLOR, "size": 11, "symbol": "diamond"},
+                             hovertemplate="x̂ = %{x:.4g}<extra></extra>"))
+    for xv, name in ((lo, "clip low"), (hi, "clip high")):
+        fig.add_vline(x=xv, line={"color": QUANT_COLOR, "dash": "dash"}, annotation_text=name,
+                      annotation_position="top")
+    fig.update_yaxes(tickvals=[0, 1], ticktext=["quantized", "FP32"], range=[-0.6, 1.5])
+    return _layout(fig, title, "Value", "", height=320,
+                   legend={"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0})
+
+
+def clipping_tradeoff(curve: dict[str, np.ndarray], methods: Sequence[dict[str, Any]], threshold: float) -> go.Figure:
+    """Rounding, clipping and total error as the clip threshold moves, with each method's choice marked."""
+    t = np.maximum(np.abs(curve["lo"]), np.abs(curve["hi"]))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=t, y=curve["rounding_mse"], mode="lines", name="rounding error",
+                             line={"color": ROUNDING_COLOR, "width": 2}))
+    fig.add_trace(go.Scatter(x=t, y=curve["clipping_mse"], mode="lines", name="clipping error",
+                             line={"color": CLIPPING_COLOR, "width": 2}))
+    fig.add_trace(go.Scatter(x=t, y=curve["mse"], mode="lines", name="total error", line={"color": "black", "width": 3}))
+    best = int(np.argmin(curve["mse"]))
+    fig.add_trace(go.Scatter(x=[t[best]], y=[curve["mse"][best]], mode="markers", name="lowest total error",
+                             marker={"color": "black", "size": 12, "symbol": "star"}))
+    parts = np.concatenate([curve["mse"], curve["rounding_mse"], curve["clipping_mse"]])
+    top = float(np.max(curve["mse"])) * 2
+    bottom = max(float(np.min(parts[parts > 0])), float(np.min(curve["mse"])) / 100) / 2  # show both parts, not 1e-30
+    for m in methods:
+        xs, ys = _vlines([m["threshold"]], bottom, top)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": METHOD_COLORS[m["method"]], "dash": "dash"},
+                                 name=f"{labels.CLIPPING[m['method']]} picks {m['threshold']:.3g}"))
+    xs, ys = _vlines([threshold], bottom, top)
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": QUANT_COLOR, "width": 4},
+                             name=f"your clip {threshold:.3g}"))
+    return _layout(fig, "The clipping tradeoff: a smaller range rounds finer but clips more",
+                   "Clip threshold (largest value kept)", "Mean squared error (log scale)", yaxis_type="log",
+                   height=460, yaxis_range=[math.log10(bottom), math.log10(top)],
+                   legend={"orientation": "v", "x": 1.02, "y": 1})
+
+
+def histogram_with_clip(values: np.ndarray, lo: float, hi: float) -> go.Figure:
+    counts, edges = np.histogram(values, bins=120)
+    centers = (edges[:-1] + edges[1:]) / 2
+    inside = (centers >= lo) & (centers <= hi)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=centers[inside], y=counts[inside], width=np.diff(edges)[inside], name="kept (rounded)",
+                         marker={"color": FP32_COLOR}))
+    fig.add_trace(go.Bar(x=centers[~inside], y=counts[~inside], width=np.diff(edges)[~inside],
+                         name="clipped to the edge", marker={"color": CLIPPING_COLOR}))
+    for xv in (lo, hi):
+        fig.add_vline(x=xv, line={"color": QUANT_COLOR, "width": 3})
+    return _layout(fig, "The data and your clip range", "Value", "Count (log scale)", yaxis_type="log", bargap=0,
+                   height=320)

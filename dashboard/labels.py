@@ -1,0 +1,90 @@
+"""Human-readable names for config values and numbers, so every page words them the same way.
+
+Only formatting lives here: no Streamlit, no engine calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+SCHEME = {"symmetric": "symmetric", "asymmetric": "asymmetric"}
+GRANULARITY = {"per_tensor": "per-tensor", "per_channel": "per-channel", "per_group": "per-group", "per_token": "per-token"}
+CLIPPING = {"minmax": "min-max", "percentile": "percentile", "mse": "MSE search", "kl": "KL (entropy)"}
+ACT_MODE = {"static": "static (calibrated)", "dynamic": "dynamic (per input)", "weight_only": "weight-only"}
+SELECTION = {"random": "random", "first": "first N", "balanced": "class-balanced"}
+
+
+def bits(n: int | None) -> str:
+    return "float" if n is None else f"INT{n}"
+
+
+def spec(value: str | dict[str, Any]) -> str:
+    """A model or data-set spec as one string: the registry name, or compact JSON for an object."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def config_label(config: dict[str, Any]) -> str:
+    """A short name such as ``W4 per-group(32) MSE-optimal · A8 static min-max · cal 256``."""
+    w = config["weights"]
+    gran = GRANULARITY[w["granularity"]]
+    if w["granularity"] == "per_group":
+        gran += f"({w['group_size']})"
+    parts = [f"W{w['bits']} {gran} {CLIPPING[w['clipping']]}"]
+    a = config["activations"]
+    if a is None:
+        parts.append("weight-only")
+    elif a["mode"] == "dynamic":
+        parts.append(f"A{a['bits']} dynamic")
+    else:
+        parts.append(f"A{a['bits']} {CLIPPING[a['clipping']]} · cal {config['calibration']['num_samples']}")
+    extras = []
+    if config["keep_float"]:
+        extras.append(f"{len(config['keep_float'])} float")
+    if config["overrides"]:
+        extras.append(f"{len(config['overrides'])} overrides")
+    if not config["fold_batchnorm"]:
+        extras.append("BN unfolded")
+    return " · ".join(parts + ([", ".join(extras)] if extras else []))
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def db(x: float | None) -> str:
+    """SQNR in dB; None (no quantization noise) reads as 'exact'."""
+    if x is None or (isinstance(x, float) and math.isinf(x)):
+        return "exact"
+    return f"{x:.1f} dB"
+
+
+def size_bytes(n: int | float) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{int(n)} B"
+
+
+def latency(block: dict[str, Any]) -> dict[str, Any]:
+    """The headline latency of a Result's ``latency`` block, honest about how it was obtained.
+
+    ``measured`` blocks (the onnxruntime check) give batch-1 milliseconds on real integer
+    kernels; ``simulated`` ones the cost of fake quantization in PyTorch, which is NOT what an
+    integer runtime would take. Returns kind, fp32_ms, quant_ms, title and a one-line note.
+    """
+    if block.get("kind") == "measured" and block.get("batches"):
+        batch = block["batches"].get("1") or next(iter(block["batches"].values()))
+        return {
+            "kind": "measured", "fp32_ms": batch["fp32_ms"], "quant_ms": batch["quant_ms"],
+            "title": "Latency, batch 1 (measured)",
+            "note": f"measured on {block['runtime']} with {block['threads']} thread(s), {block['unit']}; "
+                    f"FP32 is the same model exported without quantization",
+        }
+    return {
+        "kind": "simulated", "fp32_ms": block.get("fp32_ms"), "quant_ms": block.get("quant_ms"),
+        "title": "Latency (simulated)",
+        "note": block.get("note", "simulated: the cost of fake quantization, not of integer kernels"),
+    }

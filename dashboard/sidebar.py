@@ -1,0 +1,236 @@
+"""The sidebar: one control per QuantConfig field (keys ``sb_*``, mapped in :mod:`dashboard.state`).
+
+Controls are always drawn, disabled where they do not apply, so their values survive while
+hidden from the config (Streamlit forgets a widget's value in a run it is not drawn). The few
+callbacks keep the controls a VALID config when one choice constrains another (a dynamic
+quantizer has no clipping method to choose; a new model has other layer names).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import streamlit as st
+import torch
+
+from ptq_core.config import (
+    ACTIVATION_CLIPPING,
+    DYNAMIC_ACTIVATION_GRANULARITIES,
+    MAX_BITS,
+    MIN_BITS,
+    RUNTIMES,
+    SCHEMES,
+    SELECTIONS,
+    WEIGHT_CLIPPING,
+    WEIGHT_GRANULARITIES,
+)
+from ptq_core.data import available_datasets
+from ptq_core.errors import PTQError
+from ptq_core.models import available_models, get_model_entry
+
+from . import labels, resources, state
+
+BITS = list(range(MAX_BITS, MIN_BITS - 1, -1))  # 8, 7, ..., 2: INT8 first
+MODES = ["static", "dynamic", state.WEIGHT_ONLY]
+INHERIT = "same as global"
+
+
+def _bits_label(n: int) -> str:
+    return f"INT{n} ({2**n} levels)"
+
+
+def _model_label(spec: str) -> str:
+    try:
+        entry = get_model_entry(state.spec_value(spec))
+    except PTQError:
+        return spec
+    return spec + ("" if entry.pretrained else " (random weights)")
+
+
+def _on_model_change() -> None:
+    """A new model: its own default data set, and no layer names of the old one."""
+    spec = st.session_state["sb_model"]
+    try:
+        entry = get_model_entry(state.spec_value(spec))
+        st.session_state["sb_dataset"] = labels.spec(entry.default_dataset)
+    except PTQError:
+        pass
+    st.session_state["sb_keep_float"] = []
+    st.session_state["cfg_overrides"] = {}
+
+
+def _on_mode_change() -> None:
+    """Dynamic quantizers take each input's own min/max: no clipping choice; per-token is dynamic-only."""
+    mode = st.session_state["sb_a_mode"]
+    if mode == "dynamic":
+        st.session_state["sb_a_clipping"] = "minmax"
+    elif st.session_state["sb_a_granularity"] != "per_tensor":
+        st.session_state["sb_a_granularity"] = "per_tensor"
+
+
+def _options_with(current: str, options: list[str]) -> list[str]:
+    """``options`` plus the current value (an imported spec that is not a registered name)."""
+    return options if current in options else [*options, current]
+
+
+def render() -> None:
+    """Draw every control. Must run before any page reads the config."""
+    ss = st.session_state
+    sb = st.sidebar
+    sb.title("PTQ Explorer")
+    sb.caption("Every control is one field of the config you can export.")
+
+    sb.subheader("Model and data")
+    sb.selectbox("Model", _options_with(ss["sb_model"], available_models()), key="sb_model",
+                 format_func=_model_label, on_change=_on_model_change)
+    sb.selectbox("Data set", _options_with(ss["sb_dataset"], available_datasets()), key="sb_dataset")
+
+    sb.subheader("Weights")
+    sb.selectbox("Weight bits", BITS, key="sb_w_bits", format_func=_bits_label)
+    sb.radio("Weight scheme", list(SCHEMES), key="sb_w_scheme", horizontal=True,
+             help="symmetric: zero point 0, range ±max. asymmetric: a zero point shifts the grid to fit [min, max].")
+    c1, c2 = sb.columns([3, 2])
+    c1.selectbox("Granularity", list(WEIGHT_GRANULARITIES), key="sb_w_granularity",
+                 format_func=labels.GRANULARITY.get, help="How many weights share one scale.")
+    c2.number_input("Group size", min_value=1, step=16, key="sb_w_group_size",
+                    disabled=ss["sb_w_granularity"] != "per_group", help="Weights per range (per-group only).")
+    c1, c2 = sb.columns([3, 2])
+    c1.selectbox("Weight clipping", list(WEIGHT_CLIPPING), key="sb_w_clipping", format_func=labels.CLIPPING.get)
+    c2.number_input("Percentile", min_value=50.001, max_value=99.99999, step=0.01, format="%.3f", key="sb_w_percentile",
+                    disabled=ss["sb_w_clipping"] != "percentile")
+
+    sb.subheader("Activations")
+    sb.radio("Activation quantization", MODES, key="sb_a_mode", format_func=labels.ACT_MODE.get,
+             on_change=_on_mode_change, horizontal=True)
+    off = ss["sb_a_mode"] == state.WEIGHT_ONLY
+    static = ss["sb_a_mode"] == "static"
+    c1, c2 = sb.columns(2)
+    c1.selectbox("Activation bits", BITS, key="sb_a_bits", format_func=_bits_label, disabled=off)
+    c2.selectbox("Activation granularity", list(DYNAMIC_ACTIVATION_GRANULARITIES), key="sb_a_granularity",
+                 format_func=labels.GRANULARITY.get, disabled=ss["sb_a_mode"] != "dynamic")
+    sb.radio("Activation scheme", list(SCHEMES), key="sb_a_scheme", horizontal=True, disabled=off)
+    c1, c2 = sb.columns([3, 2])
+    c1.selectbox("Activation clipping", list(ACTIVATION_CLIPPING), key="sb_a_clipping",
+                 format_func=labels.CLIPPING.get, disabled=not static)
+    c2.number_input("Percentile", min_value=50.001, max_value=99.99999, step=0.01, format="%.3f", key="sb_a_percentile",
+                    disabled=not static or ss["sb_a_clipping"] != "percentile")
+
+    sb.subheader("Calibration subset")
+    c1, c2 = sb.columns(2)
+    c1.number_input("Samples", min_value=1, step=32, key="sb_cal_num_samples", disabled=not static,
+                    help="How many samples of the calibration pool the activation ranges are measured on.")
+    c2.number_input("Seed", min_value=0, step=1, key="sb_cal_seed", disabled=not static)
+    sb.selectbox("Selection", list(SELECTIONS), key="sb_cal_selection", format_func=labels.SELECTION.get,
+                 disabled=not static)
+
+    sb.subheader("Layers")
+    sb.checkbox("Fold BatchNorm into the preceding conv", key="sb_fold_bn")
+    units, names = _layer_names()
+    sb.multiselect("Keep in float", _options_with_all(ss["sb_keep_float"], units), key="sb_keep_float",
+                   help="These layers are not quantized (weights and their output).")
+    with sb.expander(f"Per-layer overrides ({len(ss['cfg_overrides'])})"):
+        _overrides(names)
+    if "sb_eval_runtime" in ss:
+        sb.subheader("Evaluation")
+        sb.selectbox("Integer runtime check", [None, *RUNTIMES], key="sb_eval_runtime",
+                     format_func=lambda v: "off: simulation only (fast)" if v is None else f"{v}: export and run it",
+                     help="Also export the quantized model to ONNX and run it on real integer kernels: measured "
+                          "latency and a check that the simulation matches. Adds about a second per configuration.")
+    with sb.expander("Advanced: device, batch sizes, evaluation subset"):
+        if "sb_device" in ss:
+            st.selectbox("Device", _devices(ss["sb_device"]), key="sb_device",
+                         help="Where calibration and evaluation run; the numbers agree within float tolerance.")
+        st.number_input("Calibration batch size", min_value=1, step=8, key="sb_cal_batch_size")
+        st.number_input("Evaluation samples (0 = the whole split)", min_value=0, step=50, key="sb_eval_num_samples")
+        st.number_input("Evaluation batch size", min_value=1, step=32, key="sb_eval_batch_size")
+        st.number_input("Samples for per-layer error", min_value=1, step=32, key="sb_eval_layer_error_samples")
+
+    try:
+        state.config_from_state()
+    except PTQError as exc:
+        sb.error(str(exc))
+
+
+def _devices(current: str) -> list[str]:
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return found if current in found else [*found, current]
+
+
+def _options_with_all(current: list[str], options: list[str]) -> list[str]:
+    return options + [c for c in current if c not in options]
+
+
+def _layer_names() -> tuple[list[str], list[str]]:
+    """Names keep_float may use (the units) and overrides may use (units and activation points)."""
+    ss = st.session_state
+    try:
+        explorer = resources.get_explorer(json.dumps(state.spec_value(ss["sb_model"]), sort_keys=True),
+                                          json.dumps(state.spec_value(ss["sb_dataset"]), sort_keys=True))
+        prepared = explorer.prepared(bool(ss["sb_fold_bn"]))
+    except PTQError as exc:
+        st.sidebar.error(str(exc))
+        return [], []
+    units = [u.name for u in prepared.units]
+    return units, units + [p.name for p in prepared.points if p.name not in units]
+
+
+def _overrides(names: list[str]) -> None:
+    ss = st.session_state
+    st.caption("Give one layer other settings than the global ones. Weights apply to a Conv/Linear layer, "
+               "activation bits to the tensor the layer outputs.")
+    if not names:
+        st.caption("(no layers: fix the model first)")
+        return
+    ss.setdefault("sb_ov_layer", names[0])
+    if ss["sb_ov_layer"] not in names:
+        ss["sb_ov_layer"] = names[0]
+    st.selectbox("Layer", names, key="sb_ov_layer")
+    c1, c2 = st.columns(2)
+    c1.selectbox("Weight bits", [INHERIT, *BITS], key="sb_ov_w_bits",
+                 format_func=lambda v: v if v == INHERIT else f"INT{v}")
+    c2.selectbox("Granularity", [INHERIT, *WEIGHT_GRANULARITIES], key="sb_ov_w_granularity",
+                 format_func=lambda v: labels.GRANULARITY.get(v, v))
+    c1.selectbox("Weight clipping", [INHERIT, *WEIGHT_CLIPPING], key="sb_ov_w_clipping",
+                 format_func=lambda v: labels.CLIPPING.get(v, v))
+    c2.selectbox("Activation bits", [INHERIT, *BITS], key="sb_ov_a_bits",
+                 format_func=lambda v: v if v == INHERIT else f"INT{v}")
+    st.button("Set override", key="sb_ov_set", on_click=_set_override, width="stretch")
+    for name, ov in ss["cfg_overrides"].items():
+        c1, c2 = st.columns([5, 1])
+        c1.caption(f"**{name}**: {_describe(ov)}")
+        c2.button("✕", key=f"sb_ov_del_{name}", on_click=_delete_override, args=(name,), help=f"Remove the override of {name}")
+
+
+def _describe(ov: dict[str, Any]) -> str:
+    parts = [f"weights {k}={v}" for k, v in ov.get("weights", {}).items()]
+    parts += [f"activations {k}={v}" for k, v in ov.get("activations", {}).items()]
+    return ", ".join(parts) or "nothing"
+
+
+def _set_override() -> None:
+    ss = st.session_state
+    name = ss["sb_ov_layer"]
+    weights: dict[str, Any] = {}
+    if ss["sb_ov_w_bits"] != INHERIT:
+        weights["bits"] = ss["sb_ov_w_bits"]
+    if ss["sb_ov_w_granularity"] != INHERIT:
+        weights["granularity"] = ss["sb_ov_w_granularity"]
+        if ss["sb_ov_w_granularity"] == "per_group":
+            weights["group_size"] = int(ss["sb_w_group_size"])
+    if ss["sb_ov_w_clipping"] != INHERIT:
+        weights["clipping"] = ss["sb_ov_w_clipping"]
+    activations = {} if ss["sb_ov_a_bits"] == INHERIT else {"bits": ss["sb_ov_a_bits"]}
+    overrides = dict(ss["cfg_overrides"])
+    entry = {k: v for k, v in (("weights", weights), ("activations", activations)) if v}
+    if entry:
+        overrides[name] = entry
+    else:
+        overrides.pop(name, None)
+    ss["cfg_overrides"] = overrides
+
+
+def _delete_override(name: str) -> None:
+    overrides = dict(st.session_state["cfg_overrides"])
+    overrides.pop(name, None)
+    st.session_state["cfg_overrides"] = overrides

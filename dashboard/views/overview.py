@@ -1,0 +1,141 @@
+"""Overview page: FP32 vs quantized headline numbers, and the accuracy-size scatter of this session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, labels, resources, state
+from ptq_core.config import QuantConfig
+
+
+def describe_run(result: dict[str, Any]) -> str:
+    """One line saying what was measured on what: model (random weights?), data, calibration subset."""
+    model, data, cfg = result["model"], result["dataset"], result["config"]
+    weights = "pretrained" if model["pretrained"] else "**random weights**"
+    if result["mode"] == "static":
+        cal = cfg["calibration"]
+        calib = (f"calibrated on **{data['num_calibration_samples']} samples** "
+                 f"({labels.SELECTION[cal['selection']]}, seed {cal['seed']}) of a {data['calibration_pool_size']}-sample pool")
+    else:
+        calib = f"no calibration ({labels.ACT_MODE[result['mode']]})"
+    return (f"**{model['name']}** ({weights}, {model['num_parameters']:,} parameters) on **{data['name']}**: "
+            f"{calib}; evaluated on {data['num_eval_samples']} samples.")
+
+
+def _restore_from_scatter() -> None:
+    event = st.session_state.get("ov_scatter")
+    points = event.selection.points if event is not None else []
+    if not points:
+        return
+    entry = state.history_entry(int(points[0]["customdata"][0]))
+    if entry is not None:
+        state.apply_config_to_state(QuantConfig.from_json(entry["config_json"]))
+        state.flash("success", f"Restored: {entry['row']['label']}")
+
+
+def _restore_from_list() -> None:
+    entry = state.history_entry(int(st.session_state["ov_restore"]))
+    if entry is not None:
+        state.apply_config_to_state(QuantConfig.from_json(entry["config_json"]))
+        state.flash("success", f"Restored: {entry['row']['label']}")
+
+
+def _save(result: dict[str, Any]) -> None:
+    name = st.session_state["ov_save_name"].strip() or labels.config_label(result["config"])
+    state.save(result, name)
+    state.flash("success", f"Saved “{name}”: see it on Compare and sweep.")
+
+
+def run_note(result: dict[str, Any]) -> str:
+    """How latency was obtained, what the onnxruntime check found, and what this run cost."""
+    lat, m, timing = result["latency"], result["metrics"], result["timing"]
+    if lat.get("kind") == "measured":
+        kernels = lat.get("integer_kernels", [])
+        verified = sum(1 for k in kernels if k.get("verified") == "yes")
+        parts = [f"Latency **measured** on {lat['runtime']} ({lat['threads']} thread(s), median of repeats). "
+                 f"The exported model agrees with the simulation on {m.get('runtime_matching_samples', '?')} of "
+                 f"{m['num_eval_samples']} samples (max |Δ logit| {m.get('runtime_max_abs_diff', float('nan')):.3g}); "
+                 f"{verified} of {len(kernels)} quantized units run on integer kernels."]
+    else:
+        parts = [f"Latency is **simulated** ({lat.get('runtime', 'PyTorch')}): the cost of simulating quantization "
+                 "in float, not integer-kernel speed. Turn on the integer runtime check in the sidebar to measure it."]
+    cal = "calibration reused (cached)" if timing["calibration_cached"] else f"calibrated in {timing['calibration_s']:.2f} s"
+    parts.append(f"This run: {cal}, evaluated in {timing['evaluation_s']:.2f} s"
+                 + (f", runtime check {timing['runtime_s']:.2f} s." if timing.get("runtime_s") else "."))
+    return " ".join(parts)
+
+
+def _card(col: Any, label: str, value: str, **kwargs: Any) -> None:
+    col.metric(label, value, border=True, **kwargs)
+
+
+def metric_cards(result: dict[str, Any]) -> None:
+    m, size = result["metrics"], result["size"]
+    cols = st.columns(5)  # FP32 top-1 | quantized top-1 | agreement | size | latency
+    if "fp32_top1" in m:
+        _card(cols[0], "FP32 top-1", labels.pct(m["fp32_top1"]))
+        delta_pp = 100 * (m["quant_top1"] - m["fp32_top1"])
+        if abs(delta_pp) < 0.005:
+            _card(cols[1], "Quantized top-1", labels.pct(m["quant_top1"]), delta="same as FP32", delta_color="off",
+                  delta_arrow="off")
+        else:
+            _card(cols[1], "Quantized top-1", labels.pct(m["quant_top1"]), delta=f"{delta_pp:+.2f} pp vs FP32")
+    else:  # the engine reports no accuracy for random weights or unlabeled data
+        why = "random weights" if not result["model"]["pretrained"] else "no labels"
+        _card(cols[0], "FP32 top-1", "n/a", help=f"Not reported: {why}. Agreement with FP32 still means something.")
+        _card(cols[1], "Quantized top-1", "n/a", help=f"Not reported: {why}.")
+    _card(cols[2], "Agreement with FP32", labels.pct(m["agreement"]),
+                   help="Share of evaluation samples whose top-1 class is the same as the FP32 model's.")
+    saved = size["fp32_bytes"] - size["quant_bytes"]
+    _card(cols[3], "Size", labels.size_bytes(size["quant_bytes"]),
+                   delta=f"{size['compression_ratio']:.2f}x smaller (−{labels.size_bytes(saved)})", delta_color="off",
+                   delta_arrow="off",
+                   help=f"{size['quant_bytes']:,} bytes quantized vs {size['fp32_bytes']:,} bytes FP32.")
+    lat = labels.latency(result["latency"])
+    speed = lat["fp32_ms"] / lat["quant_ms"] if lat["quant_ms"] else float("nan")
+    _card(cols[4], lat["title"], f"{lat['quant_ms']:.3g} ms",
+          delta=f"{speed:.2f}x {'faster' if speed >= 1 else 'slower'} than FP32 ({lat['fp32_ms']:.3g} ms)",
+          delta_color="off", delta_arrow="off", help=lat["note"])
+
+
+def render() -> None:
+    st.title("Overview")
+    config, result = resources.current_result()
+    st.markdown(describe_run(result))
+    if not result["model"]["pretrained"]:
+        st.warning("This model has **random weights**: accuracy is not reported (it would mean nothing); agreement "
+                   "with FP32 still does.")
+    metric_cards(result)
+    st.caption(run_note(result))
+    for w in result["warnings"]:
+        st.warning(w)
+
+    st.subheader("Accuracy–size tradeoff")
+    entries = state.history()
+    current_id = next((e["id"] for e in entries if e["config_json"] == config.to_json()), None)
+    c1, c2 = st.columns([3, 1])
+    metric = c2.radio("Accuracy measure", ["quant_top1", "agreement"], key="ov_metric",
+                      format_func={"quant_top1": "top-1 accuracy", "agreement": "agreement with FP32"}.get)
+    if "quant_top1" not in result["metrics"] and metric == "quant_top1":
+        metric = "agreement"
+    fig = charts.tradeoff_scatter([e["row"] for e in entries], [e["id"] for e in entries], current_id, metric,
+                                  {"fp32_top1": result["metrics"].get("fp32_top1"), "fp32_bytes": result["size"]["fp32_bytes"]})
+    with c1:
+        st.plotly_chart(fig, key="ov_scatter", on_select=_restore_from_scatter, selection_mode="points")
+    c2.caption(f"{len(entries)} configuration(s) evaluated in this session. Change a control, run a sweep on "
+               "*Compare and sweep*, or click a point to restore its settings.")
+    names = {e["id"]: e["row"]["label"] for e in entries}
+    c2.selectbox("Restore a configuration", list(reversed(names)), key="ov_restore", format_func=names.get)
+    c2.button("Restore", key="ov_restore_btn", on_click=_restore_from_list, width="stretch")
+    c2.text_input("Name", key="ov_save_name", placeholder=labels.config_label(result["config"]))
+    c2.button("Save current to Compare", key="ov_save", on_click=_save, args=(result,), width="stretch",
+              type="primary")
+
+    with st.expander("Session history as a table"):
+        st.dataframe(pd.DataFrame([e["row"] for e in entries]), hide_index=True)
+
+
+render()
