@@ -252,8 +252,12 @@ def layer_sqnr(layers: Sequence[dict[str, Any]], flagged: Sequence[str] = ()) ->
 
 # -- Compare ------------------------------------------------------------------------------------------
 def compare_bars(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> go.Figure:
-    """Top-1 (FP32 and quantized), agreement and size of saved configurations side by side."""
-    names = [n.replace(" · ", "<br>") for n in names]  # long config names: one part per line, not rotated
+    """Top-1 (FP32 and quantized), agreement and size of saved configurations side by side.
+
+    Bars are labeled #1, #2, ... (the table's ``#`` column); the full name is in the hover.
+    """
+    full = list(names)
+    names = [f"#{i + 1}" for i in range(len(full))]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy (%)", "Model size (KiB)"))
     fig.add_trace(go.Bar(x=names, y=[100 * (r["fp32_top1"] or 0) for r in rows], name="FP32 top-1",
                          marker={"color": FP32_COLOR}), row=1, col=1)
@@ -269,8 +273,8 @@ def compare_bars(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> go.Fig
     fig.update_yaxes(range=[max(0.0, low - 5), 100.5], row=1, col=1)
     fig.update_yaxes(title_text="%", row=1, col=1)
     fig.update_yaxes(title_text="KiB", row=1, col=2)
-    fig.update_xaxes(tickangle=0)
-    fig.update_layout(height=460, margin=_MARGIN, barmode="group",
+    fig.update_traces(customdata=full, hovertemplate="%{customdata}: %{y:.4g}<extra>%{fullData.name}</extra>")
+    fig.update_layout(height=420, margin=_MARGIN, barmode="group",
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 0})
     return fig
 

@@ -79,8 +79,8 @@ def latency(block: dict[str, Any]) -> dict[str, Any]:
         batch = block["batches"].get("1") or next(iter(block["batches"].values()))
         return {
             "kind": "measured", "fp32_ms": batch["fp32_ms"], "quant_ms": batch["quant_ms"],
-            "title": "Latency, batch 1 (measured)",
-            "note": f"measured on {block['runtime']} with {block['threads']} thread(s), {block['unit']}; "
+            "title": "Latency (measured)",
+            "note": f"batch 1, measured on {block['runtime']} with {block['threads']} thread(s), {block['unit']}; "
                     f"FP32 is the same model exported without quantization",
         }
     return {

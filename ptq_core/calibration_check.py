@@ -36,6 +36,7 @@ No Streamlit, no pandas: the result is plain lists and dicts (``to_dict`` is JSO
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -179,7 +180,7 @@ def check_calibration(
         largest = subsets[eff_sizes[-1]]
         nested = [n for n in eff_sizes if subsets[n] == largest[:n]]
         snapshots = _stats_at_boundaries(prepared, pool, largest, nested, points,
-                                         lambda seed=seed: tick(f"calibrating (seed {seed})"))
+                                         functools.partial(tick, f"calibrating (seed {seed})"))
         for n in eff_sizes:
             if n not in snapshots:  # not a prefix of the largest subset: collect it on its own
                 snapshots[n] = _stats_at_boundaries(prepared, pool, subsets[n], [n], points, lambda: None)[n]

@@ -29,9 +29,10 @@ MAX_SWEEP = 64  # configurations per sweep: about a minute for the digits CNN on
 
 def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
-    for e in entries:
+    for i, e in enumerate(entries):
         r = e["row"]
         rows.append({
+            "#": i + 1,
             "name": e["name"],
             "weights": f"W{r['weight_bits']} {labels.GRANULARITY[r['weight_granularity']]} {labels.CLIPPING[r['weight_clipping']]}",
             "activations": "float" if r["act_bits"] is None else f"A{r['act_bits']} {labels.CLIPPING.get(r['act_clipping'] or '', 'dynamic')}",
@@ -157,7 +158,7 @@ def sweep_section(base: QuantConfig) -> None:
     if keys:
         results = [resources.evaluate(k) for k in keys]
         table = comparison_table([{"name": labels.config_label(r["config"]), "row": state.summary(r)} for r in results])
-        st.dataframe(table.drop(columns=["name"]).assign(configuration=table["name"]).set_index("configuration"),
+        st.dataframe(table.drop(columns=["name", "#"]).assign(configuration=table["name"]).set_index("configuration"),
                      key="cmp_sweep_table", column_config=NUMBER_FORMATS)
         st.button("Save all sweep results to compare", key="cmp_save_sweep", on_click=_save_sweep)
 

@@ -131,7 +131,7 @@ def clipping_section() -> None:
     ss = st.session_state
     ss.setdefault("learn_dist", "relu_outliers")
     ss.setdefault("learn_clip_bits", 4)
-    ss.setdefault("learn_clip_pct", 100)
+    ss.setdefault("learn_clip_pct", 70)  # start with both errors visible
     c1, c2, c3 = st.columns([3, 1, 3])
     dist = c1.selectbox("Data", list(lessons.DISTRIBUTIONS), key="learn_dist", format_func=lessons.DISTRIBUTIONS.get)
     bits = c2.selectbox("Bits", [8, 6, 4, 3, 2], key="learn_clip_bits", format_func=labels.bits)

@@ -97,7 +97,7 @@ def metric_cards(result: dict[str, Any]) -> None:
     lat = labels.latency(result["latency"])
     speed = lat["fp32_ms"] / lat["quant_ms"] if lat["quant_ms"] else float("nan")
     _card(cols[4], lat["title"], f"{lat['quant_ms']:.3g} ms",
-          delta=f"{speed:.2f}x {'faster' if speed >= 1 else 'slower'} than FP32 ({lat['fp32_ms']:.3g} ms)",
+          delta=f"FP32 {lat['fp32_ms']:.3g} ms ({speed:.2f}x)",
           delta_color="off", delta_arrow="off", help=lat["note"])
 
 

@@ -6,8 +6,10 @@ Small sizes on the digits CNN keep it under a few seconds.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
+import torch
 
 from ptq_core.calibration_check import UNSTABLE_REL_STD, check_calibration
 from ptq_core.config import QuantConfig, set_field
@@ -16,8 +18,13 @@ from ptq_core.pipeline import Explorer
 
 
 @pytest.fixture(scope="module")
-def cnn() -> Explorer:
-    return Explorer("digits_cnn", "digits")
+def cnn() -> Iterator[Explorer]:
+    # One torch thread: these runs are tiny, and a 2-thread OpenMP pool on a busy 2-core machine
+    # spends most of its time spin-waiting (10-50x slower). The numbers do not depend on it.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Explorer("digits_cnn", "digits")
+    torch.set_num_threads(before)
 
 
 def _config(num_samples: int = 32, act_bits: int = 8, clipping: str = "minmax") -> QuantConfig:
