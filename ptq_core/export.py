@@ -179,6 +179,34 @@ class _DynamicQDQ(torch.autograd.Function):
         return marked
 
 
+class _ConstantPad(torch.autograd.Function):
+    """Zero padding written as ``Pad`` with a constant ``pads`` tensor (the exporter computes it with a subgraph)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, padding: tuple[int, ...]) -> torch.Tensor:
+        return torch.nn.functional.pad(x, list(padding))
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, padding: tuple[int, ...]) -> Any:
+        rank = len(padding) // 2 + 2  # padding pairs run from the last dim backwards; batch/channels get none
+        begin, end = [0] * rank, [0] * rank
+        for i in range(len(padding) // 2):
+            begin[rank - 1 - i], end[rank - 1 - i] = padding[2 * i], padding[2 * i + 1]
+        pads = g.op("Constant", value_t=torch.tensor(begin + end, dtype=torch.int64))
+        return g.op("Pad", x, pads, mode_s="constant")
+
+
+class ExportPad(nn.Module):
+    """Export-mode ZeroPad: same numbers, a ``Pad`` whose pads the post-processing can read and fold."""
+
+    def __init__(self, padding: tuple[int, ...]) -> None:
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ConstantPad.apply(x, self.padding)
+
+
 class ExportQDQ(nn.Module):
     """The export-mode twin of :class:`ptq_core.quantize.FakeQuantize` (same numbers in PyTorch)."""
 
@@ -291,6 +319,11 @@ def _export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.G
         )
         if not identity and plan.points[src].quant.mode == "static":
             requant_after.append((node.name, src))
+    for node in nodes:  # zero padding modules -> ExportPad (padding on all four sides is a 4-tuple)
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(mod, nn.ZeroPad1d | nn.ZeroPad2d | nn.ConstantPad1d | nn.ConstantPad2d) and float(mod.value) == 0.0:
+            parent, _, attr = str(node.target).rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, ExportPad(tuple(int(p) for p in mod.padding)))
     for i, (name, _pq) in enumerate(plan.points.items()):
         order.append(name)
         insert_after(gm, prepared.point(name).node, f"ptq_export_{i}", ExportQDQ(name, i, plan.points[name]))
@@ -318,8 +351,8 @@ def _torch_export(module: nn.Module, example: torch.Tensor, opset: int, *, marke
         # The TorchScript exporter warns that it is deprecated in favour of dynamo=True, which needs
         # seconds per export (torch.export tracing) against milliseconds here.
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (example,), buf, dynamo=False,  # type: ignore[arg-type]  # a BytesIO works; the stub says path opset_version=min(opset, _TORCH_MAX_OPSET),
+        torch.onnx.export(  # a BytesIO works; the stub asks for a path
+            module, (example,), buf, dynamo=False, opset_version=min(opset, _TORCH_MAX_OPSET),  # type: ignore[arg-type]
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             do_constant_folding=True, custom_opsets={MARKER_DOMAIN: 1} if markers else None,
@@ -629,6 +662,43 @@ def _const_value(g: _Graph, name: str) -> np.ndarray | None:
     return None
 
 
+def _fold_pads_into_convs(g: _Graph) -> int:
+    """``Pad(codes, zero point) -> DequantizeLinear -> Conv`` -> ``DequantizeLinear -> Conv(pads += ...)``.
+
+    A convolution's own zero padding is padding with 0, which is the zero point's code: exact.
+    It spares onnxruntime a separate pass over the tensor (TF-SAME stride-2 layers of EfficientNet
+    pad asymmetrically, which a torch Conv2d cannot express but an ONNX Conv can).
+    """
+    count = 0
+    done: set[str] = set()
+    while True:  # one rewrite per pass: node references go stale when the node list is rebuilt
+        pad = next((n for n in g.model.graph.node if n.op_type == "Pad" and n.output[0] not in done), None)
+        if pad is None:
+            return count
+        done.add(pad.output[0])
+        pads = _const_value(g, pad.input[1])
+        dqs = g.consumers(pad.output[0])
+        if pads is None or pads.ndim != 1 or (pads < 0).any() or len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear":
+            continue
+        convs = g.consumers(dqs[0].output[0])
+        rank = len(pads) // 2
+        if not convs or any(c.op_type != "Conv" or _attr(c, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") for c in convs):
+            continue
+        if pads[:2].any() or pads[rank : rank + 2].any():  # batch or channel padding: not a convolution's
+            continue
+        for conv in convs:
+            own = list(_attr(conv, "pads", [0] * (2 * (rank - 2))))
+            spatial = rank - 2
+            merged = [int(pads[2 + i]) + own[i] for i in range(spatial)] + [int(pads[rank + 2 + i]) + own[spatial + i] for i in range(spatial)]
+            for a in list(conv.attribute):
+                if a.name == "pads":
+                    conv.attribute.remove(a)
+            conv.attribute.append(helper.make_attribute("pads", merged))
+        dqs[0].input[0] = pad.input[0]
+        g.model.graph.node.remove(pad)
+        count += 1
+
+
 def _integer_pads(g: _Graph) -> int:
     """``DequantizeLinear -> Pad(0) -> QuantizeLinear`` with one scale and zero point -> ``Pad(codes, zero_point)``.
 
@@ -805,7 +875,9 @@ def export_onnx(
             entry = _rewrite_dq(g, lq, wname, users[0], formats[name])
         weights[name] = entry
     if _integer_pads(g):
-        notes.append("zero padding runs on the integer codes (padded with the zero point): exact, no float round trip")
+        folded = _fold_pads_into_convs(g)
+        notes.append("zero padding runs on the integer codes (padded with the zero point): exact, no float round trip"
+                     + (f"; {folded} folded into the following convolution's pads" if folded else ""))
     activations = _activation_entries(plan, order, marked, g)
     nodes = _unit_nodes(prepared, plan, g, activations, weights)
     kernels, fallback = _classify(prepared, plan, formats)
