@@ -27,6 +27,9 @@ def mlp() -> Explorer:
 
 
 def _cfg(**sections: object) -> QuantConfig:
+    """A config from partial sections. These tests check the simulation; the onnxruntime check
+    (evaluation.runtime, on by default) is tested in test_export.py / test_runtime.py."""
+    sections.setdefault("evaluation", {"runtime": None})
     return QuantConfig.from_dict(dict(sections))
 
 
@@ -57,6 +60,10 @@ def test_result_json_has_the_documented_fields(cnn: Explorer) -> None:
     assert d["timing"]["calibration_s"] >= 0 and d["timing"]["evaluation_s"] > 0
     assert d["config"] == _cfg().to_dict()
     assert d["latency"]["kind"] == "simulated" and "simulated" in d["latency"]["note"]
+    # by default latency is measured on onnxruntime; the fake-quant timing stays, labeled simulated
+    measured = cnn.evaluate(QuantConfig()).to_dict()
+    assert measured["latency"]["kind"] == "measured" and measured["latency"]["runtime"].startswith("onnxruntime")
+    assert measured["latency"]["simulated"]["kind"] == "simulated"
     for name in ("conv1", "fc2"):
         h = d["histograms"]["weights"][name]
         assert len(h["counts"]) == len(h["edges"]) - 1 <= 128
