@@ -13,6 +13,7 @@ dropped when calibration ends, so the prepared model is never changed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .graph import PreparedModel
+from .models.device import CPU, device_context, moved_copy
 from .observers import TensorStats
 
 ProgressFn = Callable[[int, int], None]
@@ -95,15 +97,18 @@ def collect_stats(
     *,
     batch_size: int = 32,
     on_progress: ProgressFn | None = None,
+    device: torch.device = CPU,
 ) -> CalibrationStats:
-    """Run the float model over ``dataset[indices]`` once and return the statistics of every point."""
+    """Run the float model over ``dataset[indices]`` once, on ``device``, and return every point's statistics."""
     start = time.perf_counter()
+    if device.type != "cpu":  # a moved copy: the shared prepared model stays on the CPU
+        prepared = dataclasses.replace(prepared, graph_module=moved_copy(prepared.graph_module, device))
     gm, collectors = instrument(prepared)  # shares the prepared model's modules: never moved or changed
     loader = batches(dataset, indices, batch_size)
     total = len(loader)
-    with torch.inference_mode():
+    with torch.inference_mode(), device_context(device):
         for i, (x, _) in enumerate(loader):
-            gm(x)
+            gm(x.to(device))
             if on_progress is not None:
                 on_progress(i + 1, total)
     points = {name: c.stats for name, c in collectors.items() if c.stats is not None}

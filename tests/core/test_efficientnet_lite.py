@@ -1,9 +1,10 @@
 """EfficientNet-Lite0 port (ptq_core.models.efficientnet_lite): weights, tracing, padding, accuracy.
 
 Reference accuracy, FP32 top-1 on all 500 shared ImageNet samples (/work/shared/data/imagenet-samples)
-with :func:`efficientnet_lite0_transform`: 88.2% (441/500). For the record: timm's (x - 0.5) / 0.5
-scaling gives 88.4% (one near-tie image flips), ImageNet mean/std 75.2%, symmetric instead of TF-SAME
-padding 79.8%. The accuracy test below uses the first 64 images (56/64 measured) to stay fast.
+with :func:`efficientnet_lite0_transform` (timm's (x - 0.5) / 0.5 scaling): 88.4% (442/500), the published
+figure. For the record: TF-Lite's (pixel - 127) / 128 gives 88.2% (one near-tie image flips), ImageNet
+mean/std 75.2%, symmetric instead of TF-SAME padding 79.8%. The accuracy test below uses the first 64
+images (56/64 measured with either [-1, 1] scaling) to stay fast.
 """
 
 from __future__ import annotations
@@ -120,9 +121,10 @@ def test_symbolic_trace_reproduces_outputs_and_keeps_conv_bn_relu6_adjacent(
     assert other == {nn.ZeroPad2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Linear}
 
 
-def test_transform_gives_input_shape_and_tf_lite_scaling() -> None:
+def test_transform_gives_input_shape_and_timm_scaling() -> None:
     transform = efficientnet_lite0_transform()
-    for pixel, expected in ((127, 0.0), (255, 1.0), (0, -127 / 128)):
+    # (x - 0.5) / 0.5 with x = pixel / 255: 0 -> -1, 255 -> 1, 127 -> -1/255 (127.5 would be 0).
+    for pixel, expected in ((0, -1.0), (255, 1.0), (127, (127 / 255 - 0.5) / 0.5), (64, (64 / 255 - 0.5) / 0.5)):
         image = Image.new("RGB", (320, 256), (pixel, pixel, pixel))
         x = transform(image)
         assert x.shape == EFFICIENTNET_LITE0_INPUT_SHAPE

@@ -1,0 +1,85 @@
+"""Where a model runs: the config's ``device`` string checked against this machine, and the
+numerics settings that keep a GPU run equal to the CPU one within float tolerance.
+
+``QuantConfig.device`` is ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``; the config validates
+the spelling, :func:`resolve_device` checks that this machine has that device. On CUDA,
+:func:`device_context` turns TF32 convolutions off (cuDNN's default is on: 10-bit mantissas
+would move activations by ~1e-3 relative, far more than float rounding), so statistics and
+logits match the CPU's to ~1e-5 and quantized outputs agree except for values that sit on a
+rounding boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import torch
+
+from ptq_core.errors import ConfigError
+
+__all__ = ["CPU", "device_context", "moved_copy", "resolve_device"]
+
+CPU = torch.device("cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a torch.device, if this machine has it.
+
+    Raises:
+        ConfigError: not cpu/cuda/cuda:N, CUDA is not available, or the index is out of range.
+    """
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"device: got {name!r}; allowed: cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: got {name!r} but CUDA is not available on this machine; allowed: cpu")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ConfigError(
+            f"device: got {name!r} but this machine has {count} CUDA device(s); allowed: cuda:0 to cuda:{count - 1}"
+        )
+    return torch.device(name)
+
+
+# TF32 switches are process-wide: the first thread in turns them off, the last one out restores them.
+_TF32_LOCK = threading.Lock()
+_tf32_users = 0
+_tf32_saved: tuple[Any, Any] = (None, None)
+
+
+@contextlib.contextmanager
+def device_context(device: torch.device) -> Iterator[None]:
+    """Full-precision float32 on CUDA (no TF32) while inside; nothing changes on CPU."""
+    global _tf32_users, _tf32_saved
+    if device.type != "cuda":
+        yield
+        return
+    with _TF32_LOCK:
+        if _tf32_users == 0:
+            _tf32_saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        _tf32_users += 1
+    try:
+        yield
+    finally:
+        with _TF32_LOCK:
+            _tf32_users -= 1
+            if _tf32_users == 0:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _tf32_saved
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def moved_copy(module: M, device: torch.device) -> M:
+    """``module`` itself on CPU; elsewhere a deep copy moved to ``device`` (the original never moves)."""
+    if device.type == "cpu":
+        return module
+    return copy.deepcopy(module).to(device)

@@ -1,0 +1,30 @@
+"""The :class:`ModelEntry` record: how to build one model and what it expects.
+
+It lives apart from the registry (``ptq_core.models``) so that the modules resolving model
+sources (torchvision, user files) can build entries without importing the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+__all__ = ["ModelEntry"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How to build one model and what it expects."""
+
+    name: str
+    description: str
+    default_dataset: str | dict[str, Any]  # a data-set spec for ptq_core.data.load_dataset
+    build: Callable[[], nn.Module]  # returns a NEW model in eval mode with its weights loaded
+    pretrained: bool = True  # False: random weights; the UI must label them "random weights"
+    transform: Callable[..., Any] | None = None  # preprocessing for image data sets (None for digits)
+    # The same architecture with random weights, what a user's state dict is loaded into;
+    # None when the entry cannot be used as an architecture.
+    architecture: Callable[[], nn.Module] | None = None

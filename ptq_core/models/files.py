@@ -1,0 +1,413 @@
+"""The user's own model file: a TorchScript module, a ``torch.export`` program (.pt2), or a state dict.
+
+Spec (registered in :mod:`ptq_core.models` as the kind ``"file"``)::
+
+    {"kind": "file", "path": "my_model.pt2"}                                    # format detected
+    {"kind": "file", "path": "resnet.pt", "format": "state_dict", "architecture": "torchvision:resnet18"}
+    {"kind": "file", "path": "cnn_ts.pt", "format": "torchscript", "input_shape": [1, 8, 8],
+     "preprocessing": "none"}
+
+``format``: ``auto`` (default; read from the zip's layout), ``torchscript``, ``export`` or
+``state_dict`` (needs ``architecture``: a registered model name such as ``digits_cnn``,
+``efficientnet_lite0`` or ``torchvision:resnet18``, built with random weights and then given the
+file's). ``input_shape`` (TorchScript only; default ``[3, 224, 224]``) is the per-sample shape
+used to convert the module. ``preprocessing``: ``imagenet`` (resize 256, center-crop 224,
+ImageNet mean/std), ``none`` (tensor data sets such as digits), or a registered model name whose
+preprocessing to use; default: the architecture's, else ``imagenet``.
+
+Safety: nothing here unpickles Python objects. State dicts load with ``weights_only=True``;
+``.pt2`` archives are refused when they hold pickled custom objects or compiled (AOTInductor)
+code, and are read with ``weights_only`` forced for every tensor inside; TorchScript is read
+by TorchScript's own loader, which builds only TorchScript types and code. Files over
+``PTQ_MAX_MODEL_MB`` (:func:`ptq_core.paths.max_model_bytes`), corrupt, mismatched or
+unsupported files raise a ModelError naming the file and what is allowed. TorchScript and
+``.pt2`` models are lifted into modules graph.prepare understands (:mod:`ptq_core.lift`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptq_core.errors import ModelError, PTQError
+from ptq_core.paths import max_model_bytes
+
+from .entry import ModelEntry
+from .preprocessing import imagenet_transform
+
+log = logging.getLogger(__name__)
+
+KIND = "file"
+FORMATS = ("auto", "torchscript", "export", "state_dict")
+SPEC_KEYS = ("kind", "path", "format", "architecture", "input_shape", "preprocessing")
+DEFAULT_INPUT_SHAPE = (3, 224, 224)
+# Entries of a .pt2 archive whose loading runs pickle or native code: refused outright.
+_UNSAFE_PT2_PARTS = ("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")
+_UNSAFE_PT2_CONSTANTS = ("custom_obj_", "opaque_obj_")
+# Lifted and original outputs must agree to float rounding; the check runs on random inputs.
+_LIFT_RTOL, _LIFT_ATOL = 1e-4, 1e-4
+_FORCE_WEIGHTS_ONLY_ENV = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_LOAD_LOCK = threading.Lock()
+_PICKLE_REFUSED = (
+    "holds pickled Python objects, which are never loaded here (weights_only=True: only tensors and plain "
+    "containers); allowed: files of plain tensors"
+)
+
+Lookup = Callable[[Any], ModelEntry]
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def _refused_pickle(exc: pickle.UnpicklingError) -> bool:
+    """Whether torch's weights-only unpickler refused an object (rather than the bytes being garbage)."""
+    return "Unsupported global" in str(exc)
+
+
+def check_model_file(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> Path:
+    """``path`` as a Path if it is a readable file no larger than ``max_bytes`` (also once unzipped)."""
+    p = Path(path)
+    limit = max_model_bytes() if max_bytes is None else max_bytes
+    if not p.exists():
+        raise ModelError(f"model.path: {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ModelError(f"model.path: {str(p)!r} is not a file; allowed: a .pt/.pth/.pt2 model file")
+    size = p.stat().st_size
+    if size > limit:
+        raise ModelError(
+            f"model.path: {str(p)!r} is {_mib(size)}; allowed: files up to {_mib(limit)} (set PTQ_MAX_MODEL_MB to change)"
+        )
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as archive:
+                expanded = sum(i.file_size for i in archive.infolist())
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ModelError(f"model.path: {str(p)!r} is a corrupt archive ({exc})") from None
+        if expanded > limit:
+            raise ModelError(
+                f"model.path: {str(p)!r} expands to {_mib(expanded)}; allowed: up to {_mib(limit)} (PTQ_MAX_MODEL_MB)"
+            )
+    return p
+
+
+def detect_format(path: Path) -> str:
+    """``torchscript``, ``export`` or ``state_dict`` from the file's zip layout; ModelError if none fits."""
+    if not zipfile.is_zipfile(path):
+        # Only torch.save's legacy (pre-1.6) format is not a zip: treat it as a state dict and let
+        # the weights-only loader decide.
+        return "state_dict"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"model.path: {str(path)!r} is a corrupt archive ({exc})") from None
+    tails = {name.split("/", 1)[1] if "/" in name else name for name in names}
+    if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails):
+        return "export"
+    if "constants.pkl" in tails and any(t.startswith("code/") for t in tails):
+        return "torchscript"
+    if "data.pkl" in tails:
+        return "state_dict"
+    raise ModelError(
+        f"model.path: {str(path)!r} is a zip archive but not a TorchScript module, torch.export program or "
+        "torch.save state dict; allowed: one of those"
+    )
+
+
+@contextmanager
+def _weights_only_forced() -> Iterator[None]:
+    """Force ``weights_only=True`` in every torch.load made inside (torch.export.load passes False)."""
+    with _LOAD_LOCK:
+        previous = os.environ.get(_FORCE_WEIGHTS_ONLY_ENV)
+        os.environ[_FORCE_WEIGHTS_ONLY_ENV] = "1"
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(_FORCE_WEIGHTS_ONLY_ENV, None)
+            else:
+                os.environ[_FORCE_WEIGHTS_ONLY_ENV] = previous
+
+
+def _check_pt2_is_safe(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    for name in names:
+        tail = name.split("/", 1)[1] if "/" in name else name
+        base = tail.rsplit("/", 1)[-1]
+        if tail.startswith(_UNSAFE_PT2_PARTS) or (
+            tail.startswith("data/constants/") and base.startswith(_UNSAFE_PT2_CONSTANTS)
+        ):
+            raise ModelError(
+                f"model.path: {str(path)!r} holds {tail!r}, which loads pickled objects or compiled code; allowed: "
+                ".pt2 programs from torch.export.save whose weights and constants are plain tensors"
+            )
+
+
+def load_exported_program(path: Path) -> torch.export.ExportedProgram:
+    """A ``.pt2`` file's ExportedProgram, loaded without unpickling Python objects."""
+    _check_pt2_is_safe(path)
+    try:
+        with _weights_only_forced(), open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(handle)
+    except pickle.UnpicklingError as exc:
+        if _refused_pickle(exc):
+            raise ModelError(f"model.path: {str(path)!r} {_PICKLE_REFUSED}") from None
+        raise ModelError(f"model.path: {str(path)!r} is corrupt ({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # torch raises many types for a bad archive; all mean "cannot load"
+        raise ModelError(
+            f"model.path: {str(path)!r} cannot be loaded as a torch.export program ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); allowed: a .pt2 file written by torch.export.save"
+        ) from None
+
+
+def _torchscript_to_program(path: Path, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
+    try:
+        from torch._export.converter import TS2EPConverter
+    except ImportError:  # pragma: no cover - present in torch 2.5+
+        raise ModelError(
+            "TorchScript is not supported by this torch build (no TorchScript -> torch.export converter); "
+            "allowed formats: export (.pt2), state_dict with an architecture"
+        ) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelError(
+            f"model.path: {str(path)!r} cannot be loaded as TorchScript ({type(exc).__name__}: {str(exc)[:300]}); "
+            "allowed: a file written by torch.jit.save"
+        ) from None
+    scripted.eval()
+    # Batch 2, not 1: export specialises a dimension of size 1, which would fix the batch size.
+    sample = (torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)),)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return TS2EPConverter(scripted, sample).convert()
+    except Exception as exc:
+        raise ModelError(
+            f"model.path: the TorchScript module {path.name!r} cannot be converted to a torch.export program with "
+            f"an input of shape {[2, *input_shape]} ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
+            "check input_shape, or provide the model as format export (.pt2, torch.export.save) or as a state_dict "
+            "with its architecture"
+        ) from None
+
+
+def _program_input(ep: torch.export.ExportedProgram, fallback: tuple[int, ...]) -> tuple[int | None, tuple[int, ...]]:
+    """The program's fixed batch size (None when dynamic) and per-sample input shape."""
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT":
+            node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == spec.arg.name)
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() > 0:
+                batch = int(val.shape[0]) if isinstance(val.shape[0], int) else None
+                if all(isinstance(d, int) for d in val.shape[1:]):
+                    return batch, tuple(int(d) for d in val.shape[1:])
+                return batch, fallback
+    return None, fallback
+
+
+def _verify_lift(
+    original: Callable[[torch.Tensor], Any], lifted: nn.Module, batch: int | None, shape: tuple[int, ...], path: Path
+) -> None:
+    """Lifted == original on random inputs (at the program's batch size), and the lifted model runs at another."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(batch or 3, *shape, generator=generator)
+    with torch.no_grad():
+        expected = original(x)
+        got = lifted(x)
+        if not (isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor) and expected.shape == got.shape):
+            raise ModelError(f"model.path: {path.name!r}: the lifted model's output does not match the program's")
+        tol = _LIFT_ATOL * max(1.0, float(expected.abs().max()))
+        if not torch.allclose(got, expected, rtol=_LIFT_RTOL, atol=tol):
+            raise ModelError(
+                f"model.path: {path.name!r}: the lifted model differs from the program by "
+                f"{float((got - expected).abs().max()):.3g}; please report this model"
+            )
+        other = (batch or 3) + 1
+        try:
+            lifted(torch.randn(other, *shape, generator=generator))
+        except Exception as exc:
+            raise ModelError(
+                f"model.path: {path.name!r} was exported for batch size {batch} and does not run at {other} once "
+                f"lifted ({type(exc).__name__}: {str(exc)[:200]}); export it with a dynamic batch dimension, e.g. "
+                'torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})'
+            ) from None
+
+
+def load_program_module(path: Path, fmt: str, input_shape: tuple[int, ...]) -> tuple[nn.Module, dict[str, Any]]:
+    """A TorchScript or .pt2 file as a lifted GraphModule in eval mode, plus what lifting did."""
+    from ptq_core.lift import lift
+
+    ep = _torchscript_to_program(path, input_shape) if fmt == "torchscript" else load_exported_program(path)
+    batch, shape = _program_input(ep, input_shape)
+    gm, report = lift(ep)
+    _verify_lift(ep.module(), gm, batch, shape, path)
+    info = {"input_shape": list(shape), "kept_ops": report.kept_ops, "batch_rewrites": report.batch_rewrites}
+    return gm.eval(), info
+
+
+def _unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict) and len(obj) <= 8:
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(
+            f"model.path: {str(path)!r} does not hold a state dict (a mapping from parameter names to tensors); "
+            "allowed: the result of torch.save(model.state_dict(), path)"
+        )
+    keys = list(obj)
+    if all(k.startswith("module.") for k in keys):  # saved from nn.DataParallel
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def load_state_dict_into(path: Path, architecture: str, lookup: Lookup) -> nn.Module:
+    """The architecture ``architecture`` (random init) with the state dict of ``path`` loaded strictly."""
+    entry = lookup(architecture)
+    if entry.architecture is None:
+        raise ModelError(
+            f"model.architecture: {architecture!r} cannot take a state dict; allowed: a registered model name"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _refused_pickle(exc):
+            raise ModelError(f"model.path: {str(path)!r} {_PICKLE_REFUSED}") from None
+        raise ModelError(
+            f"model.path: {str(path)!r} cannot be loaded as a state dict ({str(exc).splitlines()[0][:200]}); "
+            "allowed: torch.save(model.state_dict(), path)"
+        ) from None
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, zip errors: all "not a state dict"
+        raise ModelError(
+            f"model.path: {str(path)!r} cannot be loaded as a state dict ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); allowed: torch.save(model.state_dict(), path) "
+            "holding tensors only"
+        ) from None
+    state = _unwrap_state(obj, path)
+    model = entry.architecture()
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:2])})")
+        raise ModelError(
+            f"model.path: the state dict in {path.name!r} does not match architecture {architecture!r}: "
+            f"{', '.join(parts)}; allowed: a state dict saved from that architecture"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _input_shape(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return DEFAULT_INPUT_SHAPE
+    if (
+        not isinstance(value, list | tuple)
+        or not 1 <= len(value) <= 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ModelError(f"model.input_shape: got {value!r}; allowed: a per-sample shape such as [3, 224, 224]")
+    return tuple(value)
+
+
+def _preprocessing(value: Any, architecture: ModelEntry | None, lookup: Lookup) -> Callable[..., Any] | None:
+    if value is None:
+        return architecture.transform if architecture is not None else imagenet_transform()
+    if value == "imagenet":
+        return imagenet_transform()
+    if value == "none":
+        return None
+    if isinstance(value, str):
+        try:
+            return lookup(value).transform
+        except PTQError:
+            pass
+    raise ModelError(
+        f"model.preprocessing: got {value!r}; allowed: imagenet, none, or a model name whose preprocessing to use "
+        "(e.g. efficientnet_lite0, torchvision:resnet18)"
+    )
+
+
+def resolve_file(spec: dict[str, Any], lookup: Lookup) -> ModelEntry:
+    """The ModelEntry of a ``{"kind": "file", ...}`` spec; the file is checked now and loaded on build()."""
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ModelError(f"model.{unknown[0]}: unknown key for kind 'file'; allowed keys: {', '.join(SPEC_KEYS)}")
+    raw_path = spec.get("path")
+    if not isinstance(raw_path, str) or not raw_path:
+        raise ModelError(f"model.path: got {raw_path!r}; allowed: the path of a .pt, .pth or .pt2 file")
+    fmt = spec.get("format", "auto")
+    if fmt not in FORMATS:
+        raise ModelError(f"model.format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
+    path = check_model_file(raw_path)
+    detected = detect_format(path)
+    if fmt != "auto" and fmt != detected:
+        raise ModelError(
+            f"model.format: got {fmt!r} but {path.name!r} is a {detected} file; allowed: {detected} or auto"
+        )
+    arch_name = spec.get("architecture")
+    arch_entry: ModelEntry | None = None
+    if detected == "state_dict":
+        if not isinstance(arch_name, str) or not arch_name:
+            raise ModelError(
+                f"model.architecture: {path.name!r} is a state dict, which needs the architecture it was saved from; "
+                "allowed: a registered model name, e.g. digits_cnn, efficientnet_lite0, torchvision:resnet18"
+            )
+        arch_entry = lookup(arch_name)
+    elif arch_name is not None:
+        raise ModelError(f"model.architecture: only a state_dict file takes one; {path.name!r} is a {detected} file")
+    input_shape = _input_shape(spec.get("input_shape"))
+    transform = _preprocessing(spec.get("preprocessing"), arch_entry, lookup)
+
+    def build() -> nn.Module:
+        # Read from the file on every call (a NEW module each time, no second copy kept in memory).
+        if detected == "state_dict":
+            assert isinstance(arch_name, str)
+            return load_state_dict_into(path, arch_name, lookup)
+        module, info = load_program_module(path, detected, input_shape)
+        log.info("lifted %s: %s", path.name, info)
+        return module
+
+    size = _mib(path.stat().st_size)
+    what = {"torchscript": "TorchScript module", "export": "torch.export program", "state_dict": "state dict"}[detected]
+    description = f"your {what} {path.name} ({size})" + (f" for {arch_name}" if arch_name else "")
+    if arch_entry is not None:
+        default_dataset = arch_entry.default_dataset
+    else:
+        default_dataset = {"kind": "image_folder"} if transform is not None else "digits"
+    return ModelEntry(
+        name=f"file:{path.name}",
+        description=description,
+        default_dataset=default_dataset,
+        build=build,
+        pretrained=True,
+        transform=transform,
+    )
