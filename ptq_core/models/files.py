@@ -194,7 +194,11 @@ def _torchscript_to_program(path: Path, input_shape: tuple[int, ...]) -> torch.e
     scripted.eval()
     # Batch 2, not 1: export specialises a dimension of size 1, which would fix the batch size.
     sample = (torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)),)
+    # The converter logs a warning per specialised dimension (channels, height): noise for a user.
+    export_log = logging.getLogger("torch._export")
+    level = export_log.level
     try:
+        export_log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return TS2EPConverter(scripted, sample).convert()
@@ -205,6 +209,8 @@ def _torchscript_to_program(path: Path, input_shape: tuple[int, ...]) -> torch.e
             "check input_shape, or provide the model as format export (.pt2, torch.export.save) or as a state_dict "
             "with its architecture"
         ) from None
+    finally:
+        export_log.setLevel(level)
 
 
 def _program_input(ep: torch.export.ExportedProgram, fallback: tuple[int, ...]) -> tuple[int | None, tuple[int, ...]]:
