@@ -138,6 +138,8 @@ class Bench:
     heldout: torch.Tensor  # bool mask over x: not used for calibration
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    onnx: dict[str, Path] = field(default_factory=dict)  # tool -> exported model, kept for the interleaved latency
+    folder: tempfile.TemporaryDirectory[str] = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="peers_"))
 
 
 def load_digits() -> Bench:
@@ -203,11 +205,10 @@ def run_fp32(b: Bench, budget_s: float, repeats: int) -> tuple[torch.Tensor, flo
     ref = logits(fwd, b.x)
     _row(b, "PyTorch FP32", ref, ref, calib_s=None, note=f"forward over the {len(b.cal)} calibration images: {forward_s:.2f} s",
          **latencies(fwd, b, budget_s))
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare(b.model, b.x[:1])
-        export_float_onnx(prepared, Path(tmp) / "fp32.onnx")
-        sess = make_session(Path(tmp) / "fp32.onnx", threads=torch.get_num_threads())
-        _row(b, "onnxruntime FP32", logits(ort_fn(sess), b.x), ref, calib_s=None, **latencies(ort_fn(sess), b, budget_s))
+    path = b.onnx["onnxruntime FP32"] = Path(b.folder.name) / "fp32.onnx"
+    export_float_onnx(prepare(b.model, b.x[:1]), path)
+    sess = make_session(path, threads=torch.get_num_threads())
+    _row(b, "onnxruntime FP32", logits(ort_fn(sess), b.x), ref, calib_s=None, **latencies(ort_fn(sess), b, budget_s))
     return ref, forward_s
 
 
@@ -224,20 +225,20 @@ def run_ptq_core(b: Bench, ref: torch.Tensor, forward_s: float, budget_s: float,
     if stats_s > 1.2 * forward_s:
         b.notes.append("profile of one statistics collection (top 8 by own time):\n" + _profile(
             lambda: collect_stats(prepared, cal, indices, batch_size=BATCH)))
-    with tempfile.TemporaryDirectory() as tmp:
-        for clip in CLIPPINGS:
-            config = QuantConfig.from_dict({"activations": {"clipping": clip}})
-            plan, plan_s, _ = measured(lambda config=config: make_plan(prepared, config, stats))
-            qgm, _ = build_quantized_model(prepared, plan)
-            sim = logits(torch_fn(qgm), b.x)
-            path = Path(tmp) / f"ptq_{clip}.onnx"
-            report = export_onnx(prepared, plan, path)
-            sess = make_session(path, threads=torch.get_num_threads())
-            out = logits(ort_fn(sess), b.x)
-            _row(b, f"ptq_core W8A8 {clip}", out, ref, calib_s=stats_s + plan_s, peak_gb=peak,
-                 sim_runtime_agreement=float((sim.argmax(1) == out.argmax(1)).float().mean()),
-                 sim_max_abs_diff=float((sim - out).abs().max()), onnx_bytes=report.onnx_bytes,
-                 float_fallback=len(report.float_fallback), **latencies(ort_fn(sess), b, budget_s))
+    tmp = b.folder.name
+    for clip in CLIPPINGS:
+        config = QuantConfig.from_dict({"activations": {"clipping": clip}})
+        plan, plan_s, _ = measured(lambda config=config: make_plan(prepared, config, stats))
+        qgm, _ = build_quantized_model(prepared, plan)
+        sim = logits(torch_fn(qgm), b.x)
+        path = b.onnx[f"ptq_core W8A8 {clip}"] = Path(tmp) / f"ptq_{clip}.onnx"
+        report = export_onnx(prepared, plan, path)
+        sess = make_session(path, threads=torch.get_num_threads())
+        out = logits(ort_fn(sess), b.x)
+        _row(b, f"ptq_core W8A8 {clip}", out, ref, calib_s=stats_s + plan_s, peak_gb=peak,
+             sim_runtime_agreement=float((sim.argmax(1) == out.argmax(1)).float().mean()),
+             sim_max_abs_diff=float((sim - out).abs().max()), onnx_bytes=report.onnx_bytes,
+             float_fallback=len(report.float_fallback), **latencies(ort_fn(sess), b, budget_s))
 
 
 def _profile(fn: Callable[[], Any]) -> str:
@@ -290,25 +291,49 @@ def run_ort(b: Bench, ref: torch.Tensor, budget_s: float, methods: tuple[str, ..
             batch = next(self.batches, None)
             return None if batch is None else {"input": batch}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "fp32_pre.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(b.model, (b.x[:1],), str(fp32), dynamo=False, opset_version=17, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
-        quant_pre_process(str(fp32), str(pre))  # onnxruntime's recommended shape inference + BN folding
-        for method in methods:
-            out_path = Path(tmp) / f"ort_{method}.onnx"
-            with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
-                _, seconds, peak = measured(lambda method=method, out_path=out_path: quantize_static(
-                    str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method)))
-            sess = make_session(out_path, threads=torch.get_num_threads())
-            _row(b, f"onnxruntime quantize_static QDQ {method}", logits(ort_fn(sess), b.x), ref, calib_s=seconds,
-                 peak_gb=peak, onnx_bytes=out_path.stat().st_size, **latencies(ort_fn(sess), b, budget_s))
-            del sess
-            _release()
+    tmp = b.folder.name
+    fp32, pre = Path(tmp) / "orig.onnx", Path(tmp) / "orig_pre.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(b.model, (b.x[:1],), str(fp32), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    quant_pre_process(str(fp32), str(pre))  # onnxruntime's recommended shape inference + BN folding
+    for method in methods:
+        out_path = Path(tmp) / f"ort_{method}.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
+            _, seconds, peak = measured(lambda method=method, out_path=out_path: quantize_static(
+                str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, method)))
+        b.onnx[f"onnxruntime quantize_static QDQ {method}"] = out_path
+        sess = make_session(out_path, threads=torch.get_num_threads())
+        _row(b, f"onnxruntime quantize_static QDQ {method}", logits(ort_fn(sess), b.x), ref, calib_s=seconds,
+             peak_gb=peak, onnx_bytes=out_path.stat().st_size, **latencies(ort_fn(sess), b, budget_s))
+        del sess
+        _release()
+
+
+def interleaved(b: Bench, rounds: int) -> str:
+    """Latency of the onnxruntime models measured back to back, round after round, so that load
+    from other processes hits them alike: the comparison to quote on a shared machine."""
+    tools = [t for t in ("onnxruntime FP32", "ptq_core W8A8 minmax", "onnxruntime quantize_static QDQ MinMax") if t in b.onnx]
+    sessions = {t: ort_fn(make_session(b.onnx[t], threads=torch.get_num_threads())) for t in tools}
+    lines = ["| model | ms/img b32 (median / min) | ms/img b1 (median / min) |", "|---|---|---|"]
+    cells: dict[str, list[str]] = {t: [] for t in tools}
+    for bs in (BATCH, 1):
+        x = b.x[:bs]
+        times: dict[str, list[float]] = {t: [] for t in tools}
+        for fn in sessions.values():
+            fn(x), fn(x)
+        for _ in range(rounds):
+            for t, fn in sessions.items():
+                start = time.perf_counter()
+                fn(x)
+                times[t].append((time.perf_counter() - start) * 1e3 / bs)
+        for t in tools:
+            cells[t].append(f"{_ms(statistics.median(times[t]))} / {_ms(min(times[t]))}")
+    lines += [f"| {t} | {' | '.join(cells[t])} |" for t in tools]
+    return "\n".join(lines)
 
 
 # -- report -------------------------------------------------------------------------------------------------
@@ -375,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the FP32 forward and of ptq_core's statistics")
     parser.add_argument("--ort-methods", nargs="*", default=["MinMax", "Entropy", "Percentile"])
     parser.add_argument("--skip-fx", action="store_true")
+    parser.add_argument("--interleave", type=int, default=60, help="rounds of the back-to-back latency comparison")
     parser.add_argument("--json", default=None, help="also write every number as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -398,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## {name}: calibrate on {len(bench.cal)}, evaluate on {int(bench.heldout.sum())} held-out images "
               f"({time.perf_counter() - t0:.0f} s; load average at the end {load})\n")
         print(table(bench) + "\n")
+        print(f"latency measured interleaved ({args.interleave} rounds, models back to back):\n")
+        print(interleaved(bench, args.interleave) + "\n")
         for line in [*bench.notes, *goals(bench, forward_s)]:
             print(line)
         print()

@@ -221,3 +221,25 @@ def test_cli_export_writes_file_and_one_line_summary(tmp_path: Path, capsys: pyt
     bad.write_text(json.dumps({"model": "digits_mlp", "activations": {"mode": "dynamic", "scheme": "symmetric"}}))
     assert main(["export", "--config", str(bad), "--output", str(tmp_path / "x.onnx"), "--quiet"]) == 2
     assert "error: activation point 'x'" in capsys.readouterr().err
+
+
+def test_asymmetric_zero_padding_folds_into_the_integer_convolution(tmp_path: Path) -> None:
+    """TF-SAME padding (EfficientNet's stride-2 layers): ZeroPad2d -> Conv becomes one Conv with asymmetric pads."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 8, 3, stride=2), nn.ReLU6(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
+    x = torch.randn(32, 3, 16, 16)
+    prepared = prepare(model.eval(), x[:1])
+    stats = collect_stats(prepared, torch.utils.data.TensorDataset(x, torch.zeros(32)), list(range(32)), batch_size=32)
+    plan = make_plan(prepared, _cfg(), stats)
+    report = export_onnx(prepared, plan, tmp_path / "pad.onnx")
+    onnx_model = onnx.load(str(tmp_path / "pad.onnx"))
+    assert "Pad" not in {n.op_type for n in onnx_model.graph.node}
+    conv = next(n for n in onnx_model.graph.node if n.op_type == "Conv")
+    assert {a.name: helper.get_attribute_value(a) for a in conv.attribute}["pads"] == [0, 0, 1, 1]
+    assert {r["layer"] for r in report.integer_kernels} == {"1", "4"}
+    qgm, _ = build_quantized_model(prepared, plan)
+    with torch.no_grad():
+        sim = qgm(x)
+    ort = make_session(tmp_path / "pad.onnx", threads=1).run(None, {"input": x.numpy()})[0]
+    step = plan.points["4"].scale
+    assert step is not None and np.abs(sim.numpy() - ort).max() <= step + 1e-6

@@ -6,6 +6,8 @@ are only checked for presence and sign: speed targets live in benchmarks/compare
 
 from __future__ import annotations
 
+import time
+
 import onnxruntime
 import pytest
 
@@ -75,9 +77,12 @@ def test_runtime_null_is_simulation_only(cnn: Explorer) -> None:
 
 
 def test_median_ms_warms_up_and_bounds_repeats() -> None:
-    calls = []
-    ms, repeats = median_ms(lambda: calls.append(1), budget_s=0.001, warmup=2)
-    assert MIN_REPEATS <= repeats <= MAX_REPEATS and len(calls) == 2 + repeats and ms >= 0
+    calls: list[int] = []
+    ms, repeats = median_ms(lambda: calls.append(1), budget_s=1.0, warmup=2)
+    assert repeats == MAX_REPEATS and len(calls) == 2 + repeats and ms >= 0  # a fast call: the most repeats
+    calls.clear()
+    ms, repeats = median_ms(lambda: calls.append(1) or time.sleep(0.01), budget_s=0.02, warmup=2)
+    assert repeats == MIN_REPEATS and len(calls) == 1 + repeats and ms >= 10  # a slow call: one warm-up, the fewest
 
 
 def test_units_onnxruntime_did_not_fuse_move_to_fallback() -> None:
