@@ -798,8 +798,11 @@ def _weight_fallback_reason(unit: Unit, lq: LayerQuant, fmt: str, mode: str, ins
             return f"dynamic convolution: only Linear layers get onnxruntime's dynamic integer kernel (MatMulInteger); {tail}"
         return (f"dynamic {bits}-bit Linear whose input is not read straight from its DynamicQuantizeLinear "
                 f"(or weights below 5 bits outside MatMulNBits); {tail}")
-    side = "input" if not ins_q else "output"
-    return f"its {side} is not quantized (a neighbour is kept in float), so onnxruntime cannot fuse an integer {kind.lower()}; {tail}"
+    if not unit.inputs:
+        why = "its input comes from an op the plan does not quantize (e.g. a chunk/split into a tuple)"
+    else:
+        why = f"its {'input' if not ins_q else 'output'} is not quantized (a neighbour is kept in float)"
+    return f"{why}, so onnxruntime cannot fuse an integer {kind.lower()}; {tail}"
 
 
 def _types(plan: QuantPlan, formats: dict[str, str], weights: dict[str, dict[str, Any]]) -> tuple[str | None, str | None]:
