@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 SCHEME = {"symmetric": "symmetric", "asymmetric": "asymmetric"}
@@ -88,3 +89,16 @@ def latency(block: dict[str, Any]) -> dict[str, Any]:
         "title": "Latency (simulated)",
         "note": block.get("note", "simulated: the cost of fake quantization, not of integer kernels"),
     }
+
+
+def file_stem(*parts: str) -> str:
+    """A safe, readable file name stem: ``file_stem("digits_cnn", "W8 per-channel · A8")`` -> ``digits_cnn_W8_per-channel_A8``."""
+    return "_".join(filter(None, (re.sub(r"[^A-Za-z0-9.+-]+", "_", p).strip("_.") for p in parts))) or "model"
+
+
+def runtime_agreement(metrics: dict[str, Any]) -> str | None:
+    """``simulation matches onnxruntime on N/M samples (max |Δ logit| X)``; None when the check did not run."""
+    if "runtime_agreement" not in metrics:
+        return None
+    return (f"simulation matches onnxruntime on {metrics['runtime_matching_samples']}/{metrics['num_eval_samples']} "
+            f"samples (max |Δ logit| {metrics['runtime_max_abs_diff']:.3g})")
