@@ -6,6 +6,8 @@
 * :func:`evaluate`, :func:`weight_view`, :func:`activation_view`, :func:`calibration_check`
   (``st.cache_data``, bounded): keyed by exactly what they depend on, the config JSON (plus
   the layer or the sizes). ``st.cache_data`` hands every caller its own copy.
+* :func:`onnx_export` (``st.cache_data``, :data:`MAX_EXPORTS` entries): the ONNX file of one
+  config as bytes plus its export report, written with the shared Explorer's statistics.
 
 Progress: the cached functions draw their own progress bar in a placeholder they create and
 empty again before returning. Streamlit replays elements a cached function drew on every
@@ -17,8 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +32,8 @@ import torch
 
 from ptq_core.calibration_check import check_calibration
 from ptq_core.config import ACTIVATION_CLIPPING, QuantConfig
-from ptq_core.errors import PTQError
+from ptq_core.errors import ExportError, PTQError
+from ptq_core.export import export_config
 from ptq_core.pipeline import Explorer, weight_details
 from ptq_core.primitives import dequantize
 from ptq_core.quantize import check_names
@@ -38,6 +44,10 @@ from . import state
 MAX_RESULTS = 256  # cached Results (about 70 KB each for the digits CNN): a workshop's worth of configs
 MAX_VIEWS = 64  # cached per-layer views (weights, activations)
 MAX_CHECKS = 16  # cached calibration checks
+# Cached ONNX files, shared by every session: ~45 KB for the digits CNN but ~5 MB for
+# EfficientNet-Lite0, so only the last few configs (re-exporting one is a fraction of a second
+# once its statistics exist).
+MAX_EXPORTS = 8
 HIST_BINS = 80  # bins of the histograms drawn on the Weights and Activations pages
 SCATTER_POINTS = 4000  # weights drawn in the FP32-vs-dequantized scatter (a seeded subsample)
 
@@ -201,3 +211,31 @@ def calibration_check(config_json: str, sizes: tuple[int, ...], seeds: tuple[int
     explorer = explorer_for(config)
     with _progress("Calibration check") as on_progress:
         return check_calibration(explorer, config, sizes=sizes, seeds=seeds, on_progress=on_progress).to_dict()
+
+
+@st.cache_data(max_entries=MAX_EXPORTS, show_spinner=False)
+def onnx_export(config_json: str) -> dict[str, Any]:
+    """The config as an ONNX QDQ model (:func:`ptq_core.export.export_config`), for a download.
+
+    Returns ``{"onnx": the file's bytes, "report": ExportReport.to_dict() without the temporary
+    path, "seconds", "calibration_reused"}``. Runs on the shared Explorer, so the statistics the
+    Result was computed from are reused (``calibration_reused``), never recalibrated. Raises
+    PTQError (ExportError) for a config no runtime can express, and for a temporary folder that
+    cannot be created; nothing is cached then.
+    """
+    config = QuantConfig.from_json(config_json)
+    explorer = explorer_for(config)
+    reused = explorer.is_calibrated(config)
+    start = time.perf_counter()
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="ptq_dashboard_onnx_")
+    except OSError as exc:
+        raise ExportError(f"cannot create a temporary folder for the ONNX file in {tempfile.gettempdir()!r}: "
+                          f"{exc.strerror}") from None
+    with folder as tmp, _progress("Exporting to ONNX") as on_progress:
+        on_progress(0, 1, "writing the ONNX file")
+        report = export_config(config, Path(tmp) / "model.onnx", explorer=explorer, on_progress=on_progress)
+        data = Path(report.path).read_bytes()
+    info = report.to_dict()
+    del info["path"]  # a deleted temporary file
+    return {"onnx": data, "report": info, "seconds": time.perf_counter() - start, "calibration_reused": reused}

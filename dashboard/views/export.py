@@ -1,4 +1,5 @@
-"""Export / import page: the config as QuantConfig JSON, the results as JSON and CSV, and config upload."""
+"""Export / import page: the config as QuantConfig JSON, the results as JSON and CSV, the quantized model as
+ONNX QDQ (with its export report), and config upload."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import resources, state
+from dashboard import labels, resources, state
 from ptq_core.config import QuantConfig
 from ptq_core.errors import PTQError
 
@@ -52,6 +53,129 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
     return pd.DataFrame(rows).to_csv(index=False)
 
 
+CLI_EXPORT = "python -m ptq_core export --config ptq_config.json --output model.onnx"
+
+
+def types_note(report: dict[str, Any]) -> str:
+    """The activation and weight integer types of an export, and why they are what they are."""
+    act, wt = report["activation_type"], report["weight_type"]
+    if act is None and wt is None:
+        return "No integer types: nothing in this model is quantized, the file is FP32."
+    parts = [f"Activations **{act or 'float'}**, weights **{wt or 'float'}**."]
+    if act == "uint8" and wt == "int8":
+        parts.append("Unsigned 8-bit activations with signed 8-bit weights (U8S8) is onnxruntime's fast integer "
+                     "path on x86 CPUs (VNNI/AMX kernels): asymmetric activations map to uint8, symmetric weights "
+                     "to int8 with zero point 0.")
+    elif act is not None and "int8" in act and "uint8" not in act:
+        parts.append("Symmetric activations are stored as int8 (S8S8), which onnxruntime runs more slowly than "
+                     "U8S8 on x86; choose *asymmetric* activations for its fast path (uint8 activations, int8 weights).")
+    if act is None:
+        parts.append("Weight-only: activations stay float, weights are integer codes dequantized on the fly.")
+    elif "dynamic" in act:
+        parts.append("Dynamic: each input's range is measured at inference (DynamicQuantizeLinear, uint8).")
+    if wt is not None and "uint8" in wt:
+        parts.append("Asymmetric weights are stored as uint8 with a zero point; onnxruntime's integer kernels "
+                     "prefer symmetric int8 weights.")
+    formats = {w["format"] for w in report["weights"].values()}
+    if "nbits" in formats:
+        parts.append("Linear layers with 2-, 4- or 8-bit weights use onnxruntime's MatMulNBits: unsigned codes packed "
+                     "in blocks, float activations.")
+    if formats & {"int4", "blocked"}:
+        parts.append("Other weights below 5 bits, and per-group weights, are stored packed (INT4 two per byte, "
+                     "block-wise scales; opset 21) and dequantized to float.")
+    return " ".join(parts)
+
+
+def fallback_groups(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The float fallbacks grouped by reason, in the model's order: [(reason, [layer, ...]), ...]."""
+    groups: dict[str, list[str]] = {}
+    for row in report["float_fallback"]:
+        groups.setdefault(row["reason"], []).append(row["layer"])
+    return list(groups.items())
+
+
+def runtime_check_note(config: QuantConfig, result: dict[str, Any]) -> tuple[str, str]:
+    """(kind, text): what the Result's onnxruntime check found, or how to turn it on."""
+    line = labels.runtime_agreement(result["metrics"])
+    if line is not None:  # a sample or two apart is expected near rounding ties (see ptq_core.export)
+        m = result["metrics"]
+        kind = "success" if m["runtime_matching_samples"] == m["num_eval_samples"] else "info"
+        return kind, f"Integer runtime check: {line}."
+    if config.evaluation.runtime is None:
+        return "info", ("The integer runtime check is off, so this file has not been run against the simulation. "
+                        "Turn it on in the sidebar (*Evaluation → Integer runtime check → onnxruntime*) to run the "
+                        "exported model on every evaluation sample and compare it with the simulation.")
+    why = next((w for w in result["warnings"] if w.startswith("onnxruntime check")), "see the warnings on the Overview")
+    return "warning", f"The integer runtime check did not run: {why}"
+
+
+def _request_onnx(config_json: str) -> None:
+    st.session_state["io_onnx_for"] = config_json
+    st.session_state["io_onnx_error"] = None
+
+
+def onnx_section(config: QuantConfig, result: dict[str, Any]) -> None:
+    """Export the current config as ONNX QDQ on request; offer the file and say what was written."""
+    st.subheader("Quantized model (ONNX QDQ)")
+    config_json = config.to_json()
+    st.caption("An ONNX file with Quantize/DequantizeLinear pairs carrying ptq_core's own scales, zero points and "
+               "integer weight codes, for onnxruntime (and other QDQ runtimes). The export reuses the calibration "
+               "statistics of the numbers above.")
+    kind, note = runtime_check_note(config, result)
+    {"success": st.success, "info": st.info, "warning": st.warning}[kind](note)
+    requested = st.session_state.get("io_onnx_for") == config_json
+    if not requested:
+        st.button("Export this config to ONNX", key="io_onnx_export", on_click=_request_onnx, args=(config_json,),
+                  type="primary")
+        return
+    error = st.session_state.get("io_onnx_error")
+    if error is None:
+        try:
+            export = resources.onnx_export(config_json)
+        except PTQError as exc:  # remembered, so a failed export is not retried on every rerun
+            error = st.session_state["io_onnx_error"] = str(exc)
+    if error is not None:
+        st.error(f"The ONNX export failed, no file was written: {error}")
+        st.caption("Nothing else is affected: the config and result downloads above still work. Change the settings "
+                   "the message names, then export again.")
+        st.button("Try again", key="io_onnx_retry", on_click=_request_onnx, args=(config_json,))
+        return
+    report = export["report"]
+    name = labels.file_stem(result["model"]["name"], labels.config_label(result["config"])) + ".onnx"
+    st.download_button(f"Download quantized model (ONNX, {labels.size_bytes(len(export['onnx']))})", export["onnx"],
+                       file_name=name, mime="application/octet-stream", key="io_dl_onnx", type="primary",
+                       on_click="ignore")
+    cal = ("statistics reused, no recalibration" if export["calibration_reused"] else "calibrated first")
+    st.markdown(
+        f"**{name}**: **{labels.size_bytes(report['onnx_bytes'])}** on disk ({report['onnx_bytes']:,} bytes); "
+        f"ptq_core's packed size (the Size card) is **{labels.size_bytes(result['size']['quant_bytes'])}** "
+        f"({result['size']['quant_bytes']:,} bytes). ONNX opset **{report['opset']}**, {report['mode']} mode; "
+        f"exported in {export['seconds']:.2f} s ({cal})."
+    )
+    st.caption("The packed size counts each weight at its bit width plus scales and zero points; the file also "
+               "holds the graph, float biases and names, and keeps 5–7-bit codes in 8-bit containers.")
+    st.markdown(types_note(report))
+    kernels, groups = report["integer_kernels"], fallback_groups(report)
+    if groups:
+        n = sum(len(layers) for _, layers in groups)
+        lines = [f"**{n} layer{'s' if n != 1 else ''} fall{'' if n != 1 else 's'} back to float** in onnxruntime:"]
+        lines += [f"- {', '.join(f'`{x}`' for x in layers)}: {reason}" for reason, layers in groups]
+        st.markdown("\n".join(lines))
+    else:
+        st.markdown("**No float fallbacks**: every quantized layer has an integer kernel in onnxruntime.")
+    if kernels:
+        by_kernel: dict[str, list[str]] = {}
+        for row in kernels:
+            by_kernel.setdefault(row["kernel"], []).append(row["layer"])
+        lines = [f"**{len(kernels)} unit{'s' if len(kernels) != 1 else ''} on onnxruntime's integer kernels:**"]
+        lines += [f"- {', '.join(f'`{x}`' for x in layers)}: {kernel}" for kernel, layers in by_kernel.items()]
+        st.markdown("\n".join(lines))
+    for note_text in report["notes"]:
+        st.caption(note_text)
+    st.caption("The same file from a terminal, with the config downloaded above:")
+    st.code(CLI_EXPORT, language="bash", wrap_lines=True)
+
+
 def render() -> None:
     st.title("Export / import")
     config, result = resources.current_result()
@@ -73,6 +197,8 @@ def render() -> None:
         rows = [e["row"] for e in state.history()]
         st.download_button(f"Download session history (CSV, {len(rows)} config{'s' if len(rows) != 1 else ''})", summary_csv(rows),
                            file_name="ptq_session.csv", mime="text/csv", key="io_dl_session", width="stretch")
+
+    onnx_section(config, result)
 
     st.subheader("Import")
     st.caption("Upload a config JSON (from this page or the CLI's assets/configs/): every sidebar control is set "
