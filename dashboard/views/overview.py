@@ -21,8 +21,9 @@ def describe_run(result: dict[str, Any]) -> str:
                  f"({labels.SELECTION[cal['selection']]}, seed {cal['seed']}) of a {data['calibration_pool_size']}-sample pool")
     else:
         calib = f"no calibration ({labels.ACT_MODE[result['mode']]})"
+    unlabeled = "" if data.get("labeled", True) else " **Unlabeled** data: agreement with FP32 is reported, not accuracy."
     return (f"**{model['name']}** ({weights}, {model['num_parameters']:,} parameters) on **{data['name']}**: "
-            f"{calib}; evaluated on {data['num_eval_samples']} samples.")
+            f"{calib}; evaluated on {data['num_eval_samples']} samples.{unlabeled}")
 
 
 def _restore_from_scatter() -> None:
@@ -107,6 +108,9 @@ def render() -> None:
     if not result["model"]["pretrained"]:
         st.warning("This model has **random weights**: accuracy is not reported (it would mean nothing); agreement "
                    "with FP32 still does.")
+    if result["model"].get("unsupported_layers"):
+        st.info("Layers with weights ptq_core does not quantize stay in float (their size and error count as FP32): "
+                + ", ".join(result["model"]["unsupported_layers"]))
     metric_cards(result)
     st.caption(run_note(result))
     for w in result["warnings"]:
