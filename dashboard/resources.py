@@ -39,7 +39,7 @@ from ptq_core.primitives import dequantize
 from ptq_core.quantize import check_names
 from ptq_core.ranges import activation_range, range_error, weight_qparams
 
-from . import state
+from . import state, uploads
 
 MAX_RESULTS = 256  # cached Results (about 70 KB each for the digits CNN): a workshop's worth of configs
 MAX_VIEWS = 64  # cached per-layer views (weights, activations)
@@ -127,7 +127,12 @@ def current_result() -> tuple[QuantConfig, dict[str, Any]]:
 
 
 def validate_for_model(config: QuantConfig) -> None:
-    """Raise PTQError unless the model and data set load and every layer name ``config`` uses exists."""
+    """Raise PTQError unless the model and data set load and every layer name ``config`` uses exists.
+
+    Paths the config names must lie under the data roots or in the upload folder: an imported
+    config is as much user input as a typed path.
+    """
+    uploads.check_spec_paths(config.model, config.dataset)
     explorer = explorer_for(config)
     check_names(explorer.prepared(config.fold_batchnorm), config)
 

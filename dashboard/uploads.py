@@ -1,0 +1,187 @@
+"""Where the dashboard may read user files from, and where it keeps what users upload.
+
+The dashboard serves a whole workshop room, so a path typed into it must lie under the data
+roots (:func:`ptq_core.paths.check_user_path`); the CLI takes any path, the dashboard does not.
+Uploads are written to the server's own upload folder, which the dashboard's path check also
+accepts (the server chose that path, the user did not type it):
+
+    PTQ_UPLOAD_DIR   where uploads go (default: ``ptq_explorer_uploads`` in the system temp folder)
+
+Files are named by the SHA-256 of their content: two sessions uploading the same file share
+one copy, two different files never collide, and a config naming an upload keeps meaning the
+same bytes. An uploaded zip of images is extracted once into ``images/<sha256>/``; uploading
+it again reuses that folder. Sizes are checked BEFORE anything is written.
+
+Nothing here imports Streamlit: :mod:`dashboard.sources` draws the controls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ptq_core.data.image_folder import IMAGE_EXTENSIONS, LABELS_FILE
+from ptq_core.errors import DataError
+from ptq_core.paths import (
+    check_upload_size,
+    check_user_path,
+    configured_data_roots,
+    max_model_bytes,
+    max_upload_bytes,
+    max_zip_bytes,
+    max_zip_files,
+    safe_extract_zip,
+)
+
+UPLOAD_DIR_ENV = "PTQ_UPLOAD_DIR"
+DEFAULT_UPLOAD_DIR_NAME = "ptq_explorer_uploads"
+MODEL_SUFFIXES = (".pt", ".pth", ".pt2")  # kept from the uploaded name (format is read from the content anyway)
+
+
+def upload_dir() -> Path:
+    """The server's upload folder (``PTQ_UPLOAD_DIR``), created (owner-only) on first use, resolved."""
+    raw = os.environ.get(UPLOAD_DIR_ENV, "").strip()
+    folder = Path(raw).expanduser() if raw else Path(tempfile.gettempdir()) / DEFAULT_UPLOAD_DIR_NAME
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder.resolve()
+
+
+def allowed_roots() -> list[Path]:
+    """What a path in the dashboard may lie under: the configured data roots and the upload folder."""
+    roots = configured_data_roots()
+    uploads = upload_dir()
+    return roots if uploads in roots else [*roots, uploads]
+
+
+def check_dashboard_path(path: str, *, what: str) -> Path:
+    """``path`` resolved, if it lies under :func:`allowed_roots`; DataError naming ``what`` otherwise."""
+    try:
+        return check_user_path(path.strip(), roots=allowed_roots())
+    except DataError as exc:
+        raise DataError(f"{what}: {exc}") from None
+
+
+def is_upload(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is in the server's upload folder (such a config reproduces only on this server)."""
+    try:
+        return Path(path).resolve().is_relative_to(upload_dir())
+    except OSError:
+        return False
+
+
+def spec_paths(spec: str | dict[str, Any]) -> list[str]:
+    """The file or folder paths a model or data-set spec names (none for registered names)."""
+    if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+        return [spec["path"]]
+    return []
+
+
+def check_spec_paths(model: str | dict[str, Any], dataset: str | dict[str, Any]) -> None:
+    """Raise DataError unless every path the two specs name is one the dashboard may read."""
+    for what, spec in (("model file", model), ("image folder", dataset)):
+        for path in spec_paths(spec):
+            check_dashboard_path(path, what=what)
+
+
+def uploads_in(model: str | dict[str, Any], dataset: str | dict[str, Any]) -> list[str]:
+    """Which of the two specs (``"model"``, ``"data set"``) name a path in the upload folder."""
+    return [what for what, spec in (("model", model), ("data set", dataset)) if any(map(is_upload, spec_paths(spec)))]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomically(data: bytes, target: Path) -> None:
+    """``target`` holding ``data``, never seen half-written by another session (temp file + rename)."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+def store_model_upload(data: bytes, filename: str) -> tuple[Path, bool]:
+    """Size-check an uploaded model file, then keep it as ``models/<sha256><suffix>``.
+
+    Returns the path and whether this call created it (the caller removes a file it created
+    when loading it fails). Raises DataError, writing nothing, when it exceeds
+    ``PTQ_MAX_MODEL_MB`` (or ``PTQ_MAX_UPLOAD_MB``).
+    """
+    limit = min(max_model_bytes(), max_upload_bytes())
+    check_upload_size(len(data), limit, what=f"model upload {filename!r}")
+    suffix = Path(filename).suffix.lower()
+    folder = upload_dir() / "models"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    target = folder / (_sha256(data) + (suffix if suffix in MODEL_SUFFIXES else ".pt"))
+    if target.is_file() and target.stat().st_size == len(data):
+        return target, False
+    _write_atomically(data, target)
+    return target, True
+
+
+def store_zip_upload(data: bytes, filename: str) -> tuple[Path, bool]:
+    """Size-check an uploaded zip of images, extract it once into ``images/<sha256>/``; its image folder.
+
+    Extraction goes through :func:`ptq_core.paths.safe_extract_zip` (no ``..``, absolute names,
+    links, or more than ``PTQ_MAX_ZIP_MB`` / ``PTQ_MAX_ZIP_FILES``) into a private temporary
+    folder that is renamed into place, so a concurrent session never reads a half-extracted
+    folder. Returns the folder to read images from (see :func:`image_root`) and whether this
+    call extracted it.
+    """
+    check_upload_size(len(data), max_upload_bytes(), what=f"zip upload {filename!r}")
+    folder = upload_dir() / "images"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    target = folder / _sha256(data)
+    if target.is_dir():
+        return image_root(target), False
+    staging = folder / f".extract-{uuid.uuid4().hex}"
+    try:
+        safe_extract_zip(data, staging, max_bytes=max_zip_bytes(), max_files=max_zip_files())
+    except DataError as exc:
+        raise DataError(f"zip upload {filename!r}: {exc}") from None
+    try:
+        staging.rename(target)
+        created = True
+    except OSError:  # another session extracted the same zip first: use theirs
+        shutil.rmtree(staging, ignore_errors=True)
+        created = False
+    return image_root(target), created
+
+
+def image_root(folder: Path) -> Path:
+    """The folder a zip's images are read from: ``folder``, or inside its single top-level folder.
+
+    Zipping a folder (``photos/…`` or ``dataset/cats/…``) wraps everything in one top-level
+    folder; reading from inside it gives what the user meant (a flat folder, or class folders).
+    """
+    current = folder
+    while True:
+        visible = [p for p in current.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+        has_images = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in visible)
+        if has_images or (current / LABELS_FILE).is_file() or len(visible) != 1 or not visible[0].is_dir():
+            return current
+        current = visible[0]
+
+
+def remove_upload(path: Path) -> None:
+    """Remove a file or extracted folder in the upload folder (one this session just created)."""
+    base = upload_dir()
+    path = path.resolve()
+    if not path.is_relative_to(base) or path == base:
+        return
+    # an extracted zip: remove the whole images/<sha256>/ folder, not only the part read from
+    parts = path.relative_to(base).parts
+    top = base.joinpath(*parts[:2])
+    if top.is_dir():
+        shutil.rmtree(top, ignore_errors=True)
+    else:
+        top.unlink(missing_ok=True)
