@@ -3,7 +3,8 @@
 Controls are always drawn, disabled where they do not apply, so their values survive while
 hidden from the config (Streamlit forgets a widget's value in a run it is not drawn). The few
 callbacks keep the controls a VALID config when one choice constrains another (a dynamic
-quantizer has no clipping method to choose; a new model has other layer names).
+quantizer has no clipping method to choose). The model and the data set are chosen in
+:mod:`dashboard.sources`, which loads and checks them before the config uses them.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from ptq_core.config import (
     WEIGHT_CLIPPING,
     WEIGHT_GRANULARITIES,
 )
-from ptq_core.data import available_datasets
 from ptq_core.errors import PTQError
-from ptq_core.models import available_models, get_model_entry
 
-from . import labels, resources, state
+from . import labels, resources, sources, state
 
 BITS = list(range(MAX_BITS, MIN_BITS - 1, -1))  # 8, 7, ..., 2: INT8 first
 MODES = ["static", "dynamic", state.WEIGHT_ONLY]
@@ -38,26 +37,6 @@ INHERIT = "same as global"
 
 def _bits_label(n: int) -> str:
     return f"INT{n} ({2**n} levels)"
-
-
-def _model_label(spec: str) -> str:
-    try:
-        entry = get_model_entry(state.spec_value(spec))
-    except PTQError:
-        return spec
-    return spec + ("" if entry.pretrained else " (random weights)")
-
-
-def _on_model_change() -> None:
-    """A new model: its own default data set, and no layer names of the old one."""
-    spec = st.session_state["sb_model"]
-    try:
-        entry = get_model_entry(state.spec_value(spec))
-        st.session_state["sb_dataset"] = labels.spec(entry.default_dataset)
-    except PTQError:
-        pass
-    st.session_state["sb_keep_float"] = []
-    st.session_state["cfg_overrides"] = {}
 
 
 def _on_mode_change() -> None:
@@ -69,11 +48,6 @@ def _on_mode_change() -> None:
         st.session_state["sb_a_granularity"] = "per_tensor"
 
 
-def _options_with(current: str, options: list[str]) -> list[str]:
-    """``options`` plus the current value (an imported spec that is not a registered name)."""
-    return options if current in options else [*options, current]
-
-
 def render() -> None:
     """Draw every control. Must run before any page reads the config."""
     ss = st.session_state
@@ -82,9 +56,7 @@ def render() -> None:
     sb.caption("Every control is one field of the config you can export.")
 
     sb.subheader("Model and data")
-    sb.selectbox("Model", _options_with(ss["sb_model"], available_models()), key="sb_model",
-                 format_func=_model_label, on_change=_on_model_change)
-    sb.selectbox("Data set", _options_with(ss["sb_dataset"], available_datasets()), key="sb_dataset")
+    sources.render()
 
     sb.subheader("Weights")
     sb.selectbox("Weight bits", BITS, key="sb_w_bits", format_func=_bits_label)

@@ -1,7 +1,8 @@
 """Typed session-state access: the sidebar <-> QuantConfig mapping, and the session's history.
 
 Every sidebar control is one widget key (``sb_*``) that maps 1:1 onto one QuantConfig field;
-the table below is the whole mapping. ``config_from_state()`` builds the config the controls
+the table below is the whole mapping. ``sb_model`` and ``sb_dataset`` are the exception: plain
+keys, set only once :mod:`dashboard.sources` has loaded and checked what they name. ``config_from_state()`` builds the config the controls
 show; ``apply_config_to_state(config)`` sets every control from a config (import, "restore
 from scatter", one-click fixes). Streamlit only lets a widget's value be set before that
 widget is drawn in a run, so ``apply_config_to_state`` is called from callbacks (which run

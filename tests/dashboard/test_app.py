@@ -291,11 +291,12 @@ def test_random_weights_are_labeled() -> None:
                                      default_dataset="digits", build=build, pretrained=False))
     try:
         at = new_app().run()
-        at.selectbox(key="sb_model").set_value("test_random_cnn").run()
+        at.selectbox(key="src_m_name").set_value("test_random_cnn").run()
+        at.button(key="src_load").click().run()  # the model picker applies on Load, once the model loads
         assert not at.exception
         assert any("random weights" in w.value for w in at.warning)
         assert "random weights" in at.markdown[0].value
-        assert "random weights" in at.selectbox(key="sb_model").format_func("test_random_cnn")
+        assert "random weights" in at.selectbox(key="src_m_name").format_func("test_random_cnn")
     finally:
         models._MODELS.pop("test_random_cnn", None)  # the registry has no unregister; keep other tests unaffected
 

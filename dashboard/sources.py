@@ -1,0 +1,377 @@
+"""The sidebar's "Model and data" section: where the model and the data set come from.
+
+Model: a registered model (the digits models, EfficientNet-Lite0, torchvision classifiers, each
+also with random weights), or the user's own file, typed as a path under the data roots or
+uploaded. Data: a registered data set, or an image folder, typed as a path or uploaded as a zip.
+
+The pickers (keys ``src_*``) are a pending choice; what the config uses is ``sb_model`` and
+``sb_dataset``. **Load** builds the pair FIRST (path checked, upload size-checked and stored,
+file read and lifted, images listed, the model traced on one sample, all through the shared
+Explorer cache) and only then sets them, clearing the layer names of the old model. Anything
+wrong is a PTQError: its message is shown and the session stays exactly as it was. Model and
+data are applied together because each constrains the other (an image model needs an image
+folder; an image folder needs a model with image preprocessing).
+
+When ``sb_model``/``sb_dataset`` change elsewhere (an imported config, a restore), the pickers
+are set to show them. Everything here is per session (``st.session_state``); only the
+Explorer (``st.cache_resource``) and the content-addressed upload folder are shared.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from ptq_core.data import available_datasets
+from ptq_core.data.image_dataset import image_folder_spec
+from ptq_core.errors import DataError, PTQError
+from ptq_core.graph import PreparedModel
+from ptq_core.models import available_models, get_model_entry
+from ptq_core.models.files import DEFAULT_INPUT_SHAPE, FORMATS, check_model_file, detect_format
+from ptq_core.pipeline import Explorer
+
+from . import labels, resources, state, uploads
+
+MODEL_FROM = {"registered": "registered model", "path": "model file on the server", "upload": "upload a model file"}
+DATA_FROM = {"registered": "registered data set", "path": "image folder on the server", "upload": "upload a zip of images"}
+NO_ARCHITECTURE = ""  # the architecture picker's "none" (only state dicts take one)
+DEFAULT_PREPROCESSING = "default"  # the file spec leaves preprocessing out: the architecture's, else imagenet
+IMAGE_FOLDER = "image_folder"  # a registered data-set kind that needs a path: offered as its own source
+FORMAT_LABELS = {"auto": "auto (from the file)", "torchscript": "TorchScript", "export": "torch.export (.pt2)",
+                 "state_dict": "state dict"}
+PICKERS = ("src_m_from", "src_m_name", "src_m_path", "src_m_format", "src_m_arch", "src_m_shape", "src_m_prep",
+           "src_d_from", "src_d_name", "src_d_path", "src_d_num_cal", "src_d_seed", "src_d_max_images")
+
+
+# -- what the pickers offer and how they are labeled ---------------------------------------------
+def _random_variant(name: str) -> dict[str, Any] | None:
+    """The random-weights spec of a registered image model (offered next to it: no download needed)."""
+    if name.startswith("torchvision:"):
+        return {"kind": "torchvision", "name": name.split(":", 1)[1], "weights": "random"}
+    if name == "efficientnet_lite0":
+        return {"kind": "efficientnet_lite0", "weights": "random"}
+    return None
+
+
+def model_options() -> list[str]:
+    """Registered models, each image model followed by its random-weights variant (as spec strings)."""
+    options = []
+    for name in available_models():
+        options.append(name)
+        variant = _random_variant(name)
+        if variant is not None:
+            options.append(labels.spec(variant))
+    return options
+
+
+def model_label(value: str) -> str:
+    """How a model spec string reads in pickers: torchvision and random weights said, files by name."""
+    spec = state.spec_value(value)
+    if isinstance(spec, str):
+        try:
+            entry = get_model_entry(spec)
+        except PTQError:
+            return spec
+        if spec.startswith("torchvision:"):
+            name = spec.split(":", 1)[1]
+            return f"{name} (torchvision, {'ImageNet' if entry.pretrained else 'random'} weights)"
+        return spec + ("" if entry.pretrained else " (random weights)")
+    kind = spec.get("kind")
+    if kind == "torchvision":
+        weights = spec.get("weights", "DEFAULT")
+        return f"{spec.get('name')} (torchvision, {'random weights' if weights == 'random' else f'{weights} weights'})"
+    if kind == "efficientnet_lite0":
+        return f"efficientnet_lite0 ({'random weights' if spec.get('weights') == 'random' else 'ImageNet weights'})"
+    if kind == "file" and isinstance(spec.get("path"), str):
+        where = "uploaded to this server" if uploads.is_upload(spec["path"]) else "file"
+        return f"your model {Path(spec['path']).name} ({where})"
+    return value
+
+
+def data_label(value: str) -> str:
+    spec = state.spec_value(value)
+    if isinstance(spec, str):
+        return spec
+    if spec.get("kind") == IMAGE_FOLDER and isinstance(spec.get("path"), str):
+        where = "uploaded zip on this server" if uploads.is_upload(spec["path"]) else "on the server"
+        return f"image folder {Path(spec['path']).name} ({where})"
+    return value
+
+
+def _options_with(current: str, options: list[str]) -> list[str]:
+    return options if current in options else [*options, current]
+
+
+def _data_options() -> list[str]:
+    return [d for d in available_datasets() if d != IMAGE_FOLDER]
+
+
+def _preprocessing_options() -> list[str]:
+    image_models = []
+    for name in available_models():
+        try:
+            if get_model_entry(name).transform is not None:
+                image_models.append(name)
+        except PTQError:
+            continue
+    return [DEFAULT_PREPROCESSING, "imagenet", "none", *image_models]
+
+
+# -- pickers <-> the applied specs -----------------------------------------------------------------
+def _pickers_for(model_value: str, data_value: str) -> dict[str, Any]:
+    """Picker values that show the applied model and data set."""
+    values: dict[str, Any] = {}
+    model = state.spec_value(model_value)
+    if isinstance(model, dict) and model.get("kind") == "file":
+        shape = model.get("input_shape") or list(DEFAULT_INPUT_SHAPE)
+        values.update({
+            "src_m_from": "path", "src_m_path": str(model.get("path", "")), "src_m_format": model.get("format", "auto"),
+            "src_m_arch": model.get("architecture") or NO_ARCHITECTURE,
+            "src_m_shape": ", ".join(str(d) for d in shape),
+            "src_m_prep": model.get("preprocessing") or DEFAULT_PREPROCESSING,
+        })
+    else:
+        values.update({"src_m_from": "registered", "src_m_name": model_value})
+    data = state.spec_value(data_value)
+    if isinstance(data, dict) and data.get("kind") == IMAGE_FOLDER and isinstance(data.get("path"), str):
+        values.update({
+            "src_d_from": "path", "src_d_path": data["path"], "src_d_num_cal": int(data.get("num_calibration") or 0),
+            "src_d_seed": int(data.get("seed") or 0), "src_d_max_images": int(data.get("max_images") or 0),
+        })
+    else:
+        values.update({"src_d_from": "registered", "src_d_name": data_value})
+    return values
+
+
+def _defaults() -> dict[str, Any]:
+    return {"src_m_from": "registered", "src_m_name": "digits_cnn", "src_m_path": "", "src_m_format": "auto",
+            "src_m_arch": NO_ARCHITECTURE, "src_m_shape": ", ".join(str(d) for d in DEFAULT_INPUT_SHAPE),
+            "src_m_prep": DEFAULT_PREPROCESSING, "src_d_from": "registered", "src_d_name": "digits", "src_d_path": "",
+            "src_d_num_cal": 0, "src_d_seed": 0, "src_d_max_images": 0}
+
+
+def _snapshot() -> tuple[Any, ...]:
+    """The pickers' values (uploads by file id), to tell a pending choice from the loaded one."""
+    ss = st.session_state
+    files = tuple(getattr(ss.get(k), "file_id", None) for k in ("src_m_upload", "src_d_zip"))
+    return (*(ss.get(k) for k in PICKERS), *files)
+
+
+def _sync_pickers() -> None:
+    """Show the applied model and data set in the pickers when they changed outside this section."""
+    ss = st.session_state
+    applied = (ss["sb_model"], ss["sb_dataset"])
+    if ss.get("src_synced") == applied:
+        return
+    for key, value in {**_defaults(), **_pickers_for(*applied)}.items():
+        ss[key] = value
+    ss["src_synced"] = applied
+    ss["src_snapshot"] = None  # taken after the widgets are drawn (uploads included)
+    ss.setdefault("src_error", None)
+
+
+# -- building and checking the chosen pair ---------------------------------------------------------
+def _input_shape(text: str) -> list[int]:
+    try:
+        shape = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
+    except ValueError:
+        shape = []
+    if not 1 <= len(shape) <= 3 or any(d < 1 for d in shape):
+        raise DataError(f"input shape: got {text!r}; allowed: 1 to 3 positive integers such as 3, 224, 224 "
+                        "(one sample, no batch dimension)")
+    return shape
+
+
+def _file_spec(path: Path) -> dict[str, Any]:
+    """The ``{"kind": "file"}`` spec of the file pickers, with "auto" resolved so the export says what it is."""
+    ss = st.session_state
+    fmt = ss["src_m_format"]
+    if fmt == "auto":
+        fmt = detect_format(check_model_file(path))
+    spec: dict[str, Any] = {"kind": "file", "path": str(path), "format": fmt}
+    if fmt == "state_dict" and ss["src_m_arch"] != NO_ARCHITECTURE:
+        spec["architecture"] = ss["src_m_arch"]
+    if fmt == "torchscript":
+        spec["input_shape"] = _input_shape(ss["src_m_shape"])
+    if ss["src_m_prep"] != DEFAULT_PREPROCESSING:
+        spec["preprocessing"] = ss["src_m_prep"]
+    return spec
+
+
+def _model_spec(created: list[Path], names: dict[str, str]) -> str | dict[str, Any]:
+    ss = st.session_state
+    source = ss["src_m_from"]
+    if source == "registered":
+        return state.spec_value(ss["src_m_name"])
+    if source == "path":
+        return _file_spec(uploads.check_dashboard_path(ss["src_m_path"], what="model file"))
+    uploaded = ss.get("src_m_upload")
+    if uploaded is None:
+        raise DataError("model upload: no file chosen; allowed: a .pt, .pth or .pt2 file (drop it on the uploader)")
+    path, new = uploads.store_model_upload(uploaded.getvalue(), uploaded.name)
+    if new:
+        created.append(path)
+    names[str(path)] = names[path.name] = f"{uploaded.name} (uploaded)"
+    return _file_spec(path)
+
+
+def _data_spec(created: list[Path], names: dict[str, str]) -> str | dict[str, Any]:
+    ss = st.session_state
+    source = ss["src_d_from"]
+    if source == "registered":
+        return state.spec_value(ss["src_d_name"])
+    if source == "path":
+        folder = uploads.check_dashboard_path(ss["src_d_path"], what="image folder")
+    else:
+        uploaded = ss.get("src_d_zip")
+        if uploaded is None:
+            raise DataError("zip upload: no file chosen; allowed: a .zip of images (class sub-folders, labels.csv, "
+                            "or a flat folder)")
+        folder, new = uploads.store_zip_upload(uploaded.getvalue(), uploaded.name)
+        if new:
+            created.append(folder)
+        names[str(folder)] = f"{uploaded.name} (uploaded)"
+    if not folder.is_dir():
+        raise DataError(f"image folder: {str(folder)!r} is not a folder; allowed: a folder of images")
+    return image_folder_spec(folder, num_calibration=int(ss["src_d_num_cal"]) or None, seed=int(ss["src_d_seed"]),
+                             max_images=int(ss["src_d_max_images"]) or None)
+
+
+def check_pair(model: str | dict[str, Any], dataset: str | dict[str, Any], fold_batchnorm: bool) -> PreparedModel:
+    """Load the pair through the shared cache and trace the model on one sample; PTQError if anything fails."""
+    uploads.check_spec_paths(model, dataset)
+    explorer = resources.get_explorer(json.dumps(model, sort_keys=True), json.dumps(dataset, sort_keys=True))
+    return explorer.prepared(fold_batchnorm)
+
+
+def _load() -> None:
+    """The Load button: build and check the chosen pair, then (only then) make it the config's."""
+    ss = st.session_state
+    created: list[Path] = []
+    names: dict[str, str] = {}  # stored upload path or file name -> the name the user uploaded
+    try:
+        model = _model_spec(created, names)
+        dataset = _data_spec(created, names)
+        check_pair(model, dataset, bool(ss["sb_fold_bn"]))
+    except PTQError as exc:
+        for path in created:  # an upload that does not load is of no use to anyone: do not keep it
+            uploads.remove_upload(path)
+        message = str(exc)
+        for stored in sorted(names, key=len, reverse=True):  # the user knows their file's name, not its hash
+            message = message.replace(stored, names[stored])
+        ss["src_error"] = (f"Not loaded, nothing changed: {message}", _snapshot())  # shown until a picker changes
+        return
+    model_value, data_value = labels.spec(model), labels.spec(dataset)
+    if model_value != ss["sb_model"]:  # a new model: no layer names of the old one
+        ss["sb_keep_float"] = []
+        ss["cfg_overrides"] = {}
+    ss["sb_model"], ss["sb_dataset"] = model_value, data_value
+    ss["src_synced"] = (model_value, data_value)
+    ss["src_snapshot"] = None
+    ss["src_error"] = None
+    # a typed path: show the resolved, checked path (and the detected format) the config now names
+    typed = tuple(prefix for prefix in ("src_m_", "src_d_") if ss[f"{prefix}from"] == "path")
+    ss.update({k: v for k, v in _pickers_for(model_value, data_value).items() if k.startswith(typed)})
+    state.flash("success", f"Loaded {model_label(model_value)} on {data_label(data_value)}.")
+
+
+def _choose(key: str, value: str) -> Callable[[], None]:
+    def callback() -> None:
+        st.session_state[key] = value
+    return callback
+
+
+# -- drawing -------------------------------------------------------------------------------------
+def render() -> None:
+    """Draw the section in the sidebar (before any control that reads the model's layer names)."""
+    ss = st.session_state
+    _sync_pickers()
+    sb = st.sidebar
+    roots = ", ".join(str(r) for r in uploads.allowed_roots() if not uploads.is_upload(r)) or "none configured"
+
+    m_from = ss["src_m_from"]
+    sb.radio("Model from", list(MODEL_FROM), key="src_m_from", format_func=MODEL_FROM.get)
+    sb.selectbox("Registered model", _options_with(ss["src_m_name"], model_options()), key="src_m_name",
+                 format_func=model_label, on_change=_choose("src_m_from", "registered"),
+                 help="Random-weights variants need no download; they report agreement with FP32, never accuracy.")
+    with sb.expander("Your own model file", expanded=m_from != "registered"):
+        st.text_input("Path on the server", key="src_m_path", on_change=_choose("src_m_from", "path"),
+                      help=f"A .pt/.pth/.pt2 file under the data roots: {roots}.")
+        st.file_uploader("Upload", key="src_m_upload", on_change=_choose("src_m_from", "upload"),
+                         help="Kept on this server, named by its SHA-256. TorchScript, torch.export (.pt2) or a "
+                              "state dict; nothing in it is unpickled as Python objects.")
+        file_off = m_from == "registered"
+        fmt = ss["src_m_format"]
+        c1, c2 = st.columns(2)
+        c1.selectbox("Format", list(FORMATS), key="src_m_format", format_func=lambda v: FORMAT_LABELS.get(v, v), disabled=file_off)
+        c2.text_input("Input shape", key="src_m_shape", disabled=file_off or fmt not in ("auto", "torchscript"),
+                      help="TorchScript only: one sample's shape, e.g. 3, 224, 224 or 1, 8, 8.")
+        st.selectbox("Architecture (state dicts)", [NO_ARCHITECTURE, *available_models()], key="src_m_arch",
+                     format_func=lambda v: v or "none (TorchScript or .pt2)",
+                     disabled=file_off or fmt not in ("auto", "state_dict"),
+                     help="The registered model the state dict was saved from; its layers get the file's weights.")
+        st.selectbox("Preprocessing", _preprocessing_options(), key="src_m_prep", disabled=file_off,
+                     format_func=lambda v: {"default": "default (the architecture's, else imagenet)",
+                                            "imagenet": "imagenet (resize 256, crop 224)",
+                                            "none": "none (tensor data such as digits)"}.get(v, f"as {v}"))
+
+    d_from = ss["src_d_from"]
+    sb.radio("Data from", list(DATA_FROM), key="src_d_from", format_func=DATA_FROM.get)
+    sb.selectbox("Registered data set", _options_with(ss["src_d_name"], _data_options()), key="src_d_name",
+                 format_func=data_label, on_change=_choose("src_d_from", "registered"))
+    with sb.expander("Image folder", expanded=d_from != "registered"):
+        st.text_input("Folder on the server", key="src_d_path", on_change=_choose("src_d_from", "path"),
+                      help=f"Class sub-folders, a folder with labels.csv, or a flat folder (unlabeled), under: {roots}.")
+        st.file_uploader("Zip of images", type=["zip"], key="src_d_zip", on_change=_choose("src_d_from", "upload"),
+                         help="Extracted once on this server; a zip holding one top-level folder is read from inside it.")
+        off = d_from == "registered"
+        c1, c2, c3 = st.columns(3)
+        c1.number_input("Calibration", min_value=0, step=16, key="src_d_num_cal", disabled=off,
+                        help="Images set aside as the calibration pool (0: min(128, half the folder)); the rest evaluate.")
+        c2.number_input("Split seed", min_value=0, step=1, key="src_d_seed", disabled=off)
+        c3.number_input("Max images", min_value=0, step=100, key="src_d_max_images", disabled=off,
+                        help="Read only the first N images in file order (0: all).")
+
+    snapshot = _snapshot()
+    if ss.get("src_snapshot") is None:
+        ss["src_snapshot"] = snapshot
+    pending = snapshot != ss["src_snapshot"]
+    sb.button("Load model and data", key="src_load", on_click=_load, width="stretch",
+              type="primary" if pending else "secondary",
+              help="Checks the model and the data together first; the config changes only if both load.")
+    error = ss.get("src_error")
+    if error is not None and error[1] == snapshot:
+        sb.error(error[0])
+    elif pending:
+        sb.caption("Changed: press **Load** to use these choices (the config still uses the loaded ones).")
+    _describe_loaded()
+
+
+def _describe_loaded() -> None:
+    """What the config uses now, said honestly: random weights, unlabeled data, uploads, float layers."""
+    ss = st.session_state
+    sb = st.sidebar
+    model, dataset = state.spec_value(ss["sb_model"]), state.spec_value(ss["sb_dataset"])
+    try:
+        explorer: Explorer = resources.get_explorer(json.dumps(model, sort_keys=True), json.dumps(dataset, sort_keys=True))
+        prepared = explorer.prepared(bool(ss["sb_fold_bn"]))
+    except PTQError:
+        return  # the Layers section below shows the message
+    notes = [f"Loaded: **{model_label(ss['sb_model'])}** on **{data_label(ss['sb_dataset'])}**."]
+    if not explorer.entry.pretrained:
+        notes.append("**Random weights**: no accuracy is reported, only agreement with FP32.")
+    if explorer.dataset.evaluation_labels is None:
+        notes.append("**Unlabeled images**: the numbers are agreement with FP32, not accuracy.")
+    sb.caption(" ".join(notes), help=explorer.entry.description + "\n\n" + explorer.dataset.description)
+    where = uploads.uploads_in(model, dataset)
+    if where:
+        sb.caption(f":material/cloud_upload: The {' and '.join(where)} {'is' if len(where) == 1 else 'are'} an upload "
+                   "in this server's upload folder: an exported config names that path, so it reproduces only on "
+                   "this server.")
+    if prepared.unsupported:
+        sb.info("ptq_core does not quantize these layers with weights; they stay in float: "
+                + ", ".join(prepared.unsupported))
