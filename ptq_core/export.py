@@ -20,8 +20,8 @@ Placement (graph.py's rules, one for one):
   (the Q's range already clips at 0, and at 6 when the calibrated range ends below 6);
 * adds, concatenations, multiplications, average pools have their own output point, hence their
   own Q/DQ: onnxruntime runs them as QLinearAdd / QLinearConcat / QLinearMul / QLinearAveragePool;
-* value-preserving ops (max pool, flatten, reshape, zero pad, ...) get a Q/DQ with the SAME
-  scale and zero point as their input after them. That is not a new quantizer: their output is
+* value-preserving ops (max pool, flatten, reshape, zero pad, the parts of a chunk/split, ...)
+  get a Q/DQ with the SAME scale and zero point as their input after them. That is not a new quantizer: their output is
   on the input's grid, so the pair is exact, and it lets onnxruntime run them on integers too;
 * weights: ``int8`` codes (``uint8`` for asymmetric weights) -> ``DequantizeLinear``, ``axis=0``
   per channel; Linear layers whose weights are 2, 4 or 8 bits use onnxruntime's block-wise
@@ -72,7 +72,14 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from .errors import ExportError
-from .graph import PreparedModel, Unit, insert_after, is_pass_through
+from .graph import (
+    PreparedModel,
+    Unit,
+    insert_after,
+    is_pass_through,
+    is_split,
+    pass_through_source,
+)
 from .primitives import fake_quantize
 from .quantize import LayerQuant, PointQuant, QuantPlan
 from .ranges import quantize_weight
@@ -309,15 +316,16 @@ def _export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.G
             continue
         if node.op in ("placeholder", "output", "get_attr") or not is_pass_through(node, modules):
             continue
-        args = [a for a in node.all_input_nodes]
-        if not args or args[0].name not in source:
+        arg = pass_through_source(node)
+        if arg is None or arg.name not in source:
             continue
-        src = source[args[0].name]
+        src = source[arg.name]
         source[node.name] = src
         identity = (node.op == "call_module" and isinstance(modules.get(str(node.target)), _IDENTITY_MODULES)) or (
             node.op in ("call_method", "call_function") and node.target in _IDENTITY_TARGETS
         )
-        if not identity and plan.points[src].quant.mode == "static":
+        # A split's output is a tuple: its parts (getitem) get the Q/DQ, each after ONNX's Split.
+        if not identity and not is_split(node) and plan.points[src].quant.mode == "static":
             requant_after.append((node.name, src))
     for node in nodes:  # zero padding modules -> ExportPad (padding on all four sides is a 4-tuple)
         mod = modules.get(str(node.target)) if node.op == "call_module" else None
@@ -799,7 +807,7 @@ def _weight_fallback_reason(unit: Unit, lq: LayerQuant, fmt: str, mode: str, ins
         return (f"dynamic {bits}-bit Linear whose input is not read straight from its DynamicQuantizeLinear "
                 f"(or weights below 5 bits outside MatMulNBits); {tail}")
     if not unit.inputs:
-        why = "its input comes from an op the plan does not quantize (e.g. a chunk/split into a tuple)"
+        why = "its input comes from an op the plan does not quantize (e.g. a constant tensor of the model)"
     else:
         why = f"its {'input' if not ins_q else 'output'} is not quantized (a neighbour is kept in float)"
     return f"{why}, so onnxruntime cannot fuse an integer {kind.lower()}; {tail}"

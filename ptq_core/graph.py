@@ -23,7 +23,11 @@ and what the ONNX export reproduces one for one:
    dequantized, their output is float unless a quantized unit consumes it.
 4. Value-preserving ops (flatten, reshape, view, permute, max pooling, dropout, identity,
    zero padding, slicing) pass a quantized tensor through with no new quantizer: their output
-   lies on the same integer grid.
+   lies on the same integer grid. So do ``chunk``, ``split``,
+   ``tensor_split`` and ``unbind`` (a runtime's Split) and ``getitem`` on their tuple of parts:
+   each part keeps its input's scale and zero point, and in dynamic mode a Conv/Linear reading a
+   part is quantized at the split tensor's point. ``getitem`` on another op's tuple (``max``
+   with a dim, ``topk``, an LSTM) is that op's float output (rule 5).
 5. Any other op (unfolded BatchNorm, hardswish, SiLU, sigmoid, ...) runs in float between a
    dequantize and a quantize: its output gets a quantizer only when a quantized unit reads it.
 6. Dynamic mode: only the inputs of quantized Conv/Linear units are quantized, from each
@@ -58,12 +62,15 @@ _PASS_THROUGH_MODULES = (
 )
 _PASS_THROUGH_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute,
-    F.dropout, F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, operator.getitem,
-}
+    F.dropout, F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+}  # operator.getitem: see is_pass_through
 _PASS_THROUGH_METHODS = {
     "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "contiguous", "expand",
     "__getitem__", "view_as", "reshape_as",
 }
+# Ops returning a tuple of parts of one tensor (ONNX Split/Slice): the parts stay on its grid.
+_SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.tensor_split, torch.unbind}
+_SPLIT_METHODS = {"chunk", "split", "tensor_split", "unbind"}
 _REQUANT_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _REQUANT_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.cat, torch.concat}
 _ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
@@ -175,7 +182,15 @@ def fused_activation_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) ->
     return None
 
 
+def is_split(node: torch.fx.Node) -> bool:
+    """Whether ``node`` splits one tensor into a tuple of parts (chunk, split, tensor_split, unbind)."""
+    if node.op == "call_function":
+        return node.target in _SPLIT_FUNCTIONS
+    return node.op == "call_method" and node.target in _SPLIT_METHODS
+
+
 def is_pass_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node``'s output lies on its input's integer grid: it keeps the input's quantization."""
     if node.op == "call_module":
         m = modules.get(str(node.target))
         if isinstance(m, nn.ConstantPad2d | nn.ConstantPad1d):
@@ -186,10 +201,18 @@ def is_pass_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
             mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
             value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
             return bool(mode == "constant" and value in (None, 0, 0.0))
-        return node.target in _PASS_THROUGH_FUNCTIONS
+        if node.target is operator.getitem:  # a slice of a tensor, or a part of a split; not an item of max/topk/LSTM
+            src = node.args[0]
+            return isinstance(src, torch.fx.Node) and (_is_tensor(src) or is_split(src))
+        return node.target in _PASS_THROUGH_FUNCTIONS or is_split(node)
     if node.op == "call_method":
-        return node.target in _PASS_THROUGH_METHODS
+        return node.target in _PASS_THROUGH_METHODS or is_split(node)
     return False
+
+
+def pass_through_source(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The tensor a pass-through op reads (for a part of a split, the split node), or None."""
+    return next((a for a in node.all_input_nodes if _is_tensor(a) or is_split(a)), None)
 
 
 def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -363,12 +386,10 @@ def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) ->
 
     def source_point(node: torch.fx.Node) -> Point | None:
         while node.name not in point_of_node:
-            if not is_pass_through(node, modules):
+            src = pass_through_source(node) if is_pass_through(node, modules) else None
+            if src is None:
                 return None
-            args = _tensor_args(node)
-            if not args:
-                return None
-            node = args[0]
+            node = src
         return point_of_node[node.name]
 
     node_by_name = {n.name: n for n in nodes}

@@ -243,3 +243,48 @@ def test_asymmetric_zero_padding_folds_into_the_integer_convolution(tmp_path: Pa
     ort = make_session(tmp_path / "pad.onnx", threads=1).run(None, {"input": x.numpy()})[0]
     step = plan.points["4"].scale
     assert step is not None and np.abs(sim.numpy() - ort).max() <= step + 1e-6
+
+
+class _Shuffle(nn.Module):
+    """ShuffleNetV2's stride-1 unit in small: chunk the channels, convolve one half, concatenate, shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat([a, torch.relu(self.branch(b))], dim=1)
+        n, c, h, w = y.size()
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.head(y).mean((2, 3))
+
+
+def test_chunk_parts_carry_their_inputs_qdq_and_run_on_integers(tmp_path: Path) -> None:
+    """A chunk is a Split/Slice in ONNX: each part gets the input's own scale and zero point, no new range."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 8, 8)
+    prepared = prepare(_Shuffle().eval(), x[:1])
+    stats = collect_stats(prepared, torch.utils.data.TensorDataset(x, torch.zeros(32)), list(range(32)), batch_size=32)
+    plan = make_plan(prepared, _cfg(), stats)
+    report = export_onnx(prepared, plan, tmp_path / "shuffle.onnx")
+    assert report.float_fallback == []
+    kernels = {r["layer"]: r["kernel"] for r in report.integer_kernels}
+    assert kernels["branch"].startswith("QLinearConv") and kernels["cat"] == "QLinearConcat"
+    model = onnx.load(str(tmp_path / "shuffle.onnx"))
+    parts = [o for n in model.graph.node if n.op_type in ("Split", "Slice") for o in n.output]
+    assert len(parts) == 2
+    stem = plan.points["stem"]
+    for part in parts:  # every part is requantized with stem's exact qparams: an exact, integer-only Slice
+        (q,) = [n for n in model.graph.node if part in n.input]
+        assert q.op_type == "QuantizeLinear"
+        assert float(_const(model, q.input[1])) == np.float32(stem.scale) and int(_const(model, q.input[2])) == stem.zero_point
+    qgm, _ = build_quantized_model(prepared, plan)
+    with torch.no_grad():
+        sim = qgm(x).numpy()
+    ort = make_session(tmp_path / "shuffle.onnx", threads=1).run(None, {"input": x.numpy()})[0]
+    step = plan.points["head"].scale
+    assert step is not None and np.abs(sim - ort).max() <= 2 * step + 1e-6  # one-step requantization ties, then a mean

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptq_core.config import QuantConfig
 from ptq_core.errors import ModelError
-from ptq_core.graph import prepare
+from ptq_core.graph import PreparedModel, prepare
+from ptq_core.quantize import DynamicFakeQuantize, active_points, build_quantized_model, make_plan
 
 
 class _Block(nn.Module):
@@ -137,3 +139,76 @@ def test_unsupported_layers_are_listed() -> None:
     prepared = prepare(WithEmbedding(), torch.tensor([[1, 2]]))
     assert prepared.unsupported == ["emb"]
     assert prepared.layer_names() == ["fc"]
+
+
+# -- split-like and identity ops keep their input's quantization -----------------------------------------
+def _parts(x: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if how == "chunk_method":
+        a, b = x.chunk(2, dim=1)  # torchvision's ShuffleNetV2 InvertedResidual
+    elif how == "torch_chunk":
+        a, b = torch.chunk(x, 2, dim=1)
+    elif how == "torch_split":
+        a, b = torch.split(x, 4, dim=1)
+    elif how == "split_method":
+        a, b = x.split([4, 4], dim=1)
+    elif how == "tensor_split":
+        a, b = torch.tensor_split(x, 2, dim=1)
+    else:  # unbind: the two halves as a new dimension, then taken apart
+        n, _, h, w = x.shape
+        a, b = x.reshape(n, 2, 4, h, w).unbind(1)
+    return a, b
+
+
+class _ShuffleUnit(nn.Module):
+    """ShuffleNetV2's stride-1 unit: split the channels, convolve one half, concatenate, shuffle."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        a, b = _parts(x, self.how)
+        y = torch.cat([a, F.relu(self.branch(b))], dim=1)
+        n, c, h, w = y.size()
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)  # channel shuffle
+        return self.head(y)
+
+
+def _active(prepared: PreparedModel, mode: str) -> list[str]:
+    return list(active_points(prepared, QuantConfig.from_dict({"activations": {"mode": mode}})))
+
+
+@pytest.mark.parametrize("how", ["chunk_method", "torch_chunk", "torch_split", "split_method", "tensor_split", "unbind"])
+def test_split_parts_inherit_their_inputs_point(how: str) -> None:
+    """A runtime's Split/Slice outputs keep the input's scale and zero point: no quantizer of their own."""
+    prepared = prepare(_ShuffleUnit(how).eval(), torch.randn(1, 3, 8, 8))
+    units = {u.name: u for u in prepared.units}
+    # both halves are read through the split: the branch conv and the concatenation read stem's point
+    assert units["branch"].inputs == ("stem",)
+    assert units["cat"].inputs == ("stem", "branch")
+    assert [p.name for p in prepared.points] == ["x", "stem", "branch", "cat", "head"]  # no point on a part
+    assert _active(prepared, "static") == ["x", "stem", "branch", "cat", "head"]
+    # dynamic: the inputs of the three convolutions, the branch's through the split
+    assert _active(prepared, "dynamic") == ["x", "stem", "cat"]
+    gm, _ = build_quantized_model(prepared, make_plan(prepared, QuantConfig.from_dict({"activations": {"mode": "dynamic"}}), None))
+    assert sum(isinstance(m, DynamicFakeQuantize) for m in gm.modules()) == 3
+
+
+def test_an_item_of_another_ops_tuple_is_a_float_output() -> None:
+    """getitem passes through only a tensor slice or a split part; max(dim)'s values are a new float tensor."""
+
+    class MaxThenLinear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.max(x, dim=1)[0])
+
+    prepared = prepare(MaxThenLinear(), torch.randn(1, 3, 4))
+    (point,) = [p for p in prepared.points if p.producer.startswith("float:")]
+    assert prepared.unit("fc").inputs == (point.name,)
