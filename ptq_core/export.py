@@ -78,6 +78,7 @@ from .graph import (
     insert_after,
     is_pass_through,
     is_split,
+    is_stochastic_depth_identity,
     pass_through_source,
 )
 from .primitives import fake_quantize
@@ -323,7 +324,7 @@ def _export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.G
         source[node.name] = src
         identity = (node.op == "call_module" and isinstance(modules.get(str(node.target)), _IDENTITY_MODULES)) or (
             node.op in ("call_method", "call_function") and node.target in _IDENTITY_TARGETS
-        )
+        ) or is_stochastic_depth_identity(node)
         # A split's output is a tuple: its parts (getitem) get the Q/DQ, each after ONNX's Split.
         if not identity and not is_split(node) and plan.points[src].quant.mode == "static":
             requant_after.append((node.name, src))

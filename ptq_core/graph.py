@@ -22,8 +22,8 @@ and what the ONNX export reproduces one for one:
    (the model input included). Units listed in ``keep_float`` run in float: their input is
    dequantized, their output is float unless a quantized unit consumes it.
 4. Value-preserving ops (flatten, reshape, view, permute, max pooling, dropout, identity,
-   zero padding, slicing) pass a quantized tensor through with no new quantizer: their output
-   lies on the same integer grid. So do ``chunk``, ``split``,
+   zero padding, slicing, stochastic depth in eval mode) pass a quantized tensor through with
+   no new quantizer: their output lies on the same integer grid. So do ``chunk``, ``split``,
    ``tensor_split`` and ``unbind`` (a runtime's Split) and ``getitem`` on their tuple of parts:
    each part keeps its input's scale and zero point, and in dynamic mode a Conv/Linear reading a
    part is quantized at the split tensor's point. ``getitem`` on another op's tuple (``max``
@@ -71,6 +71,9 @@ _PASS_THROUGH_METHODS = {
 # Ops returning a tuple of parts of one tensor (ONNX Split/Slice): the parts stay on its grid.
 _SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.tensor_split, torch.unbind}
 _SPLIT_METHODS = {"chunk", "split", "tensor_split", "unbind"}
+# torchvision.ops.stochastic_depth(input, p, mode, training=True): torch.fx.wrap keeps it one call
+# in the graph; matched by name so that graph.py never imports torchvision.
+_STOCHASTIC_DEPTH = ("torchvision.ops.stochastic_depth", "stochastic_depth")
 _REQUANT_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _REQUANT_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.cat, torch.concat}
 _ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
@@ -189,6 +192,16 @@ def is_split(node: torch.fx.Node) -> bool:
     return node.op == "call_method" and node.target in _SPLIT_METHODS
 
 
+def is_stochastic_depth_identity(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is torchvision's ``stochastic_depth`` called with training=False (or p=0): the identity."""
+    target = node.target
+    if node.op != "call_function" or (getattr(target, "__module__", None), getattr(target, "__name__", None)) != _STOCHASTIC_DEPTH:
+        return False
+    p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p")
+    training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+    return training is False or (isinstance(p, int | float) and p == 0.0)
+
+
 def is_pass_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node``'s output lies on its input's integer grid: it keeps the input's quantization."""
     if node.op == "call_module":
@@ -204,7 +217,7 @@ def is_pass_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
         if node.target is operator.getitem:  # a slice of a tensor, or a part of a split; not an item of max/topk/LSTM
             src = node.args[0]
             return isinstance(src, torch.fx.Node) and (_is_tensor(src) or is_split(src))
-        return node.target in _PASS_THROUGH_FUNCTIONS or is_split(node)
+        return node.target in _PASS_THROUGH_FUNCTIONS or is_split(node) or is_stochastic_depth_identity(node)
     if node.op == "call_method":
         return node.target in _PASS_THROUGH_METHODS or is_split(node)
     return False

@@ -5,12 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
+from torchvision.ops import stochastic_depth
 
 from ptq_core.config import QuantConfig
 from ptq_core.errors import ModelError
-from ptq_core.graph import PreparedModel, prepare
+from ptq_core.graph import PreparedModel, is_pass_through, is_split, prepare
+from ptq_core.models import load_model
 from ptq_core.quantize import DynamicFakeQuantize, active_points, build_quantized_model, make_plan
+
+# torchvision wraps stochastic_depth for torch.fx in its own module only (StochasticDepth, hence
+# EfficientNet, records one call); wrapped here too, so a direct call is one node as well instead
+# of being traced through (to nothing in eval, to bernoulli/div in training).
+torch.fx.wrap("stochastic_depth")
 
 
 class _Block(nn.Module):
@@ -212,3 +220,70 @@ def test_an_item_of_another_ops_tuple_is_a_float_output() -> None:
     prepared = prepare(MaxThenLinear(), torch.randn(1, 3, 4))
     (point,) = [p for p in prepared.points if p.producer.startswith("float:")]
     assert prepared.unit("fc").inputs == (point.name,)
+
+
+class _ResidualWithStochasticDepth(nn.Module):
+    """EfficientNet's MBConv tail: project conv + BN, stochastic depth (identity in eval), residual add."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.project = nn.Conv2d(8, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.sd = torchvision.ops.StochasticDepth(0.2, "row")
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        y = self.bn(self.project(x))
+        if self.form == "module":
+            y = self.sd(y)  # EfficientNet's path: stochastic_depth(y, p, mode, self.training), traced in eval
+        elif self.form == "function":
+            y = stochastic_depth(y, 0.2, "row", training=False)
+        else:  # "training": drops rows at random and rescales the rest, not the identity
+            y = stochastic_depth(y, 0.2, "row", training=True)
+        return self.head(y + x)
+
+
+@pytest.mark.parametrize("form", ["module", "function"])
+def test_stochastic_depth_in_eval_adds_no_quantizer(form: str) -> None:
+    prepared = prepare(_ResidualWithStochasticDepth(form), torch.randn(1, 3, 8, 8))
+    assert any(n.op == "call_function" and n.target is stochastic_depth for n in prepared.graph_module.graph.nodes)
+    assert prepared.unit("add").inputs == ("project", "stem")  # the add reads the projection's point directly
+    assert [p.name for p in prepared.points] == ["x", "stem", "project", "add", "head"]
+    assert _active(prepared, "static") == ["x", "stem", "project", "add", "head"]
+
+
+def test_stochastic_depth_in_training_is_a_float_op() -> None:
+    prepared = prepare(_ResidualWithStochasticDepth("training"), torch.randn(1, 3, 8, 8))
+    assert [p.producer for p in prepared.points] == ["input", "stem", "project", "float:stochastic_depth", "add", "head"]
+
+
+# Real architectures (random weights; counts do not depend on the weights or the image size).
+# What a runtime places: one quantized tensor per model input, per unit output (conv+BN+ReLU,
+# add, concat, mul, average pool) and per float op read by a unit; nothing on a tensor a
+# pass-through op (split part, view, stochastic depth) makes from one of those.
+#  shufflenet_v2_x1_0: 56 convs + 16 concats + fc = 73 units; + input + the float x.mean([2, 3]) the
+#    fc reads = 75 points, all quantized in static mode. Dynamic: the Conv/Linear inputs = input,
+#    conv1, the 16 concats (13 read only through a chunk), 35 branch convs read by the next conv, mean = 54.
+#  efficientnet_b0: 81 convs + classifier + 17 average pools + 16 SE muls + 9 residual adds = 124 units;
+#    + input + 49 SiLU + 16 sigmoid outputs = 190 points (static). Dynamic: 82 Conv/Linear inputs
+#    (stochastic depth feeds only the adds).
+REAL_POINTS = {"shufflenet_v2_x1_0": (75, 54), "efficientnet_b0": (190, 82)}
+
+
+@pytest.mark.parametrize("name", list(REAL_POINTS))
+def test_real_architectures_place_points_where_a_runtime_would(name: str) -> None:
+    torch.manual_seed(0)
+    model = load_model({"kind": "torchvision", "name": name, "weights": "random"})
+    prepared = prepare(model, torch.randn(1, 3, 64, 64))
+    nodes = {n.name: n for n in prepared.graph_module.graph.nodes}
+    modules = dict(prepared.graph_module.named_modules())
+    for p in prepared.points:  # no point on a split, its parts, a view or stochastic depth
+        assert not is_pass_through(nodes[p.node], modules) and not is_split(nodes[p.node]), p
+        assert p.producer.split(":")[-1] not in ("chunk", "getitem", "stochastic_depth"), p
+    assert all(u.inputs for u in prepared.units), "every unit reads a quantizable point"
+    assert all(len(u.inputs) == 2 for u in prepared.units if u.kind in ("cat", "add"))
+    static, dynamic = REAL_POINTS[name]
+    assert (len(_active(prepared, "static")), len(_active(prepared, "dynamic"))) == (static, dynamic)
