@@ -51,6 +51,7 @@ WEIGHT_CLIPPING = ("minmax", "percentile", "mse")
 ACTIVATION_MODES = ("static", "dynamic")
 SELECTIONS = ("random", "first", "balanced")
 RUNTIMES = ("onnxruntime",)  # evaluation.runtime: where the exported model is run and timed (or null)
+BACKENDS = ("torch", "onnxruntime")  # evaluation.backend: what runs the simulated model (same numbers, see ptq_core.fast_eval)
 
 
 def _fail(path: str, value: Any, allowed: str) -> ConfigError:
@@ -174,6 +175,9 @@ class Evaluation:
     # Export to ONNX and run it in onnxruntime too, so size and latency are measured on a real integer
     # runtime and the simulation is checked against it; None: simulation only (no export, faster).
     runtime: str | None = "onnxruntime"
+    # What runs the simulated (fake-quantized) model: PyTorch eager, or the same float graph in onnxruntime
+    # (CPU only; several times faster, same top-1 decisions; see ptq_core.fast_eval). torch: the reference.
+    backend: str = "torch"
 
     def validate(self, path: str = "evaluation") -> None:
         if self.num_samples is not None:
@@ -182,6 +186,7 @@ class Evaluation:
         _check_int(f"{path}.layer_error_samples", self.layer_error_samples, 1)
         if self.runtime is not None and self.runtime not in RUNTIMES:
             raise _fail(f"{path}.runtime", self.runtime, f"{', '.join(RUNTIMES)} or null (simulation only)")
+        _check_choice(f"{path}.backend", self.backend, BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,11 @@ class QuantConfig:
             self.activations.validate()
         self.calibration.validate()
         self.evaluation.validate()
+        if self.evaluation.backend == "onnxruntime" and self.device != "cpu":
+            raise ConfigError(
+                f"evaluation.backend: got 'onnxruntime' with device {self.device!r}; allowed: backend torch on "
+                f"{self.device}, or device cpu (the onnxruntime backend runs on the CPU)"
+            )
         if not isinstance(self.fold_batchnorm, bool):
             raise _fail("fold_batchnorm", self.fold_batchnorm, "true or false")
         for i, name in enumerate(self.keep_float):

@@ -10,6 +10,11 @@ bits, scheme, granularity, clipping or the float layers re-runs evaluation only.
     result = explorer.evaluate(QuantConfig())            # calibrates, evaluates
     result = explorer.evaluate(config_with_other_clip)  # evaluates only
 
+``evaluation.backend`` picks what runs the simulated model: ``"torch"`` (PyTorch eager, the
+reference) or ``"onnxruntime"`` (the same float graph exported once per structure and run by
+onnxruntime on the CPU, :mod:`ptq_core.fast_eval`; its sessions are cached here too). The Result
+says which in ``environment["evaluation_backend"]``.
+
 An Explorer is safe to share between threads (the dashboard shares one per model between
 all browser sessions): caches are guarded by a lock, and nothing shared is ever mutated.
 """
@@ -25,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
@@ -41,6 +46,9 @@ from .models.device import CPU, device_context, moved_copy, resolve_device
 from .quantize import QuantPlan, build_quantized_model, make_plan
 from .ranges import weight_error
 from .result import Result
+
+if TYPE_CHECKING:
+    from .fast_eval import OrtBackend
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,7 @@ class Explorer:
         self._plan_cache: dict[Any, Any] = {}
         self._reference: dict[tuple[Any, ...], FloatReference] = {}
         self._device_copies: dict[tuple[str, str], nn.Module] = {}  # (what, device) -> copy; CPU uses the original
+        self._ort_backend: OrtBackend | None = None  # exported graphs and sessions of evaluation.backend onnxruntime
 
     @classmethod
     def for_config(cls, config: QuantConfig) -> Explorer:
@@ -107,6 +116,15 @@ class Explorer:
             if key not in self._device_copies:
                 self._device_copies[key] = moved_copy(module, device)
             return self._device_copies[key]
+
+    def ort_backend(self) -> OrtBackend:
+        """The onnxruntime backend's bounded cache of exported graphs and sessions (made on first use)."""
+        from .fast_eval import OrtBackend  # onnxruntime is imported only when a config asks for it
+
+        with self._lock:
+            if self._ort_backend is None:
+                self._ort_backend = OrtBackend()
+            return self._ort_backend
 
     def calibration_indices(self, calibration: Calibration) -> tuple[list[int], list[str]]:
         pool = self.dataset.calibration_pool
@@ -193,21 +211,33 @@ class Explorer:
             stats = self.calibrate(config, on_progress)
         t_plan = time.perf_counter()
         plan = self.plan(config)
-        qgm, visible = build_quantized_model(prepared, plan)
-        qgm = qgm.to(device)  # a new model: moving it touches nothing shared
+        ev = config.evaluation
+        if ev.backend == "torch":
+            qgm, visible = build_quantized_model(prepared, plan)
+            qgm = qgm.to(device)  # a new model: moving it touches nothing shared
         plan_s = time.perf_counter() - t_plan
 
-        ref = self.float_reference(config.evaluation, on_progress, config.device)
-        t_eval = time.perf_counter()
-        indices = self.evaluation_indices(config.evaluation)
-        q_logits, _ = _forward_all(qgm, self.dataset.evaluation, indices, config.evaluation.batch_size,
-                                   _phase(on_progress, "evaluating quantized"), device)
-        evaluation_s = time.perf_counter() - t_eval
+        ref = self.float_reference(ev, on_progress, config.device)
+        indices = self.evaluation_indices(ev)
+        backend_timing = {"export_s": 0.0, "session_s": 0.0}
+        if ev.backend == "onnxruntime":  # the same simulated model in onnxruntime (config: CPU only)
+            fast = self.ort_backend().evaluate(
+                prepared, plan, self.dataset.evaluation, indices, ev.layer_error_samples, ev.batch_size,
+                self.example_input(), _phase(on_progress, "evaluating quantized (onnxruntime)"),
+            )
+            q_logits, probe, latency = fast.logits, fast.probe, fast.latency
+            # The probe session also returns the logits of its batches: evaluation_s counts the others.
+            evaluation_s, probe_s = fast.timing["forward_s"], fast.timing["probe_s"]
+            backend_timing = {"export_s": fast.timing["export_s"], "session_s": fast.timing["session_s"]}
+        else:
+            t_eval = time.perf_counter()
+            q_logits, _ = _forward_all(qgm, self.dataset.evaluation, indices, ev.batch_size,
+                                       _phase(on_progress, "evaluating quantized"), device)
+            evaluation_s = time.perf_counter() - t_eval
 
-        t_probe = time.perf_counter()
-        probe = self._layer_errors(prepared, qgm, visible, plan, indices[: config.evaluation.layer_error_samples],
-                                   config.evaluation.batch_size, device)
-        probe_s = time.perf_counter() - t_probe
+            t_probe = time.perf_counter()
+            probe = self._layer_errors(prepared, qgm, visible, plan, indices[: ev.layer_error_samples], ev.batch_size, device)
+            probe_s = time.perf_counter() - t_probe
 
         metrics: dict[str, Any] = {
             "agreement": agreement(ref.logits, q_logits),
@@ -225,7 +255,8 @@ class Explorer:
             metrics["note"] = "random weights: accuracy is not reported (meaningless); agreement with FP32 and KL are"
 
         warnings = list(stats.warnings) if stats is not None else []
-        latency = _simulated_latency(self.on_device("model", self.model, device), qgm, self.example_input().to(device))
+        if ev.backend == "torch":
+            latency = _simulated_latency(self.on_device("model", self.model, device), qgm, self.example_input().to(device))
         size = quantized_size(prepared, plan, self.model)
         runtime_s = 0.0
         if config.evaluation.runtime is not None:  # export and run on a real integer runtime (never raises)
@@ -254,12 +285,13 @@ class Explorer:
                 "evaluation_s": evaluation_s,
                 "fp32_evaluation_s": ref.seconds,
                 "layer_error_s": probe_s,
+                **backend_timing,  # onnxruntime backend: exporting the structure, making its sessions (0 when cached)
                 "runtime_s": runtime_s,
                 "total_s": time.perf_counter() - t_start,
             },
             latency=latency,
             warnings=warnings,
-            environment=environment(),
+            environment={**environment(), **_backend_info(ev.backend)},
         )
 
     def _layer_errors(
@@ -458,6 +490,20 @@ def _simulated_latency(model: nn.Module, qgm: nn.Module, x: torch.Tensor, repeat
         "fp32_ms": median_ms(model),
         "quant_ms": median_ms(qgm),
     }
+
+
+def _backend_info(backend: str) -> dict[str, Any]:
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        return {
+            "evaluation_backend": "onnxruntime",
+            "onnxruntime": onnxruntime.__version__,
+            "evaluation_backend_note": "quantized forward and per-layer errors computed by onnxruntime (CPU) on the same "
+                                       "float32 fake-quantize arithmetic as PyTorch; only the convolutions' summation "
+                                       "order differs",
+        }
+    return {"evaluation_backend": "torch"}
 
 
 def environment() -> dict[str, Any]:

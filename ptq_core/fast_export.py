@@ -1,0 +1,388 @@
+"""The simulated model as ONNX for the onnxruntime backend: one export per structure, values fed per config.
+
+What lives here: the traced ops (static fake quantize as Mul -> QuantizeLinear(1) -> [Clip] ->
+DequantizeLinear, the probe's sums of squares, the dynamic NaN/Inf check), :func:`export_structure`
+(one FX graph computing the FP32 and the quantized model side by side, exported with the
+TorchScript exporter), and what a config feeds into it (:func:`static_feeds`,
+:func:`weight_values`). Why the graph looks like this, and why its numbers are the simulation's:
+:mod:`ptq_core.fast_eval`. Running it: :mod:`ptq_core.fast_eval`; its layout rewrite:
+:mod:`ptq_core.ort_layout`. Nothing here imports onnxruntime.
+
+Names in the exported graph::
+
+    inputs   input [N, ...]; w{i} per Conv/Linear (made initializers per weight setting);
+             p{j}_inv, p{j}_scale (float32 scalars), p{j}_zp (int8/uint8 scalar) per static point j
+    outputs  logits, fp32_logits; nonfinite{k} per dynamic point; signal{t}, noise{t} per probe tap
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ExportError
+from .graph import PreparedModel
+from .primitives import fake_quantize, qparams_from_range
+from .quantize import PointQuant, QuantPlan
+
+OPSET = 17  # QuantizeLinear/DequantizeLinear with zero points as inputs, Clip on int8/uint8 codes
+INPUT, LOGITS, FP32_LOGITS = "input", "logits", "fp32_logits"
+
+
+# -- the ops, as traced ------------------------------------------------------------------------------
+class _StaticFakeQuantize(torch.autograd.Function):
+    """The simulation's static fake_quantize in PyTorch; Mul -> QuantizeLinear(1) -> [Clip] -> DequantizeLinear in ONNX."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                qmin: int, qmax: int, clip: bool) -> torch.Tensor:
+        zp = zero_point.float()
+        return (torch.clamp(torch.round(x * inv_scale) + zp, qmin, qmax) - zp) * scale
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, inv_scale: Any, scale: Any, zero_point: Any, qmin: int, qmax: int, clip: bool) -> Any:
+        one = g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32))
+        q = g.op("QuantizeLinear", g.op("Mul", x, inv_scale), one, zero_point)
+        if clip:  # narrower than the 8-bit container: clamp the codes as the simulation does
+            dtype = torch.int8 if qmin < 0 else torch.uint8
+            q = g.op("Clip", q, g.op("Constant", value_t=torch.tensor(qmin, dtype=dtype)),
+                     g.op("Constant", value_t=torch.tensor(qmax, dtype=dtype)))
+        return g.op("DequantizeLinear", q, scale, zero_point)
+
+
+class _NoisePower(torch.autograd.Function):
+    """sum((a - b)**2) over the whole tensor: Sub -> ReduceSumSquare."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).square().sum()
+
+    @staticmethod
+    def symbolic(g: Any, a: Any, b: Any) -> Any:
+        return g.op("ReduceSumSquare", g.op("Sub", a, b), keepdims_i=0)
+
+
+class _NonFinite(torch.autograd.Function):
+    """sum(x * 0): 0 when every element is finite, NaN otherwise (0 * inf is NaN and NaN survives a sum).
+
+    onnxruntime's ReduceMin/ReduceMax skip NaN where torch.aminmax returns it, so the range
+    cannot carry the check that DynamicFakeQuantize makes; this carries it, one pass and a scalar.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return (x * 0.0).sum()
+
+    @staticmethod
+    def symbolic(g: Any, x: Any) -> Any:
+        zero = g.op("Constant", value_t=torch.tensor(0.0, dtype=torch.float32))
+        return g.op("ReduceSum", g.op("Mul", x, zero), keepdims_i=0)
+
+
+class _SignalPower(torch.autograd.Function):
+    """sum(a**2) over the whole tensor: ReduceSumSquare."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor) -> torch.Tensor:
+        return a.square().sum()
+
+    @staticmethod
+    def symbolic(g: Any, a: Any) -> Any:
+        return g.op("ReduceSumSquare", a, keepdims_i=0)
+
+
+def _static_fq(x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+               qmin: int, qmax: int, clip: bool) -> torch.Tensor:
+    return _StaticFakeQuantize.apply(x, inv_scale, scale, zero_point, qmin, qmax, clip)
+
+
+def _dynamic_range(x: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if per_token:  # DynamicFakeQuantize: one range per row of a Linear input
+        return x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
+    return x.amin(), x.amax()
+
+
+def _dynamic_fq(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, scheme: str, qmin: int, qmax: int) -> torch.Tensor:
+    scale, zp = qparams_from_range(lo, hi, bits, scheme)
+    return fake_quantize(x, scale, zp, qmin, qmax)
+
+
+def _getitem(pair: tuple[torch.Tensor, torch.Tensor], i: int) -> torch.Tensor:
+    return pair[i]
+
+
+def _nonfinite(x: torch.Tensor) -> torch.Tensor:
+    return _NonFinite.apply(x)
+
+
+def _noise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _NoisePower.apply(a, b)
+
+
+def _signal(a: torch.Tensor) -> torch.Tensor:
+    return _SignalPower.apply(a)
+
+
+class _WeightInput(nn.Module):
+    """A Conv/Linear whose weight is an argument (a graph input in ONNX) and whose bias is its own."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = module
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        m = self.inner
+        if isinstance(m, nn.Linear):
+            return F.linear(x, weight, m.bias)
+        return m._conv_forward(x, weight, m.bias)  # type: ignore[operator]
+
+
+# -- one export per structure -------------------------------------------------------------------------
+def _container(pq: PointQuant) -> tuple[bool, bool]:
+    """(signed, clip): int8 codes for symmetric ranges, uint8 otherwise; clip when narrower than the container."""
+    signed = pq.qmin < 0
+    return signed, (pq.qmin, pq.qmax) != ((-128, 127) if signed else (0, 255))
+
+
+def structure_key(prepared: PreparedModel, plan: QuantPlan) -> tuple[Any, ...]:
+    """What decides the exported graph; everything else a config sets is a feed or an initializer."""
+    points: list[tuple[Any, ...]] = []
+    for name, pq in plan.points.items():
+        if pq.quant.mode == "dynamic":
+            points.append((name, "dynamic", pq.quant.bits, pq.quant.scheme, pq.granularity))
+        else:
+            signed, clip = _container(pq)
+            points.append((name, "static", signed, (pq.qmin, pq.qmax) if clip else None))
+    return (prepared.fold_batchnorm, tuple(points))
+
+
+@dataclass
+class Structure:
+    """The exported graphs of one structure, with the names of their inputs and outputs."""
+
+    key: tuple[Any, ...]
+    probe: onnx.ModelProto  # FP32 and quantized graphs interleaved; logits, dynamic ranges, two sums per tap
+    forward: onnx.ModelProto  # the quantized graph alone: logits and dynamic ranges
+    float_model: onnx.ModelProto  # the FP32 graph alone (for the latency reference)
+    weight_inputs: dict[str, str]  # layer -> input name (made an initializer per weight setting)
+    static_inputs: dict[str, tuple[str, str, str]]  # point -> (inv_scale, scale, zero_point) input names
+    dynamic_checks: list[tuple[str, str]]  # (point, output: NaN when its input has NaN or Inf), network order
+    taps: list[tuple[str, str, str, str]]  # (kind "output" | "quantizer", name, signal output, noise output)
+    export_s: float = 0.0
+    # tensor -> shape after constant folding, for the layout pass (filled by ptq_core.fast_eval.infer_shapes)
+    shapes: dict[str, tuple[Any, ...] | None] = field(default_factory=dict)
+
+
+def _fetch_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModule, list[tuple[str, torch.Tensor]], list[str], dict[str, Any]]:
+    """One FX graph computing the FP32 and the quantized model side by side, layer by layer.
+
+    Interleaved so that each tap's reduction runs as soon as both of its tensors exist (nothing
+    waits for the end of the network). Returns the module, its inputs (name, example), its
+    output names and the name maps :class:`Structure` keeps.
+    """
+    src = copy.deepcopy(prepared.graph_module)  # the exporter flips train/eval on what it traces: never the shared model
+    g = torch.fx.Graph()
+    root: dict[str, Any] = {}
+    inputs: list[tuple[str, torch.Tensor]] = []
+
+    def placeholder(name: str, example: torch.Tensor) -> torch.fx.Node:
+        inputs.append((name, example))
+        return g.placeholder(name)
+
+    nodes = list(src.graph.nodes)
+    model_inputs = [n for n in nodes if n.op == "placeholder"]
+    if len(model_inputs) != 1:
+        raise ExportError(f"the onnxruntime backend needs a model with one input tensor; this one has {len(model_inputs)}")
+    meta = model_inputs[0].meta.get("tensor_meta")
+    if meta is None:
+        raise ExportError("the prepared model has no recorded input shape; prepare it with an example input")
+    x = placeholder(INPUT, torch.zeros((1, *tuple(meta.shape)[1:]), dtype=meta.dtype))
+    weighted = {u.node: u for u in prepared.units if u.has_weights}
+    weight_nodes: dict[str, torch.fx.Node] = {}
+    weight_inputs: dict[str, str] = {}
+    for i, unit in enumerate(weighted.values()):
+        weight_nodes[unit.node] = placeholder(f"w{i}", prepared.weight(unit).clone())
+        weight_inputs[unit.name] = f"w{i}"
+    static: dict[str, tuple[torch.fx.Node, ...]] = {}
+    static_inputs: dict[str, tuple[str, str, str]] = {}
+    for j, (name, pq) in enumerate(plan.points.items()):
+        if pq.quant.mode == "static":
+            signed, _ = _container(pq)
+            names = (f"p{j}_inv", f"p{j}_scale", f"p{j}_zp")
+            zp = torch.tensor(0, dtype=torch.int8 if signed else torch.uint8)
+            static[name] = (placeholder(names[0], torch.tensor(1.0)), placeholder(names[1], torch.tensor(1.0)), placeholder(names[2], zp))
+            static_inputs[name] = names
+
+    point_of_node = {prepared.point(name).node: name for name in plan.points}
+    unit_names = {u.name for u in prepared.units}
+    unit_point_of_node = {p.node: p.name for p in prepared.points if p.name in unit_names}
+    env_f: dict[torch.fx.Node, torch.fx.Node] = {model_inputs[0]: x}
+    env_q: dict[torch.fx.Node, torch.fx.Node] = {model_inputs[0]: x}
+    dynamic: list[tuple[str, torch.fx.Node]] = []
+    sums: list[tuple[str, str, torch.fx.Node, torch.fx.Node]] = []
+
+    def quantize(node: torch.fx.Node) -> None:
+        name = point_of_node[node.name]
+        pq, pre = plan.points[name], env_q[node]
+        if pq.quant.mode == "dynamic":
+            rng = g.call_function(_dynamic_range, (pre, pq.granularity == "per_token"))
+            lo, hi = g.call_function(_getitem, (rng, 0)), g.call_function(_getitem, (rng, 1))
+            post = g.call_function(_dynamic_fq, (pre, lo, hi, pq.quant.bits, pq.quant.scheme, pq.qmin, pq.qmax))
+            dynamic.append((name, g.call_function(_nonfinite, (pre,))))
+        else:
+            post = g.call_function(_static_fq, (pre, *static[name], pq.qmin, pq.qmax, _container(pq)[1]))
+        env_q[node] = post
+        sums.append(("quantizer", name, g.call_function(_signal, (pre,)), g.call_function(_noise, (pre, post))))
+
+    output: torch.fx.Node | None = None
+    for node in nodes:
+        if node.op == "output":
+            output = node
+            continue
+        if node.op != "placeholder":
+            env_f[node] = g.node_copy(node, lambda a: env_f[a])
+            if node.op in ("call_module", "get_attr"):
+                target = str(node.target)
+                root[target] = src.get_submodule(target) if node.op == "call_module" else _fetch_attr(src, target)
+            weighted_unit = weighted.get(node.name)
+            if weighted_unit is not None:
+                unit = weighted_unit
+                if len(node.args) != 1 or node.kwargs:
+                    raise ExportError(f"layer {unit.name}: expected a call with one input, got args {node.args} kwargs {node.kwargs}")
+                target = f"ptq_weight_input_{weight_inputs[unit.name]}"
+                assert unit.module is not None
+                root[target] = _WeightInput(src.get_submodule(unit.module))
+                env_q[node] = g.call_module(target, (env_q[node.args[0]], weight_nodes[node.name]))
+            else:
+                env_q[node] = g.node_copy(node, lambda a: env_q[a])
+        if node.name in point_of_node:
+            quantize(node)
+        unit_name = unit_point_of_node.get(node.name)
+        if unit_name is not None:
+            f, q = env_f[node], env_q[node]
+            sums.append(("output", unit_name, g.call_function(_signal, (f,)), g.call_function(_noise, (f, q))))
+    assert output is not None
+    out_f, out_q = torch.fx.map_arg(output.args[0], lambda a: env_f[a]), torch.fx.map_arg(output.args[0], lambda a: env_q[a])
+    outs: list[Any] = [out_q, out_f]
+    out_names = [LOGITS, FP32_LOGITS]
+    checks = []
+    for k, (name, check) in enumerate(dynamic):
+        outs.append(check)
+        out_names.append(f"nonfinite{k}")
+        checks.append((name, f"nonfinite{k}"))
+    taps = []
+    for k, (kind, name, signal, noise) in enumerate(sums):
+        outs += [signal, noise]
+        out_names += [f"signal{k}", f"noise{k}"]
+        taps.append((kind, name, f"signal{k}", f"noise{k}"))
+    g.output(tuple(outs))
+    g.lint()
+    gm = torch.fx.GraphModule(root, g).eval()
+    info = {"weight_inputs": weight_inputs, "static_inputs": static_inputs, "dynamic_checks": checks, "taps": taps}
+    return gm, inputs, out_names, info
+
+
+def export_structure(prepared: PreparedModel, plan: QuantPlan) -> Structure:
+    """Export the structure of ``plan`` on ``prepared`` (no per-config value is baked in)."""
+    start = time.perf_counter()
+    gm, inputs, out_names, info = _graph(prepared, plan)
+    batch = {0: "batch"}
+    dynamic_axes = {INPUT: batch, LOGITS: batch, FP32_LOGITS: batch}
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(
+                gm, tuple(t for _, t in inputs), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
+                input_names=[n for n, _ in inputs], output_names=out_names, dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter raises many types; all mean the same to a user
+        raise ExportError(f"torch.onnx could not export the simulated model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    probe = onnx.load_from_string(buf.getvalue())
+    forward = prune(probe, [LOGITS, *(name for _, name in info["dynamic_checks"])])
+    float_model = prune(probe, [FP32_LOGITS])
+    return Structure(structure_key(prepared, plan), probe, forward, float_model, export_s=time.perf_counter() - start, **info)
+
+
+def prune(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` computing only ``outputs``: nodes, inputs and initializers nothing needs are dropped."""
+    needed, keep = set(outputs), []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for repeated, kept in ((g.node, keep[::-1]), (g.output, [o for o in model.graph.output if o.name in outputs]),
+                           (g.input, [i for i in model.graph.input if i.name in needed]),
+                           (g.initializer, [t for t in model.graph.initializer if t.name in needed])):
+        kept = [copy.deepcopy(k) for k in kept]
+        del repeated[:]
+        repeated.extend(kept)
+    return out
+
+
+
+# -- what a config feeds in --------------------------------------------------------------------------
+def with_initializers(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs named in ``values`` are initializers holding those values."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    present = {i.name for i in g.input}
+    kept = [i for i in g.input if i.name not in values]
+    del g.input[:]
+    g.input.extend(kept)
+    g.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in values.items() if k in present)
+    return out
+
+
+def weight_key(plan: QuantPlan) -> tuple[Any, ...]:
+    return tuple((name, None if lq.quant is None else dataclasses.astuple(lq.quant)) for name, lq in plan.layers.items())
+
+
+def weight_values(structure: Structure, prepared: PreparedModel, plan: QuantPlan) -> dict[str, np.ndarray]:
+    """Input name -> the (fake-quantized, or float when kept in float) weight each layer runs with."""
+    out = {}
+    for layer, name in structure.weight_inputs.items():
+        lq = plan.layers[layer]
+        w = lq.fq_weight if lq.fq_weight is not None else prepared.weight(lq.unit)
+        out[name] = w.detach().float().contiguous().numpy()
+    return out
+
+
+def static_feeds(structure: Structure, plan: QuantPlan) -> dict[str, np.ndarray]:
+    """The quantizer values of ``plan``: ``1/scale`` computed as fake_quantize does (float32), scale, zero point."""
+    feeds: dict[str, np.ndarray] = {}
+    for name, (inv_name, scale_name, zp_name) in structure.static_inputs.items():
+        pq = plan.points[name]
+        assert pq.scale is not None and pq.zero_point is not None
+        scale = torch.tensor(pq.scale, dtype=torch.float32)
+        feeds[inv_name] = (1.0 / scale).numpy()
+        feeds[scale_name] = scale.numpy()
+        feeds[zp_name] = np.array(pq.zero_point, dtype=np.int8 if pq.qmin < 0 else np.uint8)
+    return feeds
