@@ -419,9 +419,12 @@ def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) ->
     for p in points:
         p.consumers = tuple(consumers[p.name])
 
+    # Weights may be parameters or, in a lifted TorchScript program (where they were constants),
+    # floating-point buffers; integer buffers (counters, indices) are not weights.
     unsupported = [
         name for name, mod in modules.items()
-        if name and not isinstance(mod, COMPUTE_MODULES + _BN_MODULES) and any(True for _ in mod.parameters(recurse=False))
+        if name and not isinstance(mod, COMPUTE_MODULES + _BN_MODULES)
+        and any(t.is_floating_point() for t in (*mod.parameters(recurse=False), *mod.buffers(recurse=False)))
     ]
     if unsupported:
         log.info("layers with weights that ptq_core does not quantize (kept in float): %s", ", ".join(unsupported))

@@ -23,6 +23,7 @@ from torch import nn
 
 from ptq_core.config import Evaluation, QuantConfig
 from ptq_core.errors import DataError, ModelError
+from ptq_core.graph import prepare
 from ptq_core.models import available_models, get_model_entry, load_model
 from ptq_core.models import torchvision_models as tv
 from ptq_core.models.preprocessing import ImageTransform
@@ -191,6 +192,26 @@ def test_torchscript_upload_is_lifted_and_quantized_like_the_original(tmp_path: 
     assert mine.metrics["fp32_top1"] == ref.metrics["fp32_top1"]
     assert abs(mine.metrics["quant_top1"] - ref.metrics["quant_top1"]) <= 1 / 360  # one near-tie may flip
     assert mine.model["unsupported_layers"] == []
+
+
+def test_torchscript_layers_ptq_core_cannot_quantize_are_listed(tmp_path: Path) -> None:
+    """A traced GroupNorm's weights arrive as constants (buffers after lifting): still listed, kept in float."""
+
+    class WithGroupNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.gn, self.fc = nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.gn(self.conv(x)).mean((2, 3)))
+
+    model = WithGroupNorm().eval()
+    path = tmp_path / "gn.pt"
+    torch.jit.trace(model, torch.randn(1, 3, 16, 16)).save(str(path))
+    lifted = load_model({"kind": "file", "path": str(path), "format": "torchscript", "input_shape": [3, 16, 16]})
+    prepared = prepare(lifted, torch.randn(1, 3, 16, 16))
+    assert prepared.unsupported == ["gn"]
+    assert [u.name for u in prepared.units if u.kind in ("conv", "linear")] == ["conv", "fc"]
 
 
 def test_exported_program_file_loads(tmp_path: Path) -> None:
