@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import labels, resources, state
+from dashboard import labels, resources, state, uploads
 from ptq_core.config import QuantConfig
 from ptq_core.errors import PTQError
 
@@ -190,6 +190,10 @@ def render() -> None:
                            mime="application/json", key="io_dl_config", type="primary", width="stretch")
         st.caption("Exactly the QuantConfig schema. Reproduce these numbers from a terminal:")
         st.code("python -m ptq_core run --config ptq_config.json --output result.json", language="bash", wrap_lines=True)
+        uploaded = uploads.uploads_in(config.model, config.dataset)
+        if uploaded:
+            st.warning(f"This config names the {' and the '.join(uploaded)} you uploaded by its path on this server: "
+                       "it reproduces here, or elsewhere after you copy the file(s) and edit the path.")
         st.download_button("Download result (JSON)", json.dumps(result, indent=1, allow_nan=False) + "\n",
                            file_name="ptq_result.json", mime="application/json", key="io_dl_result", width="stretch")
         st.download_button("Download per-layer errors (CSV)", layers_csv(result), file_name="ptq_layers.csv",

@@ -257,6 +257,9 @@ def test_a_model_upload_loads_and_is_labeled_as_living_on_this_server(env: dict[
     assert state.spec_value(at.session_state["sb_model"])["path"] == str(stored.resolve())
     assert any("reproduces only on this server" in c.value for c in at.sidebar.caption)
     assert metric(at, "FP32 top-1").endswith("%")
+    open_page(at, "export")
+    assert not problems(at)
+    assert any("the model you uploaded by its path on this server" in w.value for w in at.warning)
 
 
 def _upload_zip(at: AppTest, data: bytes, name: str = "images.zip") -> None:
