@@ -42,7 +42,8 @@ ACT_KEYS = {
 CAL_KEYS = {"sb_cal_num_samples": "num_samples", "sb_cal_seed": "seed", "sb_cal_selection": "selection",
             "sb_cal_batch_size": "batch_size"}
 EVAL_KEYS = {"sb_eval_batch_size": "batch_size", "sb_eval_layer_error_samples": "layer_error_samples",
-             "sb_eval_runtime": "runtime"}
+             "sb_eval_runtime": "runtime", "sb_eval_backend": "backend"}
+_TEXT_EVAL_FIELDS = ("runtime", "backend")  # the other evaluation fields are integers
 WEIGHT_ONLY = "weight_only"  # the sb_a_mode value for "activations": null
 DEFAULT_GROUP_SIZE = 32  # what the group-size control shows while granularity is not per_group
 MAX_HISTORY = 300  # evaluated configs kept per session for the Overview scatter
@@ -113,7 +114,7 @@ def config_from_state() -> QuantConfig:
     })
     for key, f in EVAL_KEYS.items():
         if key in ss:
-            data["evaluation"][f] = ss[key] if f == "runtime" else int(ss[key])
+            data["evaluation"][f] = ss[key] if f in _TEXT_EVAL_FIELDS else int(ss[key])
     data["evaluation"]["num_samples"] = int(ss["sb_eval_num_samples"]) or None
     if "sb_device" in ss:
         data["device"] = ss["sb_device"]

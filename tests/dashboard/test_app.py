@@ -77,6 +77,18 @@ def test_changing_bits_reevaluates_without_recalibrating(explorer: Explorer) -> 
     assert len(at.session_state["history"]) == 4  # default + three changes, each on the scatter
 
 
+def test_onnxruntime_backend_is_one_control_and_shows_the_same_decisions(explorer: Explorer) -> None:
+    at = new_app().run()
+    at.selectbox(key="sb_eval_backend").set_value("onnxruntime").run()
+    assert not problems(at)
+    cfg = QuantConfig.from_dict({"evaluation": {"backend": "onnxruntime"}})
+    assert json.loads(at.session_state["history"][-1]["config_json"])["evaluation"]["backend"] == "onnxruntime"
+    reference = explorer.evaluate(QuantConfig())  # the PyTorch backend
+    assert metric(at, "Quantized top-1") == labels.pct(explorer.evaluate(cfg).metrics["quant_top1"])
+    assert metric(at, "Quantized top-1") == labels.pct(reference.metrics["quant_top1"])
+    assert metric(at, "Agreement with FP32") == labels.pct(reference.metrics["agreement"])
+
+
 def test_weights_page_shows_the_layers_error(default_app, explorer: Explorer) -> None:  # type: ignore[no-untyped-def]
     at = open_page(default_app, "weights")
     at.selectbox(key="w_layer").set_value("fc1").run()
