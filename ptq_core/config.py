@@ -175,8 +175,9 @@ class Evaluation:
     # Export to ONNX and run it in onnxruntime too, so size and latency are measured on a real integer
     # runtime and the simulation is checked against it; None: simulation only (no export, faster).
     runtime: str | None = "onnxruntime"
-    # What runs the simulated (fake-quantized) model: PyTorch eager, or the same float graph in onnxruntime
-    # (CPU only; several times faster, same top-1 decisions; see ptq_core.fast_eval). torch: the reference.
+    # What runs the simulated (fake-quantized) model: PyTorch eager (the reference), or the same float32 graph
+    # in onnxruntime (CPU only; ~7x faster on EfficientNet-Lite0; only the convolutions' summation order
+    # differs, see ptq_core.fast_eval for what that moves).
     backend: str = "torch"
 
     def validate(self, path: str = "evaluation") -> None:

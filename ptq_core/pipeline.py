@@ -226,7 +226,8 @@ class Explorer:
                 self.example_input(), _phase(on_progress, "evaluating quantized (onnxruntime)"),
             )
             q_logits, probe, latency = fast.logits, fast.probe, fast.latency
-            # The probe session also returns the logits of its batches: evaluation_s counts the others.
+            # The probe session also returns the logits of its batches, and batches of both run at once:
+            # evaluation_s + layer_error_s is their wall time, split in proportion to each one's busy time.
             evaluation_s, probe_s = fast.timing["forward_s"], fast.timing["probe_s"]
             backend_timing = {"export_s": fast.timing["export_s"], "session_s": fast.timing["session_s"]}
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -113,6 +114,17 @@ def test_a_clipping_change_costs_no_export_and_no_session(cnn: Explorer) -> None
     assert r.timing["export_s"] > 0.0  # a 6-bit range needs a Clip on the codes: another structure
 
 
+def test_threads_share_one_backend() -> None:
+    """The dashboard shares one Explorer between sessions: concurrent first evaluations (exporting and
+    building sessions at the same time) give the numbers of later sequential ones."""
+    explorer = Explorer("digits_cnn", "digits")
+    configs = [_cfg("onnxruntime", activations={"clipping": clip}) for clip in ("minmax", "percentile", "mse", "kl")]
+    configs += [_cfg("onnxruntime", weights={"bits": 4, "clipping": "mse"}), _cfg("onnxruntime", activations=None)]
+    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
+        parallel = list(pool.map(lambda c: explorer.evaluate(c).metrics, configs))
+    assert [explorer.evaluate(c).metrics for c in configs] == parallel
+
+
 def test_dynamic_nan_names_the_point_as_in_torch() -> None:
     from ptq_core.data import Dataset, TensorSamples, load_dataset, register_dataset
 
@@ -187,6 +199,14 @@ def test_backend_field_is_validated_and_round_trips() -> None:
         QuantConfig.from_dict({"device": "cuda", "evaluation": {"backend": "onnxruntime"}})
 
 
-def test_sessions_use_the_torch_thread_count(cnn: Explorer) -> None:
-    r = cnn.evaluate(_cfg("onnxruntime"))
-    assert r.latency["threads"] == torch.get_num_threads() == 1
+def test_numbers_do_not_depend_on_how_many_batches_run_at_once(cnn: Explorer) -> None:
+    """torch.get_num_threads() batches run at once on one-thread sessions, put together in batch order."""
+    config = _cfg("onnxruntime", activations={"clipping": "mse"})
+    one = cnn.evaluate(config)
+    torch.set_num_threads(3)
+    try:
+        three = cnn.evaluate(config)
+    finally:
+        torch.set_num_threads(1)
+    assert three.metrics == one.metrics and three.layers == one.layers
+    assert one.latency["threads"] == three.latency["threads"] == 1  # per run; batches overlap
