@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -121,16 +120,12 @@ def test_mse_range_is_the_minimum_of_the_clipping_curve(laplace_outliers: torch.
     assert best <= float(curve["mse"].min()) * 1.01
 
 
-def test_kl_clips_heavy_tails_and_is_fast() -> None:
+def test_kl_clips_heavy_tails() -> None:
+    """(Its speed, a plan-time figure, is measured by benchmarks/bench_engine.py, not asserted here.)"""
     x = student_t3(400_000, torch.Generator().manual_seed(3))
     s = stats_of(x)
     for bits, scheme in ((8, "symmetric"), (8, "asymmetric"), (4, "symmetric")):
-        seconds = []
-        for _ in range(3):
-            start = time.perf_counter()
-            lo, hi = activation_range(s, method="kl", bits=bits, scheme=scheme)
-            seconds.append(time.perf_counter() - start)
-        assert min(seconds) < 0.2  # typically 5-20 ms; loose because test machines are shared
+        lo, hi = activation_range(s, method="kl", bits=bits, scheme=scheme)
         assert hi < 0.5 * s.max and lo > 0.5 * s.min
         if scheme == "symmetric":
             assert lo == -hi
