@@ -1,6 +1,6 @@
 """Real models: EfficientNet-Lite0 accuracy under PTQ and the cost of each step, torchvision graphs.
 
-    .venv/bin/python benchmarks/bench_real_models.py [--quick] [--no-accuracy] [--no-torchvision]
+    .venv/bin/python benchmarks/bench_real_models.py [--quick] [--no-accuracy] [--no-torchvision] [--no-backends]
 
 Needs the shared ImageNet samples (../shared/data/imagenet-samples, 500 images with labels.csv) for
 the EfficientNet-Lite0 parts, which are skipped with a message when absent. The protocol of the
@@ -8,7 +8,7 @@ issue: the folder is split once (seed 0) into a 128-image calibration pool and 3
 images; calibration uses all 128, evaluation all 372. Everything runs in PyTorch eager on the CPU
 (``evaluation.runtime`` off where that field exists), so the numbers are the simulation's.
 
-Prints three markdown tables:
+Prints four markdown tables:
 
 1. accuracy: FP32 top-1, then W8A8 (per-channel weights) per activation clipping method, W4A8,
    and W4 weight-only per-channel and per-group 32/64/128: top-1, drop in points, agreement with
@@ -16,13 +16,21 @@ Prints three markdown tables:
 2. timing: the first evaluate (calibration + evaluation) and a re-evaluation after changing only
    the clipping method (no recalibration), split into what each takes, with and without the
    per-layer error probe;
-3. torchvision: every listed classifier with RANDOM weights on random 64x64 inputs (graph checks
+3. backends: the same evaluations with ``evaluation.backend`` torch and onnxruntime (ptq_core.fast_eval),
+   probe on 128 images: the first evaluate, then re-evaluations after a clipping change, torch and
+   onnxruntime interleaved, split into export / session / quantized forward / probe, medians of the
+   re-evaluations; then top-1 of both side by side with the decisions and logits that differ, next to
+   the same comparison between PyTorch and PyTorch with its other convolution kernel (oneDNN off),
+   the yardstick for "the same numbers" when only the float summation order changes;
+4. torchvision: every listed classifier with RANDOM weights on random 64x64 inputs (graph checks
    only: prepare time, units, BN left unfolded, one W8A8 evaluate).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -180,6 +188,105 @@ def _timing_rows() -> list[str]:
     return rows
 
 
+CLIPS = ("percentile", "mse", "kl", "minmax")
+
+
+def _backend_config(backend: str, **changes: Any) -> QuantConfig:
+    return _config(evaluation=Evaluation(batch_size=64, layer_error_samples=128, backend=backend, **_NO_RUNTIME), **changes)
+
+
+def _backend_row(label: str, r: Result, first: bool) -> str:
+    t, m = r.timing, r.metrics
+    cal_fp32 = (t["calibration_s"] if not t["calibration_cached"] else 0.0) + (t["fp32_evaluation_s"] if first else 0.0)
+    known = cal_fp32 + t["plan_s"] + t["export_s"] + t["session_s"] + t["evaluation_s"] + t["layer_error_s"]
+    return (
+        f"| {label} | {r.environment['evaluation_backend']} | {cal_fp32:.1f} | {t['plan_s']:.2f} | {t['export_s']:.2f} "
+        f"| {t['session_s']:.2f} | {t['evaluation_s']:.2f} | {t['layer_error_s']:.2f} | {t['total_s'] - known:.2f} "
+        f"| **{t['total_s']:.2f}** | {m['quant_top1']:.2%} | {m['agreement']:.2%} |"
+    )
+
+
+def _backend_rows(rounds: int = 2) -> list[str]:
+    """First evaluate and re-evaluations after a clipping change with both backends, on one fresh Explorer."""
+    explorer = Explorer("efficientnet_lite0", DATASET)
+    rows = [
+        f"Load average at start: {os.getloadavg()[0]:.2f}. Probe (per-layer SQNR) on 128 images; evaluation on 372.",
+        "",
+        "| step | backend | calibration + FP32 s | plan s | export s | session s | quantized forward s | probe s "
+        "| other s | total s | top-1 | agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    first = explorer.evaluate(_backend_config("torch"))  # calibration and the FP32 reference, shared by both backends
+    rows.append(_backend_row("first evaluate, W8A8 minmax (calibrates, decodes JPEGs)", first, True))
+    r = explorer.evaluate(_backend_config("onnxruntime"))
+    rows.append(_backend_row("first onnxruntime evaluate, W8A8 minmax (export + sessions)", r, False))
+    totals: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+    for round_ in range(rounds):
+        for clip in CLIPS:
+            for backend in ("torch", "onnxruntime") if round_ == 0 else ("onnxruntime",):
+                r = explorer.evaluate(_backend_config(backend, activations=ActivationQuant(clipping=clip)))
+                totals[backend].append(r.timing["total_s"])
+                rows.append(_backend_row(f"clipping -> {clip} (round {round_ + 1})", r, False))
+                print(f"  backends: {clip} {backend} {r.timing['total_s']:.1f} s", file=sys.stderr, flush=True)
+    r = explorer.evaluate(_backend_config("onnxruntime", weights=WeightQuant(clipping="mse")))
+    rows.append(_backend_row("weight clipping -> mse (new weights: a session, no export)", r, False))
+    rows += [
+        "",
+        f"Re-evaluation after an activation clipping change, median: torch {statistics.median(totals['torch']):.1f} s "
+        f"(n={len(totals['torch'])}), onnxruntime {statistics.median(totals['onnxruntime']):.2f} s "
+        f"(n={len(totals['onnxruntime'])}, min {min(totals['onnxruntime']):.2f}, max {max(totals['onnxruntime']):.2f}). "
+        f"Load average at end: {os.getloadavg()[0]:.2f}.",
+        "",
+        *_same_numbers_rows(explorer),
+    ]
+    return rows
+
+
+def _quantized_logits(explorer: Explorer, config: QuantConfig, onednn: bool = True) -> torch.Tensor:
+    indices = explorer.evaluation_indices(config.evaluation)
+    if config.evaluation.backend == "onnxruntime":
+        run = explorer.ort_backend().evaluate(explorer.prepared(), explorer.plan(config), explorer.dataset.evaluation,
+                                              indices, 1, config.evaluation.batch_size, explorer.example_input())
+        return run.logits
+    qgm = explorer.quantized_model(config)
+    torch.backends.mkldnn.enabled = onednn
+    try:
+        with torch.inference_mode():
+            return torch.cat([qgm(x) for x, _ in batches(explorer.dataset.evaluation, indices, config.evaluation.batch_size)])
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
+def _same_numbers_rows(explorer: Explorer) -> list[str]:
+    """Top-1 and logits of torch vs onnxruntime, next to torch vs torch with its other convolution kernel.
+
+    Both backends run the same float32 fake-quantize ops; the convolutions sum in another order.
+    PyTorch's own native convolution (oneDNN off) sums in yet another order: how far that moves the
+    numbers is the yardstick for how far onnxruntime may.
+    """
+    labels = explorer.float_reference(_backend_config("torch").evaluation).labels
+    assert labels is not None
+    rows = [
+        "| activation clipping | top-1 torch | top-1 onnxruntime | top-1 torch, native conv (oneDNN off) "
+        "| decisions differing: torch vs onnxruntime | torch vs torch native conv | max abs logit diff: torch vs onnxruntime "
+        "| torch vs torch native conv |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for clip in CLIPS:
+        config = _backend_config("torch", activations=ActivationQuant(clipping=clip))
+        ref = _quantized_logits(explorer, config)
+        native = _quantized_logits(explorer, config, onednn=False)
+        fast = _quantized_logits(explorer, _backend_config("onnxruntime", activations=ActivationQuant(clipping=clip)))
+
+        top1 = [f"{float((lg.argmax(1) == labels).float().mean()):.2%}" for lg in (ref, fast, native)]
+        flips = [int((ref.argmax(1) != lg.argmax(1)).sum()) for lg in (fast, native)]
+        rows.append(
+            f"| {clip} | {' | '.join(top1)} | {flips[0]} | {flips[1]} "
+            f"| {float((ref - fast).abs().max()):.3f} | {float((ref - native).abs().max()):.3f} |"
+        )
+    return rows
+
+
 def _random_rgb(*, transform: Any = None) -> Dataset:
     del transform
     x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -239,6 +346,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one accuracy row only")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the accuracy table")
     parser.add_argument("--no-torchvision", action="store_true", help="skip the torchvision table")
+    parser.add_argument("--no-backends", action="store_true", help="skip the torch vs onnxruntime backend table")
+    parser.add_argument("--no-timing", action="store_true", help="skip the PyTorch timing table")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
     if not SAMPLES.is_dir():
@@ -248,8 +357,12 @@ def main() -> None:
             print("## EfficientNet-Lite0 on the shared ImageNet samples: calibrate 128, evaluate 372\n")
             explorer = Explorer("efficientnet_lite0", DATASET)
             print("\n".join(_accuracy_rows(explorer, args.quick)) + "\n")
-        print("## EfficientNet-Lite0: where the time goes (PyTorch eager, CPU)\n")
-        print("\n".join(_timing_rows()) + "\n")
+        if not args.no_timing:
+            print("## EfficientNet-Lite0: where the time goes (PyTorch eager, CPU)\n")
+            print("\n".join(_timing_rows()) + "\n")
+        if not args.no_backends and "backend" in Evaluation.__dataclass_fields__:
+            print("## EfficientNet-Lite0: evaluation.backend torch vs onnxruntime (same simulated model, CPU)\n")
+            print("\n".join(_backend_rows()) + "\n")
     if not args.no_torchvision:
         print("## torchvision classifiers, random weights, random 64x64 inputs (graph checks only)\n")
         print("\n".join(_torchvision_rows()))
