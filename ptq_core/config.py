@@ -176,7 +176,7 @@ class Evaluation:
     # runtime and the simulation is checked against it; None: simulation only (no export, faster).
     runtime: str | None = "onnxruntime"
     # What runs the simulated (fake-quantized) model: PyTorch eager (the reference), or the same float32 graph
-    # in onnxruntime (CPU only; ~7x faster on EfficientNet-Lite0; only the convolutions' summation order
+    # in onnxruntime (CPU only; ~9x faster on EfficientNet-Lite0; only the convolutions' summation order
     # differs, see ptq_core.fast_eval for what that moves).
     backend: str = "torch"
 

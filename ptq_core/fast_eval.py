@@ -5,8 +5,9 @@ quantized forward, the per-layer error probe and the simulated latency here inst
 eager; calibration, the plan, the FP32 reference and every metric stay as they are. Not here: the
 integer QDQ export and the check on a real integer runtime (:mod:`ptq_core.export`,
 :mod:`ptq_core.runtime`), which answer another question (what a deployed INT8 model does).
-Measured on EfficientNet-Lite0 (2 cores): a re-evaluation after a clipping change, 372 images
-plus the 128-image probe, takes about 5 s against 35 s in PyTorch.
+Measured on EfficientNet-Lite0 (2 cores, quiet): a re-evaluation after a clipping change, 372
+images plus the 128-image probe, takes 4.0 s against 38 s in PyTorch (both about twice that
+when other jobs share the cores; ``benchmarks/bench_real_models.py``).
 
 One export per structure, values fed per config (:mod:`ptq_core.fast_export`)
     The structure is the prepared model plus which activation points carry a quantizer and of
