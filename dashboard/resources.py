@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from ptq_core.errors import ExportError, PTQError
 from ptq_core.export import export_config
 from ptq_core.pipeline import Explorer, weight_details
 from ptq_core.primitives import dequantize
+from ptq_core.progress import ProgressFn
 from ptq_core.quantize import check_names
 from ptq_core.ranges import activation_range, range_error, weight_qparams
 
@@ -50,8 +51,6 @@ MAX_CHECKS = 16  # cached calibration checks
 MAX_EXPORTS = 8
 HIST_BINS = 80  # bins of the histograms drawn on the Weights and Activations pages
 SCATTER_POINTS = 4000  # weights drawn in the FP32-vs-dequantized scatter (a seeded subsample)
-
-ProgressFn = Callable[[int, int, str], None]
 
 # One torch thread per script run. The server runs every session's script in its own thread;
 # torch's intra-op pool (OpenMP workers that spin while waiting) on top of that oversubscribes a

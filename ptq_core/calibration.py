@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from .graph import PreparedModel
 from .models.device import CPU, device_context, moved_copy
 from .observers import TensorStats
-
-ProgressFn = Callable[[int, int], None]
+from .progress import StepFn
 
 
 class StatsCollector(nn.Module):
@@ -96,7 +95,7 @@ def collect_stats(
     indices: Sequence[int],
     *,
     batch_size: int = 32,
-    on_progress: ProgressFn | None = None,
+    on_progress: StepFn | None = None,
     device: torch.device = CPU,
 ) -> CalibrationStats:
     """Run the float model over ``dataset[indices]`` once, on ``device``, and return every point's statistics."""

@@ -52,12 +52,11 @@ from .errors import ConfigError
 from .graph import PreparedModel, with_taps
 from .metrics import agreement, topk_accuracy
 from .observers import TensorStats
+from .progress import ProgressFn
 from .quantize import build_quantized_model, make_plan
 
 if TYPE_CHECKING:
     from .pipeline import Explorer
-
-ProgressFn = Callable[[int, int, str], None]
 
 DEFAULT_SIZES: tuple[int, ...] = (8, 32, 128, 512)  # log-spaced: each size 4x the previous
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)  # three draws: enough to see a spread, cheap enough to run

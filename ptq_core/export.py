@@ -87,7 +87,8 @@ from .ranges import quantize_weight
 
 if TYPE_CHECKING:
     from .config import QuantConfig
-    from .pipeline import Explorer, ProgressFn
+    from .pipeline import Explorer
+    from .progress import ProgressFn
 
 log = logging.getLogger(__name__)
 

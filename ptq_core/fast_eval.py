@@ -81,7 +81,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,14 +106,15 @@ from .fast_export import (
 )
 from .graph import PreparedModel
 from .metrics import sqnr_db
+from .progress import StepFn
 from .quantize import QuantPlan
+from .timing import SIMULATED_BUDGET_S, median_ms
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "CPUExecutionProvider"
 STRUCTURE_CACHE_ENTRIES = 4  # exported graphs kept per Explorer (each holds one FP32 weight copy)
 SESSION_CACHE_ENTRIES = 2  # weight settings kept per Explorer: a forward and a probe session each (~0.6 GB on EfficientNet-Lite0)
-LATENCY_REPEATS = 7
 # Images per onnxruntime run when every quantizer is per sample (static, weight-only, dynamic per token):
 # measured on EfficientNet-Lite0, 8 runs faster than 64 (its tensors stay in cache: 8 vs 10.6 ms/image
 # forward, 22 vs 30 with the probe), needs a third of the memory, and gives bit-identical logits.
@@ -261,12 +262,12 @@ class OrtBackend:
         with self._lock:
             if key not in self._fp32_ms:
                 session, _ = make_session(structure.float_model, structure.shapes, SESSION_THREADS)
-                self._fp32_ms[key] = _median_ms(lambda: session.run(None, {INPUT: x}))
+                self._fp32_ms[key] = median_ms(lambda: session.run(None, {INPUT: x}), budget_s=SIMULATED_BUDGET_S, warmup=1)[0]
             return self._fp32_ms[key]
 
     def evaluate(
         self, prepared: PreparedModel, plan: QuantPlan, dataset: torch.utils.data.Dataset, indices: Sequence[int],
-        probe_samples: int, batch_size: int, example: torch.Tensor, on_progress: Callable[[int, int], None] | None = None,
+        probe_samples: int, batch_size: int, example: torch.Tensor, on_progress: StepFn | None = None,
     ) -> OrtRun:
         """Quantized logits on ``dataset[indices]`` and the per-layer errors on the first ``probe_samples``.
 
@@ -352,7 +353,8 @@ class OrtBackend:
         """The simulated latency block: FP32 and quantized graphs at batch 1, one thread, measured once per session."""
         with self._lock:
             if sessions.quant_ms is None:
-                sessions.quant_ms = _median_ms(lambda: sessions.forward.run(None, {INPUT: x1, **feeds}))
+                sessions.quant_ms = median_ms(lambda: sessions.forward.run(None, {INPUT: x1, **feeds}), budget_s=SIMULATED_BUDGET_S,
+                                               warmup=1)[0]
             quant_ms = sessions.quant_ms
         return {
             "kind": "simulated",
@@ -365,13 +367,3 @@ class OrtBackend:
             "fp32_ms": self.fp32_ms(structure, x1),
             "quant_ms": quant_ms,
         }
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int = LATENCY_REPEATS) -> float:
-    fn()  # warm-up: the first run allocates
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))

@@ -24,11 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import statistics
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,17 +41,16 @@ from .graph import PreparedModel, prepare, with_taps
 from .metrics import SqnrAccumulator, agreement, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
 from .models.device import CPU, device_context, moved_copy, resolve_device
+from .progress import ProgressFn, StepFn, phase
 from .quantize import QuantPlan, build_quantized_model, make_plan
 from .ranges import weight_error
 from .result import Result
+from .timing import SIMULATED_BUDGET_S, median_ms
 
 if TYPE_CHECKING:
     from .fast_eval import OrtBackend
 
 log = logging.getLogger(__name__)
-
-# on_progress(done, total, message): called as work advances, so a UI can show a progress bar.
-ProgressFn = Callable[[int, int, str], None]
 
 HISTOGRAM_BINS = 64  # bins per histogram in a Result: enough to see a shape, small enough for JSON
 STATS_CACHE_ENTRIES = 8  # calibration subsets kept per Explorer
@@ -67,12 +64,6 @@ class FloatReference:
     logits: torch.Tensor
     labels: torch.Tensor | None
     seconds: float
-
-
-def _phase(on_progress: ProgressFn | None, message: str) -> Callable[[int, int], None] | None:
-    if on_progress is None:
-        return None
-    return lambda done, total: on_progress(done, total, message)
 
 
 class Explorer:
@@ -144,7 +135,7 @@ class Explorer:
             prepared = self.prepared(config.fold_batchnorm)
             stats = collect_stats(
                 prepared, self.dataset.calibration_pool, indices, batch_size=cal.batch_size,
-                on_progress=_phase(on_progress, "calibrating"), device=resolve_device(config.device),
+                on_progress=phase(on_progress, "calibrating"), device=resolve_device(config.device),
             )
             stats.warnings.extend(warnings)
             self._stats[key] = stats
@@ -194,7 +185,7 @@ class Explorer:
                 start = time.perf_counter()
                 dev = resolve_device(device)
                 logits, labels = _forward_all(self.on_device("model", self.model, dev), self.dataset.evaluation, indices,
-                                              evaluation.batch_size, _phase(on_progress, "evaluating FP32"), dev)
+                                              evaluation.batch_size, phase(on_progress, "evaluating FP32"), dev)
                 has_labels = self.dataset.evaluation_labels is not None
                 self._reference[key] = FloatReference(logits, labels if has_labels else None, time.perf_counter() - start)
             return self._reference[key]
@@ -223,7 +214,7 @@ class Explorer:
         if ev.backend == "onnxruntime":  # the same simulated model in onnxruntime (config: CPU only)
             fast = self.ort_backend().evaluate(
                 prepared, plan, self.dataset.evaluation, indices, ev.layer_error_samples, ev.batch_size,
-                self.example_input(), _phase(on_progress, "evaluating quantized (onnxruntime)"),
+                self.example_input(), phase(on_progress, "evaluating quantized (onnxruntime)"),
             )
             q_logits, probe, latency = fast.logits, fast.probe, fast.latency
             # The probe session also returns the logits of its batches, and batches of both run at once:
@@ -233,7 +224,7 @@ class Explorer:
         else:
             t_eval = time.perf_counter()
             q_logits, _ = _forward_all(qgm, self.dataset.evaluation, indices, ev.batch_size,
-                                       _phase(on_progress, "evaluating quantized"), device)
+                                       phase(on_progress, "evaluating quantized"), device)
             evaluation_s = time.perf_counter() - t_eval
 
             t_probe = time.perf_counter()
@@ -350,7 +341,7 @@ class Explorer:
 
 def _forward_all(
     model: nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,
-    on_progress: Callable[[int, int], None] | None, device: torch.device = CPU,
+    on_progress: StepFn | None, device: torch.device = CPU,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     outs, labels = [], []
     loader = batches(dataset, indices, batch_size)
@@ -467,19 +458,16 @@ def _histograms(prepared: PreparedModel, plan: QuantPlan, stats: CalibrationStat
     return {"weights": weights, "activations": acts}
 
 
-def _simulated_latency(model: nn.Module, qgm: nn.Module, x: torch.Tensor, repeats: int = 7) -> dict[str, Any]:
-    def median_ms(m: nn.Module) -> float:
-        times = []
-        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # CUDA runs asynchronously
-        with torch.inference_mode(), device_context(x.device):
+def _simulated_latency(model: nn.Module, qgm: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # CUDA runs asynchronously: wait for each call
+
+    def ms(m: nn.Module) -> float:
+        def call() -> None:
             m(x)
-            for _ in range(repeats):
-                sync()
-                t = time.perf_counter()
-                m(x)
-                sync()
-                times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
+            sync()
+
+        with torch.inference_mode(), device_context(x.device):
+            return median_ms(call, budget_s=SIMULATED_BUDGET_S, warmup=1)[0]
 
     return {
         "kind": "simulated",
@@ -488,8 +476,8 @@ def _simulated_latency(model: nn.Module, qgm: nn.Module, x: torch.Tensor, repeat
                 "this is the cost of simulation, not the latency of integer kernels",
         "threads": torch.get_num_threads(),
         "batch_size": int(x.shape[0]),
-        "fp32_ms": median_ms(model),
-        "quant_ms": median_ms(qgm),
+        "fp32_ms": ms(model),
+        "quant_ms": ms(qgm),
     }
 
 

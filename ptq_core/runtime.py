@@ -1,8 +1,7 @@
 """Run exported models for real: onnxruntime sessions, logits, latency, and the check against the simulation.
 
 What lives here: :func:`make_session` (CPUExecutionProvider, all graph optimizations, the stated
-number of intra-op threads), :func:`run_logits`, :func:`median_ms` (warm-up, then the median of
-repeats within a time budget), :func:`fused_ops` (which integer kernels onnxruntime actually
+number of intra-op threads), :func:`run_logits`, :func:`fused_ops` (which integer kernels onnxruntime actually
 chose, read from its optimized graph) and :func:`runtime_check`, which ``Explorer.evaluate`` calls:
 export FP32 and quantized models to a temporary folder, run the quantized one on the evaluation
 samples, compare with the simulated logits, and measure FP32 vs quantized latency at batch 1 and
@@ -32,11 +31,9 @@ the original model in eager PyTorch, all with the same thread count; batch N = m
 from __future__ import annotations
 
 import logging
-import statistics
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +47,7 @@ from torch import nn
 from .calibration import batches
 from .errors import ExportError, PTQError
 from .export import ExportReport, export_float_onnx, export_onnx
+from .timing import LATENCY_BUDGET_S, median_ms
 
 if TYPE_CHECKING:
     from .config import QuantConfig
@@ -61,8 +59,6 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "CPUExecutionProvider"
 MAX_LATENCY_BATCH = 32  # batch N = min(32, evaluation size): large enough to show batching, small enough for big models
-LATENCY_BUDGET_S = 0.4  # per measurement (model x batch size), after warm-up
-MIN_REPEATS, MAX_REPEATS = 3, 50
 # Ops that mean "this unit runs on integers" in onnxruntime's optimized graph.
 INTEGER_OPS = {
     "QLinearConv", "QGemm", "QLinearMatMul", "MatMulNBits", "QLinearAdd", "QLinearMul", "QLinearConcat",
@@ -95,30 +91,6 @@ def run_logits(session: ort.InferenceSession, dataset: torch.utils.data.Dataset,
     for x, _ in batches(dataset, indices, batch_size):
         outs.append(torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]).float())
     return torch.cat(outs)
-
-
-def median_ms(fn: Callable[[], Any], *, budget_s: float = LATENCY_BUDGET_S, warmup: int = 2) -> tuple[float, int]:
-    """Median wall time of ``fn()`` in ms after ``warmup`` calls, and the number of timed repeats.
-
-    Repeats: as many as fit in ``budget_s`` judged from the first timed call, clamped to
-    [MIN_REPEATS, MAX_REPEATS], so small models get many repeats and large ones a few; a call
-    that alone takes a quarter of the budget gets one warm-up call, not ``warmup``.
-    """
-    for i in range(warmup):
-        t = time.perf_counter()
-        fn()
-        if i == 0 and time.perf_counter() - t > budget_s / 4:
-            break
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    repeats = int(min(MAX_REPEATS, max(MIN_REPEATS, budget_s / max(first, 1e-6))))
-    times = [first * 1e3]
-    for _ in range(repeats - 1):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times), repeats
 
 
 def torch_latency_ms(model: nn.Module, x: torch.Tensor, *, budget_s: float = LATENCY_BUDGET_S) -> tuple[float, int]:

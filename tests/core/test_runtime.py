@@ -6,8 +6,6 @@ are only checked for presence and sign: speed targets live in benchmarks/compare
 
 from __future__ import annotations
 
-import time
-
 import onnxruntime
 import pytest
 
@@ -15,7 +13,7 @@ from ptq_core.config import QuantConfig
 from ptq_core.errors import ConfigError
 from ptq_core.export import ExportReport
 from ptq_core.pipeline import Explorer
-from ptq_core.runtime import MAX_REPEATS, MIN_REPEATS, median_ms, verify_kernels
+from ptq_core.runtime import verify_kernels
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +72,6 @@ def test_runtime_null_is_simulation_only(cnn: Explorer) -> None:
     assert r.config["evaluation"]["runtime"] is None
     with pytest.raises(ConfigError, match=r"evaluation.runtime: got 'tvm'; allowed: onnxruntime or null"):
         _cfg(evaluation={"runtime": "tvm"})
-
-
-def test_median_ms_warms_up_and_bounds_repeats() -> None:
-    calls: list[int] = []
-    ms, repeats = median_ms(lambda: calls.append(1), budget_s=1.0, warmup=2)
-    assert repeats == MAX_REPEATS and len(calls) == 2 + repeats and ms >= 0  # a fast call: the most repeats
-    calls.clear()
-    ms, repeats = median_ms(lambda: calls.append(1) or time.sleep(0.01), budget_s=0.02, warmup=2)
-    assert repeats == MIN_REPEATS and len(calls) == 1 + repeats and ms >= 10  # a slow call: one warm-up, the fewest
 
 
 def test_units_onnxruntime_did_not_fuse_move_to_fallback() -> None:
