@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Subset
 
 from ptq_core.config import SELECTIONS
+from ptq_core.diskcache import digest
 from ptq_core.errors import ConfigError, DataError
 
 from . import digits as _digits
@@ -42,6 +44,7 @@ __all__ = [
     "TensorSamples",
     "available_datasets",
     "dataset_description",
+    "dataset_fingerprint",
     "load_dataset",
     "register_dataset",
     "select_calibration",
@@ -70,6 +73,14 @@ class TensorSamples(TorchDataset[tuple[Any, int]]):
         if self.transform is not None:
             x = self.transform(x)
         return x, (-1 if self.y is None else int(self.y[index]))
+
+    def fingerprint(self, indices: Sequence[int]) -> str | None:
+        """The content key of items ``indices``; None when a transform without a ``cache_key`` applies."""
+        transform_key = None if self.transform is None else getattr(self.transform, "cache_key", None)
+        if self.transform is not None and transform_key is None:
+            return None
+        idx = torch.as_tensor(list(indices), dtype=torch.int64)
+        return digest("tensor_samples", transform_key, self.x[idx], None if self.y is None else self.y[idx])
 
 
 @dataclass
@@ -125,6 +136,19 @@ def _lookup(name: str, path: str) -> _Registered:
         return _REGISTRY[name]
     except KeyError:
         raise DataError(f"{path}: unknown data set {name!r}; available: {', '.join(available_datasets())}") from None
+
+
+def dataset_fingerprint(data: TorchDataset[Any], indices: Sequence[int]) -> str | None:
+    """A key of the contents of ``data[indices]`` (values and labels), or None when it cannot be known.
+
+    Data sets that can say what their items are made of have a ``fingerprint(indices)`` method
+    (tensor samples, image folders); ``Subset`` is followed to its base. Used to keep FP32 logits and
+    calibration statistics on disk (:mod:`ptq_core.diskcache`).
+    """
+    if isinstance(data, Subset):
+        return dataset_fingerprint(data.dataset, [data.indices[i] for i in indices])
+    own = getattr(data, "fingerprint", None)
+    return own(indices) if callable(own) else None
 
 
 def load_dataset(spec: str | dict[str, Any], *, transform: Transform | None = None) -> Dataset:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,10 @@ class CachedItems(TorchDataset[tuple[Any, int]]):
                 self._items[index] = item
                 self.cached_bytes += size
         return item
+
+    def fingerprint(self, indices: Sequence[int]) -> str | None:
+        base = getattr(self.base, "fingerprint", None)
+        return base(indices) if base is not None else None
 
 
 def image_folder_spec(

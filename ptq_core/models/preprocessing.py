@@ -43,6 +43,17 @@ class ImageTransform:
                 self._pipeline = self._factory()
             return self._pipeline
 
+    @property
+    def cache_key(self) -> str:
+        """What the output depends on: the pipeline as printed (every size, mean, std, interpolation) and the
+        torchvision and Pillow versions that compute it. Preprocessed images are cached on disk under it."""
+        import PIL
+        import torchvision
+
+        from ptq_core.diskcache import digest
+
+        return digest("image-transform", self.name, repr(self._built()), torchvision.__version__, PIL.__version__)
+
     def __call__(self, image: Any) -> torch.Tensor:
         from PIL import Image
 
