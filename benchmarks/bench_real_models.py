@@ -16,7 +16,7 @@ Prints four markdown tables:
 2. timing: the first evaluate (calibration + evaluation) and a re-evaluation after changing only
    the clipping method (no recalibration), split into what each takes, with and without the
    per-layer error probe;
-3. backends: the same evaluations with ``evaluation.backend`` torch and onnxruntime (ptq_core.fast_eval),
+3. backends: the same evaluations with ``evaluation.backend`` torch and onnxruntime (ptq_core.onnx.backend),
    probe on 128 images: the first evaluate, then re-evaluations after a clipping change, torch and
    onnxruntime interleaved, split into export / session / quantized forward / probe, medians of the
    re-evaluations; then top-1 of both side by side with the decisions and logits that differ, next to
@@ -49,7 +49,7 @@ from ptq_core.result import Result  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared/data/imagenet-samples"
 DATASET = {"kind": "image_folder", "path": str(SAMPLES), "num_calibration": 128, "seed": 0, "max_images": None}
-# Simulation only: the onnxruntime check (ptq_core.runtime) is measured by its own benchmark.
+# Simulation only: the onnxruntime check (ptq_core.onnx.runtime) is measured by its own benchmark.
 _NO_RUNTIME = {"runtime": None} if "runtime" in Evaluation.__dataclass_fields__ else {}
 
 

@@ -52,10 +52,10 @@ from torch import nn
 
 from ptq_core.calibration import collect_stats
 from ptq_core.config import QuantConfig
-from ptq_core.export import export_float_onnx, export_onnx
 from ptq_core.graph import prepare
+from ptq_core.onnx.export import export_float_onnx, export_onnx
+from ptq_core.onnx.session import make_runtime_session
 from ptq_core.quantize import build_quantized_model, make_plan
-from ptq_core.runtime import make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET = ROOT.parent / "shared" / "data" / "imagenet-samples"
@@ -207,7 +207,7 @@ def run_fp32(b: Bench, budget_s: float, repeats: int) -> tuple[torch.Tensor, flo
          **latencies(fwd, b, budget_s))
     path = b.onnx["onnxruntime FP32"] = Path(b.folder.name) / "fp32.onnx"
     export_float_onnx(prepare(b.model, b.x[:1]), path)
-    sess = make_session(path, threads=torch.get_num_threads())
+    sess = make_runtime_session(path, threads=torch.get_num_threads())
     _row(b, "onnxruntime FP32", logits(ort_fn(sess), b.x), ref, calib_s=None, **latencies(ort_fn(sess), b, budget_s))
     return ref, forward_s
 
@@ -233,7 +233,7 @@ def run_ptq_core(b: Bench, ref: torch.Tensor, forward_s: float, budget_s: float,
         sim = logits(torch_fn(qgm), b.x)
         path = b.onnx[f"ptq_core W8A8 {clip}"] = Path(tmp) / f"ptq_{clip}.onnx"
         report = export_onnx(prepared, plan, path)
-        sess = make_session(path, threads=torch.get_num_threads())
+        sess = make_runtime_session(path, threads=torch.get_num_threads())
         out = logits(ort_fn(sess), b.x)
         _row(b, f"ptq_core W8A8 {clip}", out, ref, calib_s=stats_s + plan_s, peak_gb=peak,
              sim_runtime_agreement=float((sim.argmax(1) == out.argmax(1)).float().mean()),
@@ -306,7 +306,7 @@ def run_ort(b: Bench, ref: torch.Tensor, budget_s: float, methods: tuple[str, ..
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, method)))
         b.onnx[f"onnxruntime quantize_static QDQ {method}"] = out_path
-        sess = make_session(out_path, threads=torch.get_num_threads())
+        sess = make_runtime_session(out_path, threads=torch.get_num_threads())
         _row(b, f"onnxruntime quantize_static QDQ {method}", logits(ort_fn(sess), b.x), ref, calib_s=seconds,
              peak_gb=peak, onnx_bytes=out_path.stat().st_size, **latencies(ort_fn(sess), b, budget_s))
         del sess
@@ -317,7 +317,7 @@ def interleaved(b: Bench, rounds: int) -> str:
     """Latency of the onnxruntime models measured back to back, round after round, so that load
     from other processes hits them alike: the comparison to quote on a shared machine."""
     tools = [t for t in ("onnxruntime FP32", "ptq_core W8A8 minmax", "onnxruntime quantize_static QDQ MinMax") if t in b.onnx]
-    sessions = {t: ort_fn(make_session(b.onnx[t], threads=torch.get_num_threads())) for t in tools}
+    sessions = {t: ort_fn(make_runtime_session(b.onnx[t], threads=torch.get_num_threads())) for t in tools}
     lines = ["| model | ms/img b32 (median / min) | ms/img b1 (median / min) |", "|---|---|---|"]
     cells: dict[str, list[str]] = {t: [] for t in tools}
     for bs in (BATCH, 1):

@@ -96,8 +96,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Quantize as the config says and write the ONNX QDQ model (ptq_core.export); one summary line."""
-    from .export import export_config
+    """Quantize as the config says and write the ONNX QDQ model (ptq_core.onnx.export); one summary line."""
+    from .onnx.export import export_config
 
     config = QuantConfig.load(args.config)
     report = export_config(config, args.output, opset=args.opset, on_progress=_Progress(args.quiet))

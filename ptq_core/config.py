@@ -51,7 +51,7 @@ WEIGHT_CLIPPING = ("minmax", "percentile", "mse")
 ACTIVATION_MODES = ("static", "dynamic")
 SELECTIONS = ("random", "first", "balanced")
 RUNTIMES = ("onnxruntime",)  # evaluation.runtime: where the exported model is run and timed (or null)
-BACKENDS = ("torch", "onnxruntime")  # evaluation.backend: what runs the simulated model (same numbers, see ptq_core.fast_eval)
+BACKENDS = ("torch", "onnxruntime")  # evaluation.backend: what runs the simulated model (same numbers, see ptq_core.simulation)
 
 
 def _fail(path: str, value: Any, allowed: str) -> ConfigError:
@@ -177,7 +177,7 @@ class Evaluation:
     runtime: str | None = "onnxruntime"
     # What runs the simulated (fake-quantized) model: PyTorch eager (the reference), or the same float32 graph
     # in onnxruntime (CPU only; ~9x faster on EfficientNet-Lite0; only the convolutions' summation order
-    # differs, see ptq_core.fast_eval for what that moves).
+    # differs, see ptq_core.simulation for what that moves).
     backend: str = "torch"
 
     def validate(self, path: str = "evaluation") -> None:

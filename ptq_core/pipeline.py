@@ -12,7 +12,7 @@ bits, scheme, granularity, clipping or the float layers re-runs evaluation only.
 
 ``evaluation.backend`` picks what runs the simulated model: ``"torch"`` (PyTorch eager, the
 reference) or ``"onnxruntime"`` (the same float graph exported once per structure and run by
-onnxruntime on the CPU, :mod:`ptq_core.fast_eval`; its sessions are cached here too). The Result
+onnxruntime on the CPU, :mod:`ptq_core.onnx.backend`; its sessions are cached here too). The Result
 says which in ``environment["evaluation_backend"]``.
 
 An Explorer is safe to share between threads (the dashboard shares one per model between
@@ -48,7 +48,7 @@ from .result import Result
 from .timing import SIMULATED_BUDGET_S, median_ms
 
 if TYPE_CHECKING:
-    from .fast_eval import OrtBackend
+    from .onnx.backend import OrtBackend
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Explorer:
 
     def ort_backend(self) -> OrtBackend:
         """The onnxruntime backend's bounded cache of exported graphs and sessions (made on first use)."""
-        from .fast_eval import OrtBackend  # onnxruntime is imported only when a config asks for it
+        from .onnx.backend import OrtBackend  # onnxruntime is imported only when a config asks for it
 
         with self._lock:
             if self._ort_backend is None:
@@ -252,7 +252,7 @@ class Explorer:
         size = quantized_size(prepared, plan, self.model)
         runtime_s = 0.0
         if config.evaluation.runtime is not None:  # export and run on a real integer runtime (never raises)
-            from .runtime import runtime_check
+            from .onnx.runtime import runtime_check
 
             check = runtime_check(self, config, prepared, plan, q_logits, ref.labels, indices, latency)
             metrics.update(check.metrics)

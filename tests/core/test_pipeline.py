@@ -28,7 +28,7 @@ def mlp() -> Explorer:
 
 def _cfg(**sections: object) -> QuantConfig:
     """A config from partial sections. These tests check the simulation; the onnxruntime check
-    (evaluation.runtime, on by default) is tested in test_export.py / test_runtime.py."""
+    (evaluation.runtime, on by default) is tested in test_onnx_export.py / test_onnx_runtime.py."""
     sections.setdefault("evaluation", {"runtime": None})
     return QuantConfig.from_dict(dict(sections))
 

@@ -11,9 +11,9 @@ import pytest
 
 from ptq_core.config import QuantConfig
 from ptq_core.errors import ConfigError
-from ptq_core.export import ExportReport
+from ptq_core.onnx.report import ExportReport
+from ptq_core.onnx.runtime import verify_kernels
 from ptq_core.pipeline import Explorer
-from ptq_core.runtime import verify_kernels
 
 
 @pytest.fixture(scope="module")

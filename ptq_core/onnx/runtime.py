@@ -1,11 +1,12 @@
-"""Run exported models for real: onnxruntime sessions, logits, latency, and the check against the simulation.
+"""Run exported models for real: the integer runtime's logits and latency, checked against the simulation.
 
-What lives here: :func:`make_session` (CPUExecutionProvider, all graph optimizations, the stated
-number of intra-op threads), :func:`run_logits`, :func:`fused_ops` (which integer kernels onnxruntime actually
-chose, read from its optimized graph) and :func:`runtime_check`, which ``Explorer.evaluate`` calls:
-export FP32 and quantized models to a temporary folder, run the quantized one on the evaluation
-samples, compare with the simulated logits, and measure FP32 vs quantized latency at batch 1 and
-batch N (plus PyTorch FP32 for reference). Writing the ONNX file is :mod:`ptq_core.export`.
+What lives here: :func:`fused_ops` and :func:`verify_kernels` (which integer kernels onnxruntime
+actually chose, read from its optimized graph), the latency helpers, and :func:`runtime_check`,
+which ``Explorer.evaluate`` calls: export FP32 and quantized models to a temporary folder, run
+the quantized one on the evaluation samples, compare with the simulated logits, and measure FP32
+vs quantized latency at batch 1 and batch N (plus PyTorch FP32 for reference). Not here: writing
+the ONNX file (:mod:`ptq_core.onnx.export`), making sessions (:mod:`ptq_core.onnx.session`), the
+median timer (:mod:`ptq_core.timing`).
 
 ``runtime_check`` never raises: a failed export or session becomes a warning naming the layer
 and the problem, and the Result keeps its simulated latency.
@@ -44,20 +45,21 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from .calibration import batches
-from .errors import ExportError, PTQError
-from .export import ExportReport, export_float_onnx, export_onnx
-from .timing import LATENCY_BUDGET_S, median_ms
+from ..calibration import batches
+from ..errors import ExportError, PTQError
+from ..timing import LATENCY_BUDGET_S, median_ms
+from .export import export_float_onnx, export_onnx
+from .report import ExportReport
+from .session import make_runtime_session, run_logits, runtime_name
 
 if TYPE_CHECKING:
-    from .config import QuantConfig
-    from .graph import PreparedModel
-    from .pipeline import Explorer
-    from .quantize import QuantPlan
+    from ..config import QuantConfig
+    from ..graph import PreparedModel
+    from ..pipeline import Explorer
+    from ..quantize import QuantPlan
 
 log = logging.getLogger(__name__)
 
-PROVIDER = "CPUExecutionProvider"
 MAX_LATENCY_BATCH = 32  # batch N = min(32, evaluation size): large enough to show batching, small enough for big models
 # Ops that mean "this unit runs on integers" in onnxruntime's optimized graph.
 INTEGER_OPS = {
@@ -65,32 +67,6 @@ INTEGER_OPS = {
     "QLinearAveragePool", "QLinearGlobalAveragePool", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
     "MatMulInteger", "ConvInteger", "NhwcQLinearConv",
 }
-
-
-def runtime_name() -> str:
-    return f"onnxruntime {ort.__version__} CPU"
-
-
-def make_session(path: str | Path, *, threads: int, optimized_path: str | Path | None = None) -> ort.InferenceSession:
-    """A CPU session with every graph optimization on (QDQ fusion included) and ``threads`` intra-op threads."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # the NCHWc "hardware specific" notice when saving the optimized graph is expected
-    if optimized_path is not None:
-        so.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), so, providers=[PROVIDER])
-
-
-def run_logits(session: ort.InferenceSession, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int) -> torch.Tensor:
-    """float32 outputs of ``session`` on ``dataset[indices]``, in order, batched like the simulation."""
-    name = session.get_inputs()[0].name
-    outs = []
-    for x, _ in batches(dataset, indices, batch_size):
-        outs.append(torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]).float())
-    return torch.cat(outs)
 
 
 def torch_latency_ms(model: nn.Module, x: torch.Tensor, *, budget_s: float = LATENCY_BUDGET_S) -> tuple[float, int]:
@@ -172,7 +148,7 @@ def _float_cache(explorer: Explorer, prepared: PreparedModel, fold: bool, thread
         folder = tempfile.TemporaryDirectory(prefix="ptq_fp32_")
         path = Path(folder.name) / "fp32.onnx"
         size = export_float_onnx(prepared, path)
-        per[key] = _FloatCache(folder, size, make_session(path, threads=threads))
+        per[key] = _FloatCache(folder, size, make_runtime_session(path, threads=threads))
     return per[key]
 
 
@@ -211,7 +187,7 @@ def _check(
         report = export_onnx(prepared, plan, path)
         optimized = Path(tmp) / "quantized.optimized.onnx"
         try:
-            session = make_session(path, threads=threads, optimized_path=optimized)
+            session = make_runtime_session(path, threads=threads, optimized_path=optimized)
         except Exception as exc:
             raise ExportError(f"onnxruntime cannot load the exported model: {str(exc).splitlines()[0][:300]}") from None
         kernels, fallback = verify_kernels(report, fused_ops(optimized))

@@ -2,14 +2,18 @@
 
 ``evaluation.backend = "onnxruntime"`` makes :meth:`ptq_core.pipeline.Explorer.evaluate` run the
 quantized forward, the per-layer error probe and the simulated latency here instead of in PyTorch
-eager; calibration, the plan, the FP32 reference and every metric stay as they are. Not here: the
-integer QDQ export and the check on a real integer runtime (:mod:`ptq_core.export`,
-:mod:`ptq_core.runtime`), which answer another question (what a deployed INT8 model does).
+eager; calibration, the plan, the FP32 reference and every metric stay as they are. What lives
+here: :class:`OrtBackend` (one Explorer's exported structures and sessions, bounded, and the
+evaluation itself) and :class:`OrtRun` (what it measured). Not here: the graph and why its
+numbers are the simulation's (:mod:`ptq_core.simulation`), its export
+(:mod:`ptq_core.onnx.simulate`), sessions (:mod:`ptq_core.onnx.session`), and the integer QDQ
+export and the check on a real integer runtime (:mod:`ptq_core.onnx.export`,
+:mod:`ptq_core.onnx.runtime`), which answer another question (what a deployed INT8 model does).
 Measured on EfficientNet-Lite0 (2 cores, quiet): a re-evaluation after a clipping change, 372
 images plus the 128-image probe, takes 4.0 s against 38 s in PyTorch (both about twice that
 when other jobs share the cores; ``benchmarks/bench_real_models.py``).
 
-One export per structure, values fed per config (:mod:`ptq_core.fast_export`)
+One export per structure, values fed per config (:mod:`ptq_core.onnx.simulate`)
     The structure is the prepared model plus which activation points carry a quantizer and of
     what kind (static signed/unsigned and narrower than 8 bits or not; dynamic settings). It is
     traced once into one ONNX graph holding the FP32 and the quantized graph side by side. What
@@ -22,35 +26,13 @@ One export per structure, values fed per config (:mod:`ptq_core.fast_export`)
       measured 15.3 ms/image for the quantized EfficientNet-Lite0 against 9.9 ms as initializers
       (8.2 ms with the layout pass below).
 
-The arithmetic is the simulation's, op for op (:func:`ptq_core.primitives.fake_quantize`)
-    ``clamp(round_half_even(x * inv_scale) + zp, qmin, qmax)`` then ``(q - zp) * scale`` is
-    written ``Mul(x, inv_scale) -> QuantizeLinear(scale=1, zp) -> [Clip(qmin, qmax)] ->
-    DequantizeLinear(scale, zp)``: the same float32 product (``inv_scale`` fed as torch computes
-    it, ``1.0 / scale`` in float32); QuantizeLinear divides by 1 (exact), rounds half to even,
-    adds the zero point and saturates to the 8-bit container, and the Clip narrows that to
-    ``[qmin, qmax]`` (2 to 8 bits, narrow symmetric ranges; clamping and rounding to integer
-    bounds commute); DequantizeLinear computes ``float(q - zp) * scale``, the same single
-    rounding. Three passes instead of six, one-byte codes between them. onnxruntime's QDQ fusions
-    are off (``session.disable_quant_qdq``): no pair becomes an integer kernel.
+Arithmetic (:mod:`ptq_core.simulation`)
+    The simulation's, op for op, hence its numbers; :mod:`ptq_core.simulation` says how, and by
+    how much the convolutions' summation order moves them. A dynamic input's NaN/Inf check
+    (``sum(x * 0)``, one scalar per dynamic point) is checked after each batch, in network
+    order, and raises the same :class:`CalibrationError` as PyTorch.
 
-    What differs is the convolutions' float summation order. A value within float rounding of a
-    rounding tie then lands one quantization step away, and 60 quantized layers carry such steps
-    on. Measured: on the digits models the logits are bit-identical (static, weight-only, dynamic
-    per tensor; float logits within 4e-6). On EfficientNet-Lite0 (372 images) 1 to 6 top-1
-    decisions differ from PyTorch's, all with a decision margin of at most two output steps (half
-    of them exact ties in PyTorch's own logits), top-1 within 1 image; PyTorch itself with its
-    native convolution instead of oneDNN differs from PyTorch by as much (1 to 4 decisions, top-1
-    up to 3 images, the same largest logit difference). That is the yardstick used here: the
-    backend moves the numbers no more than PyTorch's own choice of convolution kernel does
-    (``benchmarks/bench_real_models.py`` prints both).
-
-    Dynamic quantizers are traced from :class:`ptq_core.quantize.DynamicFakeQuantize`'s own
-    functions (ReduceMin/ReduceMax, ``qparams_from_range``, ``fake_quantize``). Its NaN/Inf check
-    cannot run inside onnxruntime (whose ReduceMin/ReduceMax skip NaN), so each dynamic input
-    also yields ``sum(x * 0)``, NaN exactly when the input holds a NaN or an Inf; it is checked
-    after each batch, in network order, and raises the same :class:`CalibrationError`.
-
-Layout and schedule (:mod:`ptq_core.ort_layout`)
+Layout and schedule (:mod:`ptq_core.onnx.layout`)
     onnxruntime converts back and forth between its blocked layout and NCHW around every
     quantizer, a third of the quantized forward; the layout pass keeps the quantizer chains on
     the blocked tensors (bit-identical, tested). The probe graph is scheduled layer by layer, so
@@ -76,8 +58,6 @@ CPU only: a config asking for CUDA with this backend is rejected by the config.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -87,32 +67,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
-from .calibration import batches
-from .errors import CalibrationError
-from .fast_export import (
-    INPUT,
-    LOGITS,
-    Structure,
-    export_structure,
-    static_feeds,
-    structure_key,
-    weight_key,
-    weight_values,
-    with_initializers,
-)
-from .graph import PreparedModel
-from .metrics import sqnr_db
-from .progress import StepFn
-from .quantize import QuantPlan
-from .timing import SIMULATED_BUDGET_S, median_ms
+from ..calibration import batches
+from ..errors import CalibrationError
+from ..graph import PreparedModel
+from ..metrics import sqnr_db
+from ..progress import StepFn
+from ..quantize import QuantPlan
+from ..simulation import INPUT, LOGITS, static_feeds, structure_key, weight_key, weight_values
+from ..timing import SIMULATED_BUDGET_S, median_ms
+from .session import infer_shapes, make_simulation_session, runtime_name
+from .simulate import Structure, export_structure, with_initializers
 
 log = logging.getLogger(__name__)
 
-PROVIDER = "CPUExecutionProvider"
 STRUCTURE_CACHE_ENTRIES = 4  # exported graphs kept per Explorer (each holds one FP32 weight copy)
 SESSION_CACHE_ENTRIES = 2  # weight settings kept per Explorer: a forward and a probe session each (~0.6 GB on EfficientNet-Lite0)
 # Images per onnxruntime run when every quantizer is per sample (static, weight-only, dynamic per token):
@@ -124,63 +94,6 @@ PER_SAMPLE_BATCH = 8
 # EfficientNet-Lite0 (2 cores): 3.9 s against 4.8 s for the same batches one at a time on two
 # threads (elementwise ops and reductions keep two threads of one run less busy). Same logits.
 SESSION_THREADS = 1
-
-
-# -- sessions -----------------------------------------------------------------------------------------
-def _options(threads: int, level: ort.GraphOptimizationLevel, optimized_path: str | None = None) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = level
-    so.log_severity_level = 3  # the NCHWc "hardware specific" notice when saving the optimized graph is expected
-    so.add_session_config_entry("session.disable_quant_qdq", "1")  # no QDQ -> integer-kernel fusion: float arithmetic only
-    if optimized_path is not None:
-        so.optimized_model_filepath = optimized_path
-    return so
-
-
-def _optimized(model: onnx.ModelProto, threads: int, level: ort.GraphOptimizationLevel) -> tuple[ort.InferenceSession, onnx.ModelProto]:
-    """A session for ``model`` and the graph onnxruntime made of it at ``level`` (its offline-optimization output)."""
-    with tempfile.TemporaryDirectory(prefix="ptq_fast_eval_") as tmp:
-        path = os.path.join(tmp, "optimized.onnx")
-        session = ort.InferenceSession(model.SerializeToString(), _options(threads, level, path), providers=[PROVIDER])
-        return session, onnx.load(path)
-
-
-def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[Any, ...] | None]:
-    """Tensor name -> shape, inferred after onnxruntime's constant folding (the exporter computes pads with
-    subgraphs that leave spatial sizes unknown to ONNX shape inference until folded)."""
-    _, folded = _optimized(model, 1, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-    inferred = onnx.shape_inference.infer_shapes(folded)
-    shapes: dict[str, tuple[Any, ...] | None] = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        t = vi.type.tensor_type
-        shapes[vi.name] = tuple(d.dim_param or d.dim_value for d in t.shape.dim) if t.HasField("shape") else None
-    return shapes
-
-
-def make_session(model: onnx.ModelProto, shapes: dict[str, Any], threads: int, *, outputs: Sequence[str] = (),
-                 layout: bool = True) -> tuple[ort.InferenceSession, int]:
-    """An optimized CPU session for ``model``, rewritten by :mod:`ptq_core.ort_layout`.
-
-    onnxruntime optimizes the graph (level ALL: folding, fusions, blocked NCHWc convolutions) and
-    writes it out; the quantizer chains are moved into the blocked layout, the nodes scheduled in
-    ``outputs`` order, and the result loaded with no further optimization. Returns the session and
-    the number of layout round trips removed. ``layout=False``: onnxruntime's session as is.
-    """
-    from .ort_layout import elide_reorders, schedule
-
-    if not layout:
-        data = model.SerializeToString()
-        return ort.InferenceSession(data, _options(threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), providers=[PROVIDER]), 0
-    first, optimized = _optimized(model, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    del first
-    removed = elide_reorders(optimized, shapes)
-    schedule(optimized, [*outputs, *(o.name for o in optimized.graph.output)])
-    options = _options(threads, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # optimized already, by onnxruntime itself
-    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # node order as scheduled (lowest index first when ready)
-    return ort.InferenceSession(optimized.SerializeToString(), options, providers=[PROVIDER]), removed
 
 
 @dataclass
@@ -247,9 +160,9 @@ class OrtBackend:
                 return self._sessions[key], 0.0
             start = time.perf_counter()
             weights = weight_values(structure, prepared, plan)
-            forward, removed = make_session(with_initializers(structure.forward, weights), structure.shapes, threads)
+            forward, removed = make_simulation_session(with_initializers(structure.forward, weights), structure.shapes, threads)
             taps = [name for _, _, signal, noise in structure.taps for name in (signal, noise)]
-            probe, _ = make_session(with_initializers(structure.probe, weights), structure.shapes, threads, outputs=taps)
+            probe, _ = make_simulation_session(with_initializers(structure.probe, weights), structure.shapes, threads, outputs=taps)
             sessions = _Sessions(forward, probe, removed)
             self._sessions[key] = sessions
             while len(self._sessions) > SESSION_CACHE_ENTRIES:
@@ -261,7 +174,7 @@ class OrtBackend:
         key = (structure.key[0], x.shape)
         with self._lock:
             if key not in self._fp32_ms:
-                session, _ = make_session(structure.float_model, structure.shapes, SESSION_THREADS)
+                session, _ = make_simulation_session(structure.float_model, structure.shapes, SESSION_THREADS)
                 self._fp32_ms[key] = median_ms(lambda: session.run(None, {INPUT: x}), budget_s=SIMULATED_BUDGET_S, warmup=1)[0]
             return self._fp32_ms[key]
 
@@ -306,7 +219,7 @@ class OrtBackend:
         start = time.perf_counter()
         results: dict[int, tuple[np.ndarray, list[tuple[float, float]], float]] = {}
         errors: dict[int, BaseException] = {}
-        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="ptq_fast_eval") as pool:
+        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="ptq_ort_backend") as pool:
             futures = {pool.submit(run, chunk, with_probe): k for k, (_, chunk, with_probe) in enumerate(jobs)}
             for done, future in enumerate(as_completed(futures), start=1):
                 if future.cancelled():
@@ -358,7 +271,7 @@ class OrtBackend:
             quant_ms = sessions.quant_ms
         return {
             "kind": "simulated",
-            "runtime": f"onnxruntime {ort.__version__} CPU, FP32 with fake quantization",
+            "runtime": f"{runtime_name()}, FP32 with fake quantization",
             "note": "simulated: the quantized model runs in float with fake-quantize ops (evaluation.backend onnxruntime); "
                     "this is the cost of simulation, not the latency of integer kernels. One intra-op thread per run "
                     "(evaluation runs that many batches at once); measured once per weight setting",

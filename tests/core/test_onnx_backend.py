@@ -25,10 +25,11 @@ from torch import nn
 from ptq_core.calibration import batches
 from ptq_core.config import QuantConfig
 from ptq_core.errors import CalibrationError, ConfigError
-from ptq_core.fast_eval import infer_shapes, make_session
-from ptq_core.fast_export import INPUT, LOGITS, export_structure, static_feeds, weight_values, with_initializers
 from ptq_core.models import ModelEntry, register_model
+from ptq_core.onnx.session import infer_shapes, make_simulation_session
+from ptq_core.onnx.simulate import export_structure, with_initializers
 from ptq_core.pipeline import Explorer
+from ptq_core.simulation import INPUT, LOGITS, static_feeds, weight_values
 
 CONFIGS = {
     "w8a8 static": {},
@@ -178,7 +179,7 @@ def test_blocked_layout_rewrite_is_bit_identical() -> None:
     taps = [n for _, _, s, z in structure.taps for n in (s, z)]
     outs = {}
     for layout in (False, True):
-        session, removed = make_session(with_initializers(structure.probe, weights), structure.shapes, 1, outputs=taps, layout=layout)
+        session, removed = make_simulation_session(with_initializers(structure.probe, weights), structure.shapes, 1, outputs=taps, layout=layout)
         assert (removed > 0) == layout
         outs[layout] = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
     assert np.array_equal(outs[True][LOGITS], outs[False][LOGITS])

@@ -1,33 +1,60 @@
-"""The simulated model as ONNX for the onnxruntime backend: one export per structure, values fed per config.
+"""The simulated model as one FX graph: the FP32 and the quantized model side by side, ready to export.
 
-What lives here: the traced ops (static fake quantize as Mul -> QuantizeLinear(1) -> [Clip] ->
-DequantizeLinear, the probe's sums of squares, the dynamic NaN/Inf check), :func:`export_structure`
-(one FX graph computing the FP32 and the quantized model side by side, exported with the
-TorchScript exporter), and what a config feeds into it (:func:`static_feeds`,
-:func:`weight_values`). Why the graph looks like this, and why its numbers are the simulation's:
-:mod:`ptq_core.fast_eval`. Running it: :mod:`ptq_core.fast_eval`; its layout rewrite:
-:mod:`ptq_core.ort_layout`. Nothing here imports onnxruntime.
+What lives here: the traced ops (the static fake quantize, written ``Mul -> QuantizeLinear(1) ->
+[Clip] -> DequantizeLinear`` when exported; the probe's sums of squares; the dynamic NaN/Inf
+check), :func:`simulation_graph` (one FX graph computing the FP32 and the quantized model layer
+by layer), :func:`structure_key` (what decides that graph) and what a config feeds into it
+(:func:`weight_key`, :func:`weight_values`, :func:`static_feeds`). The ops' ``symbolic`` methods
+only call ``g.op``: nothing here imports onnx or onnxruntime.
 
-Names in the exported graph::
+Not here: exporting the graph to ONNX and giving it per-config initializers
+(:mod:`ptq_core.onnx.simulate`), running it in onnxruntime (:mod:`ptq_core.onnx.backend`, the
+``evaluation.backend = "onnxruntime"`` backend), and the integer QDQ export of a deployed model
+(:mod:`ptq_core.onnx.export`). The PyTorch reference is :mod:`ptq_core.quantize`.
+
+Names in the graph (and in its ONNX export)::
 
     inputs   input [N, ...]; w{i} per Conv/Linear (made initializers per weight setting);
              p{j}_inv, p{j}_scale (float32 scalars), p{j}_zp (int8/uint8 scalar) per static point j
     outputs  logits, fp32_logits; nonfinite{k} per dynamic point; signal{t}, noise{t} per probe tap
+
+The arithmetic is the simulation's, op for op (:func:`ptq_core.primitives.fake_quantize`)
+    ``clamp(round_half_even(x * inv_scale) + zp, qmin, qmax)`` then ``(q - zp) * scale`` is
+    written ``Mul(x, inv_scale) -> QuantizeLinear(scale=1, zp) -> [Clip(qmin, qmax)] ->
+    DequantizeLinear(scale, zp)``: the same float32 product (``inv_scale`` fed as torch computes
+    it, ``1.0 / scale`` in float32); QuantizeLinear divides by 1 (exact), rounds half to even,
+    adds the zero point and saturates to the 8-bit container, and the Clip narrows that to
+    ``[qmin, qmax]`` (2 to 8 bits, narrow symmetric ranges; clamping and rounding to integer
+    bounds commute); DequantizeLinear computes ``float(q - zp) * scale``, the same single
+    rounding. Three passes instead of six, one-byte codes between them. onnxruntime's QDQ fusions
+    are off (``session.disable_quant_qdq``, :mod:`ptq_core.onnx.session`): no pair becomes an
+    integer kernel.
+
+    What differs is the convolutions' float summation order. A value within float rounding of a
+    rounding tie then lands one quantization step away, and 60 quantized layers carry such steps
+    on. Measured: on the digits models the logits are bit-identical (static, weight-only, dynamic
+    per tensor; float logits within 4e-6). On EfficientNet-Lite0 (372 images) 1 to 6 top-1
+    decisions differ from PyTorch's, all with a decision margin of at most two output steps (half
+    of them exact ties in PyTorch's own logits), top-1 within 1 image; PyTorch itself with its
+    native convolution instead of oneDNN differs from PyTorch by as much (1 to 4 decisions, top-1
+    up to 3 images, the same largest logit difference). That is the yardstick used here: the
+    backend moves the numbers no more than PyTorch's own choice of convolution kernel does
+    (``benchmarks/bench_real_models.py`` prints both).
+
+    Dynamic quantizers are traced from :class:`ptq_core.quantize.DynamicFakeQuantize`'s own
+    functions (ReduceMin/ReduceMax, ``qparams_from_range``, ``fake_quantize``). Its NaN/Inf check
+    cannot run inside onnxruntime (whose ReduceMin/ReduceMax skip NaN), so each dynamic input
+    also yields ``sum(x * 0)``, NaN exactly when the input holds a NaN or an Inf; the backend
+    checks it after each batch, in network order, and raises the same :class:`CalibrationError`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import io
-import time
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import onnx
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -38,9 +65,7 @@ from .graph import PreparedModel
 from .primitives import fake_quantize, qparams_from_range
 from .quantize import PointQuant, QuantPlan
 
-OPSET = 17  # QuantizeLinear/DequantizeLinear with zero points as inputs, Clip on int8/uint8 codes
 INPUT, LOGITS, FP32_LOGITS = "input", "logits", "fp32_logits"
-
 
 # -- the ops, as traced ------------------------------------------------------------------------------
 class _StaticFakeQuantize(torch.autograd.Function):
@@ -150,7 +175,7 @@ class _WeightInput(nn.Module):
         return m._conv_forward(x, weight, m.bias)  # type: ignore[operator]
 
 
-# -- one export per structure -------------------------------------------------------------------------
+# -- one graph per structure -------------------------------------------------------------------------
 def _container(pq: PointQuant) -> tuple[bool, bool]:
     """(signed, clip): int8 codes for symmetric ranges, uint8 otherwise; clip when narrower than the container."""
     signed = pq.qmin < 0
@@ -169,23 +194,6 @@ def structure_key(prepared: PreparedModel, plan: QuantPlan) -> tuple[Any, ...]:
     return (prepared.fold_batchnorm, tuple(points))
 
 
-@dataclass
-class Structure:
-    """The exported graphs of one structure, with the names of their inputs and outputs."""
-
-    key: tuple[Any, ...]
-    probe: onnx.ModelProto  # FP32 and quantized graphs interleaved; logits, dynamic ranges, two sums per tap
-    forward: onnx.ModelProto  # the quantized graph alone: logits and dynamic ranges
-    float_model: onnx.ModelProto  # the FP32 graph alone (for the latency reference)
-    weight_inputs: dict[str, str]  # layer -> input name (made an initializer per weight setting)
-    static_inputs: dict[str, tuple[str, str, str]]  # point -> (inv_scale, scale, zero_point) input names
-    dynamic_checks: list[tuple[str, str]]  # (point, output: NaN when its input has NaN or Inf), network order
-    taps: list[tuple[str, str, str, str]]  # (kind "output" | "quantizer", name, signal output, noise output)
-    export_s: float = 0.0
-    # tensor -> shape after constant folding, for the layout pass (filled by ptq_core.fast_eval.infer_shapes)
-    shapes: dict[str, tuple[Any, ...] | None] = field(default_factory=dict)
-
-
 def _fetch_attr(root: nn.Module, target: str) -> Any:
     obj: Any = root
     for part in target.split("."):
@@ -193,12 +201,12 @@ def _fetch_attr(root: nn.Module, target: str) -> Any:
     return obj
 
 
-def _graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModule, list[tuple[str, torch.Tensor]], list[str], dict[str, Any]]:
+def simulation_graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModule, list[tuple[str, torch.Tensor]], list[str], dict[str, Any]]:
     """One FX graph computing the FP32 and the quantized model side by side, layer by layer.
 
     Interleaved so that each tap's reduction runs as soon as both of its tensors exist (nothing
     waits for the end of the network). Returns the module, its inputs (name, example), its
-    output names and the name maps :class:`Structure` keeps.
+    output names and the name maps :class:`ptq_core.onnx.simulate.Structure` keeps.
     """
     src = copy.deepcopy(prepared.graph_module)  # the exporter flips train/eval on what it traces: never the shared model
     g = torch.fx.Graph()
@@ -302,70 +310,19 @@ def _graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModu
     return gm, inputs, out_names, info
 
 
-def export_structure(prepared: PreparedModel, plan: QuantPlan) -> Structure:
-    """Export the structure of ``plan`` on ``prepared`` (no per-config value is baked in)."""
-    start = time.perf_counter()
-    gm, inputs, out_names, info = _graph(prepared, plan)
-    batch = {0: "batch"}
-    dynamic_axes = {INPUT: batch, LOGITS: batch, FP32_LOGITS: batch}
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                gm, tuple(t for _, t in inputs), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-                input_names=[n for n, _ in inputs], output_names=out_names, dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
-    except ExportError:
-        raise
-    except Exception as exc:  # the exporter raises many types; all mean the same to a user
-        raise ExportError(f"torch.onnx could not export the simulated model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
-    probe = onnx.load_from_string(buf.getvalue())
-    forward = prune(probe, [LOGITS, *(name for _, name in info["dynamic_checks"])])
-    float_model = prune(probe, [FP32_LOGITS])
-    return Structure(structure_key(prepared, plan), probe, forward, float_model, export_s=time.perf_counter() - start, **info)
-
-
-def prune(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` computing only ``outputs``: nodes, inputs and initializers nothing needs are dropped."""
-    needed, keep = set(outputs), []
-    for node in reversed(model.graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    for repeated, kept in ((g.node, keep[::-1]), (g.output, [o for o in model.graph.output if o.name in outputs]),
-                           (g.input, [i for i in model.graph.input if i.name in needed]),
-                           (g.initializer, [t for t in model.graph.initializer if t.name in needed])):
-        kept = [copy.deepcopy(k) for k in kept]
-        del repeated[:]
-        repeated.extend(kept)
-    return out
-
-
-
 # -- what a config feeds in --------------------------------------------------------------------------
-def with_initializers(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose inputs named in ``values`` are initializers holding those values."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    present = {i.name for i in g.input}
-    kept = [i for i in g.input if i.name not in values]
-    del g.input[:]
-    g.input.extend(kept)
-    g.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in values.items() if k in present)
-    return out
+class GraphInputs(Protocol):
+    """The input names of an exported simulation graph (:class:`ptq_core.onnx.simulate.Structure` holds them)."""
+
+    weight_inputs: dict[str, str]  # layer -> weight input name
+    static_inputs: dict[str, tuple[str, str, str]]  # point -> (inv_scale, scale, zero_point) input names
 
 
 def weight_key(plan: QuantPlan) -> tuple[Any, ...]:
     return tuple((name, None if lq.quant is None else dataclasses.astuple(lq.quant)) for name, lq in plan.layers.items())
 
 
-def weight_values(structure: Structure, prepared: PreparedModel, plan: QuantPlan) -> dict[str, np.ndarray]:
+def weight_values(structure: GraphInputs, prepared: PreparedModel, plan: QuantPlan) -> dict[str, np.ndarray]:
     """Input name -> the (fake-quantized, or float when kept in float) weight each layer runs with."""
     out = {}
     for layer, name in structure.weight_inputs.items():
@@ -375,7 +332,7 @@ def weight_values(structure: Structure, prepared: PreparedModel, plan: QuantPlan
     return out
 
 
-def static_feeds(structure: Structure, plan: QuantPlan) -> dict[str, np.ndarray]:
+def static_feeds(structure: GraphInputs, plan: QuantPlan) -> dict[str, np.ndarray]:
     """The quantizer values of ``plan``: ``1/scale`` computed as fake_quantize does (float32), scale, zero point."""
     feeds: dict[str, np.ndarray] = {}
     for name, (inv_name, scale_name, zp_name) in structure.static_inputs.items():

@@ -3,7 +3,7 @@
 Everything here reads the written file back with ``onnx`` or runs it with onnxruntime; nothing is
 mocked. Thresholds: the digits CNN W8A8 simulation and the exported model must pick the same class
 on at least 99.5% of the 360 evaluation samples (the issue's bar: at most one sample may differ);
-logit differences are bounded by a few output quantization steps (see ptq_core.export's docstring
+logit differences are bounded by a few output quantization steps (see ptq_core.onnx.export's docstring
 for where one-step differences come from).
 """
 
@@ -23,12 +23,12 @@ from ptq_core.calibration import collect_stats
 from ptq_core.cli import main
 from ptq_core.config import QuantConfig
 from ptq_core.errors import ExportError
-from ptq_core.export import export_float_onnx, export_onnx
 from ptq_core.graph import prepare
+from ptq_core.onnx.export import export_float_onnx, export_onnx
+from ptq_core.onnx.session import make_runtime_session, run_logits
 from ptq_core.pipeline import Explorer, _forward_all
 from ptq_core.quantize import QuantPlan, build_quantized_model, make_plan
 from ptq_core.ranges import quantize_weight
-from ptq_core.runtime import make_session, run_logits
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def _sim_and_runtime(explorer: Explorer, config: QuantConfig, path: Path) -> tup
     qgm, _ = build_quantized_model(prepared, plan)
     indices = explorer.evaluation_indices(config.evaluation)
     sim, _ = _forward_all(qgm, explorer.dataset.evaluation, indices, 128, None)
-    ort = run_logits(make_session(path, threads=2), explorer.dataset.evaluation, indices, 128)
+    ort = run_logits(make_runtime_session(path, threads=2), explorer.dataset.evaluation, indices, 128)
     return sim, ort
 
 
@@ -184,7 +184,7 @@ def test_symmetric_narrow_activations_clip_exactly(tmp_path: Path) -> None:
     qgm, _ = build_quantized_model(prepared, plan)
     with torch.no_grad():
         sim = qgm(extreme)
-    ort = make_session(tmp_path / "s.onnx", threads=1).run(None, {"input": extreme.numpy()})[0]
+    ort = make_runtime_session(tmp_path / "s.onnx", threads=1).run(None, {"input": extreme.numpy()})[0]
     assert np.allclose(sim.numpy(), ort, atol=1e-5)
 
 
@@ -240,7 +240,7 @@ def test_asymmetric_zero_padding_folds_into_the_integer_convolution(tmp_path: Pa
     qgm, _ = build_quantized_model(prepared, plan)
     with torch.no_grad():
         sim = qgm(x)
-    ort = make_session(tmp_path / "pad.onnx", threads=1).run(None, {"input": x.numpy()})[0]
+    ort = make_runtime_session(tmp_path / "pad.onnx", threads=1).run(None, {"input": x.numpy()})[0]
     step = plan.points["4"].scale
     assert step is not None and np.abs(sim.numpy() - ort).max() <= step + 1e-6
 
@@ -285,6 +285,6 @@ def test_chunk_parts_carry_their_inputs_qdq_and_run_on_integers(tmp_path: Path) 
     qgm, _ = build_quantized_model(prepared, plan)
     with torch.no_grad():
         sim = qgm(x).numpy()
-    ort = make_session(tmp_path / "shuffle.onnx", threads=1).run(None, {"input": x.numpy()})[0]
+    ort = make_runtime_session(tmp_path / "shuffle.onnx", threads=1).run(None, {"input": x.numpy()})[0]
     step = plan.points["head"].scale
     assert step is not None and np.abs(sim - ort).max() <= 2 * step + 1e-6  # one-step requantization ties, then a mean

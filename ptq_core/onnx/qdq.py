@@ -1,0 +1,258 @@
+"""The torch side of the integer QDQ export: modules whose forward is the simulation and whose symbolic is ONNX.
+
+What lives here: :class:`ExportQDQ` (the export-mode twin of
+:class:`ptq_core.quantize.FakeQuantize`: ``QuantizeLinear -> [Clip] -> DequantizeLinear`` in
+ONNX, ``DynamicQuantizeLinear -> DequantizeLinear`` for dynamic points), :class:`ExportPad` (zero
+padding as a ``Pad`` with constant pads), :func:`export_module` (a copy of the prepared model
+with fake-quantized weights and a Q/DQ on every point, placed as graph.py says; see
+:mod:`ptq_core.onnx.export` for the placement rules), :func:`torch_export` (the TorchScript
+exporter), :func:`strip_markers` and :func:`set_opset`.
+
+Not here: edits of the exported graph (integer weights, MatMulNBits, integer pads:
+:mod:`ptq_core.onnx.rewrite`), the report (:mod:`ptq_core.onnx.report`), the entry points
+(:mod:`ptq_core.onnx.export`). Nothing here imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from typing import Any
+
+import onnx
+import torch
+import torch.fx
+from torch import nn
+
+from ..errors import ExportError
+from ..graph import (
+    PreparedModel,
+    insert_after,
+    is_pass_through,
+    is_split,
+    is_stochastic_depth_identity,
+    pass_through_source,
+)
+from ..primitives import fake_quantize
+from ..quantize import PointQuant, QuantPlan
+
+TORCH_MAX_OPSET = 20  # the TorchScript exporter stops at 20; 21 is reached with onnx's converter
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+MARKER_DOMAIN = "ptq"  # a temporary identity op marking each activation point; removed before saving
+
+# Modules and calls that vanish from an eval-mode export: no Q/DQ is needed after them.
+_IDENTITY_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
+_IDENTITY_TARGETS = {"contiguous", torch.nn.functional.dropout}
+
+
+def _onnx_int_type(signed: bool) -> torch.dtype:
+    return torch.int8 if signed else torch.uint8
+
+
+class _StaticQDQ(torch.autograd.Function):
+    """fake_quantize in PyTorch; QuantizeLinear -> [Clip] -> DequantizeLinear -> marker in ONNX."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int,
+                signed: bool, index: int) -> torch.Tensor:
+        return fake_quantize(x, torch.tensor(scale, dtype=torch.float32), torch.tensor(zero_point), qmin, qmax)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: float, zero_point: int, qmin: int, qmax: int, signed: bool, index: int) -> Any:
+        dtype = _onnx_int_type(signed)
+        s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+        z = g.op("Constant", value_t=torch.tensor(zero_point, dtype=dtype))
+        q = g.op("QuantizeLinear", x, s, z)
+        full = (-128, 127) if signed else (0, 255)
+        if (qmin, qmax) != full:  # narrow or sub-8-bit range: clamp the codes exactly as the simulation does
+            lo = g.op("Constant", value_t=torch.tensor(qmin, dtype=dtype))
+            hi = g.op("Constant", value_t=torch.tensor(qmax, dtype=dtype))
+            q = g.op("Clip", q, lo, hi)
+        dq = g.op("DequantizeLinear", q, s, z)
+        marked = g.op(f"{MARKER_DOMAIN}::Point", dq, index_i=index)
+        marked.setType(dq.type())
+        return marked
+
+
+class _DynamicQDQ(torch.autograd.Function):
+    """Dynamic 8-bit asymmetric per-tensor quantization: DynamicQuantizeLinear -> DequantizeLinear."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, index: int) -> torch.Tensor:
+        lo, hi = torch.aminmax(x)
+        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+        scale = torch.clamp((hi - lo) / 255.0, min=float(torch.finfo(torch.float32).eps))
+        zp = torch.clamp(0 - torch.round(lo / scale), 0, 255).to(torch.int32)
+        return fake_quantize(x, scale, zp, 0, 255)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, index: int) -> Any:
+        q, s, z = g.op("DynamicQuantizeLinear", x, outputs=3)
+        dq = g.op("DequantizeLinear", q, s, z)
+        marked = g.op(f"{MARKER_DOMAIN}::Point", dq, index_i=index)
+        marked.setType(x.type())
+        return marked
+
+
+class _ConstantPad(torch.autograd.Function):
+    """Zero padding written as ``Pad`` with a constant ``pads`` tensor (the exporter computes it with a subgraph)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, padding: tuple[int, ...]) -> torch.Tensor:
+        return torch.nn.functional.pad(x, list(padding))
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, padding: tuple[int, ...]) -> Any:
+        rank = len(padding) // 2 + 2  # padding pairs run from the last dim backwards; batch/channels get none
+        begin, end = [0] * rank, [0] * rank
+        for i in range(len(padding) // 2):
+            begin[rank - 1 - i], end[rank - 1 - i] = padding[2 * i], padding[2 * i + 1]
+        pads = g.op("Constant", value_t=torch.tensor(begin + end, dtype=torch.int64))
+        return g.op("Pad", x, pads, mode_s="constant")
+
+
+class ExportPad(nn.Module):
+    """Export-mode ZeroPad: same numbers, a ``Pad`` whose pads the post-processing can read and fold."""
+
+    def __init__(self, padding: tuple[int, ...]) -> None:
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ConstantPad.apply(x, self.padding)
+
+
+class ExportQDQ(nn.Module):
+    """The export-mode twin of :class:`ptq_core.quantize.FakeQuantize` (same numbers in PyTorch)."""
+
+    def __init__(self, point: str, index: int, pq: PointQuant) -> None:
+        super().__init__()
+        self.point, self.index, self.pq = point, index, pq
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pq = self.pq
+        if pq.quant.mode == "dynamic":
+            return _DynamicQDQ.apply(x, self.index)
+        assert pq.scale is not None and pq.zero_point is not None
+        return _StaticQDQ.apply(x, pq.scale, pq.zero_point, pq.qmin, pq.qmax, pq.qmin < 0, self.index)
+
+
+# -- the export --------------------------------------------------------------------------------------
+def export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModule, list[str]]:
+    """A copy of the prepared model with fake-quantized weights and an ExportQDQ on every point.
+
+    Returns the module and the point name of each marker index.
+    """
+    gm = copy.deepcopy(prepared.graph_module)
+    for lq in plan.layers.values():
+        if lq.fq_weight is not None:
+            assert lq.unit.module is not None
+            gm.get_submodule(lq.unit.module).weight = nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
+    modules = dict(gm.named_modules())
+    point_of_node = {prepared.point(name).node: name for name in plan.points}
+    nodes = list(gm.graph.nodes)
+    order: list[str] = []
+    # Pass-through ops (max pool, flatten, pad, ...) reading a statically quantized point: requantize
+    # their output with the same qparams (exact; lets the runtime keep the tensor in integers).
+    source: dict[str, str] = {}
+    requant_after: list[tuple[str, str]] = []
+    for node in nodes:
+        if node.name in point_of_node:
+            source[node.name] = point_of_node[node.name]
+            continue
+        if node.op in ("placeholder", "output", "get_attr") or not is_pass_through(node, modules):
+            continue
+        arg = pass_through_source(node)
+        if arg is None or arg.name not in source:
+            continue
+        src = source[arg.name]
+        source[node.name] = src
+        identity = (node.op == "call_module" and isinstance(modules.get(str(node.target)), _IDENTITY_MODULES)) or (
+            node.op in ("call_method", "call_function") and node.target in _IDENTITY_TARGETS
+        ) or is_stochastic_depth_identity(node)
+        # A split's output is a tuple: its parts (getitem) get the Q/DQ, each after ONNX's Split.
+        if not identity and not is_split(node) and plan.points[src].quant.mode == "static":
+            requant_after.append((node.name, src))
+    for node in nodes:  # zero padding modules -> ExportPad (padding on all four sides is a 4-tuple)
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(mod, nn.ZeroPad1d | nn.ZeroPad2d | nn.ConstantPad1d | nn.ConstantPad2d) and float(mod.value) == 0.0:
+            parent, _, attr = str(node.target).rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, ExportPad(tuple(int(p) for p in mod.padding)))
+    for i, (name, _pq) in enumerate(plan.points.items()):
+        order.append(name)
+        insert_after(gm, prepared.point(name).node, f"ptq_export_{i}", ExportQDQ(name, i, plan.points[name]))
+    for j, (node_name, src) in enumerate(requant_after):
+        idx = len(order)
+        order.append(src)
+        insert_after(gm, node_name, f"ptq_export_pt_{j}", ExportQDQ(src, idx, plan.points[src]))
+    gm.graph.lint()
+    gm.recompile()
+    return gm, order
+
+
+def example_input(prepared: PreparedModel) -> torch.Tensor:
+    node = next(n for n in prepared.graph_module.graph.nodes if n.op == "placeholder")
+    meta = node.meta.get("tensor_meta")
+    if meta is None:
+        raise ExportError("the prepared model has no recorded input shape; prepare it with an example input")
+    shape = (1, *tuple(meta.shape)[1:])
+    return torch.zeros(shape, dtype=meta.dtype)
+
+
+def torch_export(module: nn.Module, example: torch.Tensor, opset: int, *, markers: bool = True) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter warns that it is deprecated in favour of dynamo=True, which needs
+        # seconds per export (torch.export tracing) against milliseconds here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(  # a BytesIO works; the stub asks for a path
+            module, (example,), buf, dynamo=False, opset_version=min(opset, TORCH_MAX_OPSET),  # type: ignore[arg-type]
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True, custom_opsets={MARKER_DOMAIN: 1} if markers else None,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def strip_markers(model: onnx.ModelProto) -> dict[int, str]:
+    """Remove the marker nodes; return marker index -> the DequantizeLinear output it marked."""
+    marked: dict[int, str] = {}
+    renames: dict[str, str] = {}
+    keep = []
+    for node in model.graph.node:
+        if node.domain == MARKER_DOMAIN:
+            index = next(a.i for a in node.attribute if a.name == "index")
+            marked[index] = node.input[0]
+            renames[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for out in model.graph.output:
+        if out.name in renames:  # the model output is a marked tensor: keep the public name
+            producer = next(n for n in keep if renames[out.name] in n.output)
+            producer.output[list(producer.output).index(renames[out.name])] = out.name
+            for node in keep:
+                for i, name in enumerate(node.input):
+                    if name == renames[out.name]:
+                        node.input[i] = out.name
+            marked = {k: (out.name if v == renames[out.name] else v) for k, v in marked.items()}
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    kept = [o for o in model.opset_import if o.domain != MARKER_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return marked
+
+
+def set_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if current == opset:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, opset)
+    except Exception as exc:  # the converter raises plain RuntimeErrors
+        raise ExportError(f"cannot convert the exported graph from opset {current} to {opset}: {exc}") from None
