@@ -33,7 +33,6 @@ import torch
 from ptq_core.calibration_check import check_calibration
 from ptq_core.config import ACTIVATION_CLIPPING, QuantConfig
 from ptq_core.errors import ExportError, PTQError
-from ptq_core.onnx.export import export_config
 from ptq_core.pipeline import Explorer, weight_details
 from ptq_core.primitives import dequantize
 from ptq_core.progress import ProgressFn
@@ -219,7 +218,7 @@ def calibration_check(config_json: str, sizes: tuple[int, ...], seeds: tuple[int
 
 @st.cache_data(max_entries=MAX_EXPORTS, show_spinner=False)
 def onnx_export(config_json: str) -> dict[str, Any]:
-    """The config as an ONNX QDQ model (:func:`ptq_core.onnx.export.export_config`), for a download.
+    """The config as an ONNX QDQ model (:meth:`ptq_core.pipeline.Explorer.export_onnx`), for a download.
 
     Returns ``{"onnx": the file's bytes, "report": ExportReport.to_dict() without the temporary
     path, "seconds", "calibration_reused"}``. Runs on the shared Explorer, so the statistics the
@@ -238,7 +237,7 @@ def onnx_export(config_json: str) -> dict[str, Any]:
                           f"{exc.strerror}") from None
     with folder as tmp, _progress("Exporting to ONNX") as on_progress:
         on_progress(0, 1, "writing the ONNX file")
-        report = export_config(config, Path(tmp) / "model.onnx", explorer=explorer, on_progress=on_progress)
+        report = explorer.export_onnx(config, Path(tmp) / "model.onnx", on_progress=on_progress)
         data = Path(report.path).read_bytes()
     info = report.to_dict()
     del info["path"]  # a deleted temporary file

@@ -96,11 +96,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Quantize as the config says and write the ONNX QDQ model (ptq_core.onnx.export); one summary line."""
-    from .onnx.export import export_config
+    """Quantize as the config says and write the ONNX QDQ model (Explorer.export_onnx); one summary line."""
+    from .pipeline import Explorer
 
     config = QuantConfig.load(args.config)
-    report = export_config(config, args.output, opset=args.opset, on_progress=_Progress(args.quiet))
+    explorer = Explorer.for_config(config)
+    report = explorer.export_onnx(config, args.output, opset=args.opset, on_progress=_Progress(args.quiet))
     if args.report:
         _write(json.dumps(report.to_dict(), indent=2), args.report)
     sys.stdout.write(report.summary() + "\n")

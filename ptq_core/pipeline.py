@@ -48,7 +48,11 @@ from .result import Result
 from .timing import SIMULATED_BUDGET_S, median_ms
 
 if TYPE_CHECKING:
+    import os
+
     from .onnx.backend import OrtBackend
+    from .onnx.report import ExportReport
+    from .onnx.runtime import RuntimeCache
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ class Explorer:
         self._reference: dict[tuple[Any, ...], FloatReference] = {}
         self._device_copies: dict[tuple[str, str], nn.Module] = {}  # (what, device) -> copy; CPU uses the original
         self._ort_backend: OrtBackend | None = None  # exported graphs and sessions of evaluation.backend onnxruntime
+        self._runtime_cache: RuntimeCache | None = None  # FP32 export and latencies of the evaluation.runtime check
 
     @classmethod
     def for_config(cls, config: QuantConfig) -> Explorer:
@@ -116,6 +121,15 @@ class Explorer:
             if self._ort_backend is None:
                 self._ort_backend = OrtBackend()
             return self._ort_backend
+
+    def runtime_cache(self) -> RuntimeCache:
+        """The onnxruntime check's FP32 export, session and latencies of this model (made on first use)."""
+        from .onnx.runtime import RuntimeCache  # onnxruntime is imported only when a config asks for the check
+
+        with self._lock:
+            if self._runtime_cache is None:
+                self._runtime_cache = RuntimeCache()
+            return self._runtime_cache
 
     def calibration_indices(self, calibration: Calibration) -> tuple[list[int], list[str]]:
         pool = self.dataset.calibration_pool
@@ -169,6 +183,21 @@ class Explorer:
         """A new simulated (fake-quantized) model for ``config``."""
         gm, _ = build_quantized_model(self.prepared(config.fold_batchnorm), self.plan(config))
         return gm
+
+    def export_onnx(
+        self, config: QuantConfig, path: str | os.PathLike[str], *, opset: int | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> ExportReport:
+        """Plan ``config`` (calibrating if needed) and write it as an ONNX QDQ model at ``path``.
+
+        What the CLI's ``export`` command and the dashboard's Export page call; the statistics
+        this Explorer has cached are reused. ``opset`` and the errors raised:
+        :func:`ptq_core.onnx.export.export_onnx`.
+        """
+        from .onnx.export import export_onnx  # onnx is imported only when a model is exported
+
+        plan = self.plan(config, on_progress)
+        return export_onnx(self.prepared(config.fold_batchnorm), plan, path, opset=opset)
 
     def evaluation_indices(self, evaluation: Evaluation) -> list[int]:
         n = len(self.dataset.evaluation)  # type: ignore[arg-type]
@@ -254,7 +283,11 @@ class Explorer:
         if config.evaluation.runtime is not None:  # export and run on a real integer runtime (never raises)
             from .onnx.runtime import runtime_check
 
-            check = runtime_check(self, config, prepared, plan, q_logits, ref.labels, indices, latency)
+            check = runtime_check(
+                prepared, plan, model=self.model, dataset=self.dataset.evaluation, indices=indices,
+                batch_size=ev.batch_size, sim_logits=q_logits, labels=ref.labels, simulated_latency=latency,
+                cache=self.runtime_cache(),
+            )
             metrics.update(check.metrics)
             size.update(check.size)
             warnings.extend(check.warnings)

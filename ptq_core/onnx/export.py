@@ -63,7 +63,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 
@@ -73,11 +73,6 @@ from ..quantize import QuantPlan
 from .qdq import TORCH_MAX_OPSET, example_input, export_module, set_opset, strip_markers, torch_export
 from .report import ExportReport, activation_entries, classify, tensor_types, unit_nodes
 from .rewrite import OnnxGraph, emit_dynamic, emit_nbits, fold_pads_into_convs, integer_pads, rewrite_dq, weight_format
-
-if TYPE_CHECKING:
-    from ..config import QuantConfig
-    from ..pipeline import Explorer
-    from ..progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -204,22 +199,3 @@ def export_float_onnx(prepared: PreparedModel, path: str | os.PathLike[str], *, 
     out = Path(path)
     out.write_bytes(model.SerializeToString())
     return out.stat().st_size
-
-
-def export_config(
-    config: QuantConfig,
-    path: str | os.PathLike[str],
-    *,
-    explorer: Explorer | None = None,
-    opset: int | None = None,
-    on_progress: ProgressFn | None = None,
-) -> ExportReport:
-    """Plan ``config`` (calibrating if needed) on ``explorer`` (a new one if None) and export it.
-
-    What the CLI's ``export`` command and the dashboard's Export page call.
-    """
-    from ..pipeline import Explorer
-
-    explorer = explorer if explorer is not None else Explorer.for_config(config)
-    plan = explorer.plan(config, on_progress)
-    return export_onnx(explorer.prepared(config.fold_batchnorm), plan, path, opset=opset)

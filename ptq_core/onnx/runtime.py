@@ -1,12 +1,14 @@
 """Run exported models for real: the integer runtime's logits and latency, checked against the simulation.
 
 What lives here: :func:`fused_ops` and :func:`verify_kernels` (which integer kernels onnxruntime
-actually chose, read from its optimized graph), the latency helpers, and :func:`runtime_check`,
-which ``Explorer.evaluate`` calls: export FP32 and quantized models to a temporary folder, run
-the quantized one on the evaluation samples, compare with the simulated logits, and measure FP32
-vs quantized latency at batch 1 and batch N (plus PyTorch FP32 for reference). Not here: writing
-the ONNX file (:mod:`ptq_core.onnx.export`), making sessions (:mod:`ptq_core.onnx.session`), the
-median timer (:mod:`ptq_core.timing`).
+actually chose, read from its optimized graph), the latency helpers, :class:`RuntimeCache` (the
+FP32 export, session and latencies, measured once per model) and :func:`runtime_check`, which
+``Explorer.evaluate`` calls with plain data (prepared model, plan, samples, simulated logits):
+export FP32 and quantized models to a temporary folder, run the quantized one on the evaluation
+samples, compare with the simulated logits, and measure FP32 vs quantized latency at batch 1 and
+batch N (plus PyTorch FP32 for reference). Not here: writing the ONNX file
+(:mod:`ptq_core.onnx.export`), making sessions (:mod:`ptq_core.onnx.session`), the median timer
+(:mod:`ptq_core.timing`).
 
 ``runtime_check`` never raises: a failed export or session becomes a warning naming the layer
 and the problem, and the Result keeps its simulated latency.
@@ -33,8 +35,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,9 +55,7 @@ from .report import ExportReport
 from .session import make_runtime_session, run_logits, runtime_name
 
 if TYPE_CHECKING:
-    from ..config import QuantConfig
     from ..graph import PreparedModel
-    from ..pipeline import Explorer
     from ..quantize import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -129,44 +129,63 @@ class RuntimeCheck:
 
 
 @dataclass
-class _FloatCache:
-    """FP32 latencies of one Explorer (they do not depend on the config): measured once."""
+class _FloatReference:
+    """The FP32 export of one prepared model, its session and its latencies (they do not depend on the config)."""
 
     folder: tempfile.TemporaryDirectory[str]
     onnx_bytes: int
     session: ort.InferenceSession
-    ms: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
+    ms: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)  # (runtime, batch) -> (ms, repeats)
 
 
-_FLOAT_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[bool, int], _FloatCache]] = weakref.WeakKeyDictionary()
+class RuntimeCache:
+    """What the runtime check keeps between configs of one model: the FP32 export, its session, FP32 latencies.
 
+    None of it depends on the config, only on the prepared model (BN folded or not) and the
+    thread count, so it is exported and measured once. The Explorer makes one on first use and
+    owns it; the temporary folder holding the FP32 file goes with it.
+    """
 
-def _float_cache(explorer: Explorer, prepared: PreparedModel, fold: bool, threads: int) -> _FloatCache:
-    per = _FLOAT_CACHE.setdefault(explorer, {})
-    key = (fold, threads)
-    if key not in per:
-        folder = tempfile.TemporaryDirectory(prefix="ptq_fp32_")
-        path = Path(folder.name) / "fp32.onnx"
-        size = export_float_onnx(prepared, path)
-        per[key] = _FloatCache(folder, size, make_runtime_session(path, threads=threads))
-    return per[key]
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # two sessions checking at once export the FP32 model once
+        self._float: dict[tuple[bool, int], _FloatReference] = {}
+
+    def float_reference(self, prepared: PreparedModel, threads: int) -> _FloatReference:
+        key = (prepared.fold_batchnorm, threads)
+        with self._lock:
+            if key not in self._float:
+                folder = tempfile.TemporaryDirectory(prefix="ptq_fp32_")
+                path = Path(folder.name) / "fp32.onnx"
+                size = export_float_onnx(prepared, path)
+                self._float[key] = _FloatReference(folder, size, make_runtime_session(path, threads=threads))
+            return self._float[key]
 
 
 def runtime_check(
-    explorer: Explorer,
-    config: QuantConfig,
     prepared: PreparedModel,
     plan: QuantPlan,
+    *,
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    indices: list[int],
+    batch_size: int,
     sim_logits: torch.Tensor,
     labels: torch.Tensor | None,
-    indices: list[int],
     simulated_latency: dict[str, Any],
+    cache: RuntimeCache,
 ) -> RuntimeCheck:
-    """Export, run in onnxruntime, compare with the simulation, measure latency. Never raises."""
+    """Export ``plan`` on ``prepared``, run it in onnxruntime, compare with the simulation, measure latency.
+
+    ``dataset[indices]`` in batches of ``batch_size`` are the evaluation samples the simulation
+    gave ``sim_logits`` for (``labels``: their labels, None when unlabelled); ``model`` is the
+    original FP32 module, timed in eager PyTorch for reference; ``simulated_latency`` is kept in
+    the measured block, labelled simulated; ``cache`` holds the FP32 export and its latencies.
+    Never raises: a failed export or session becomes a warning.
+    """
     start = time.perf_counter()
     out = RuntimeCheck()
     try:
-        _check(out, explorer, config, prepared, plan, sim_logits, labels, indices, simulated_latency)
+        _check(out, prepared, plan, model, dataset, indices, batch_size, sim_logits, labels, simulated_latency, cache)
     except PTQError as exc:
         out.warnings.append(f"onnxruntime check skipped: {exc}")
     except Exception as exc:  # a failed export/runtime must never lose the simulated run
@@ -178,8 +197,9 @@ def runtime_check(
 
 
 def _check(
-    out: RuntimeCheck, explorer: Explorer, config: QuantConfig, prepared: PreparedModel, plan: QuantPlan,
-    sim_logits: torch.Tensor, labels: torch.Tensor | None, indices: list[int], simulated_latency: dict[str, Any],
+    out: RuntimeCheck, prepared: PreparedModel, plan: QuantPlan, model: nn.Module, dataset: torch.utils.data.Dataset,
+    indices: list[int], batch_size: int, sim_logits: torch.Tensor, labels: torch.Tensor | None,
+    simulated_latency: dict[str, Any], cache: RuntimeCache,
 ) -> None:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="ptq_export_") as tmp:
@@ -191,7 +211,7 @@ def _check(
         except Exception as exc:
             raise ExportError(f"onnxruntime cannot load the exported model: {str(exc).splitlines()[0][:300]}") from None
         kernels, fallback = verify_kernels(report, fused_ops(optimized))
-        ort_logits = run_logits(session, explorer.dataset.evaluation, indices, config.evaluation.batch_size)
+        ort_logits = run_logits(session, dataset, indices, batch_size)
         same = ort_logits.argmax(dim=1) == sim_logits.argmax(dim=1)
         out.metrics = {
             "runtime_agreement": float(same.float().mean()),
@@ -200,14 +220,14 @@ def _check(
         }
         if labels is not None:
             out.metrics["runtime_top1"] = float((ort_logits.argmax(dim=1) == labels).float().mean())
-        fp32 = _float_cache(explorer, prepared, config.fold_batchnorm, threads)
+        fp32 = cache.float_reference(prepared, threads)
         n = min(MAX_LATENCY_BATCH, len(indices))
         batch_rows: dict[str, dict[str, Any]] = {}
         for bs in sorted({1, n}):
-            x = next(iter(batches(explorer.dataset.evaluation, indices[:bs], bs)))[0]
+            x = next(iter(batches(dataset, indices[:bs], bs)))[0]
             if ("ort", bs) not in fp32.ms:
                 fp32.ms[("ort", bs)] = session_latency_ms(fp32.session, x)
-                fp32.ms[("torch", bs)] = torch_latency_ms(explorer.model, x)
+                fp32.ms[("torch", bs)] = torch_latency_ms(model, x)
             q_ms, q_rep = session_latency_ms(session, x)
             f_ms, f_rep = fp32.ms[("ort", bs)]
             t_ms, _ = fp32.ms[("torch", bs)]
