@@ -6,7 +6,10 @@ order differs (onnxruntime's blocked kernels vs PyTorch's), so a value within fl
 rounding tie may land one quantization step apart and carry that step on. On the digits models the
 logits come out bit-identical for every static, weight-only and dynamic per-tensor config below
 (max |diff| 0.0) and within 3e-6 for dynamic per-token; the asserted bound is one step of the output
-quantizer (or 1e-4 where the logits are float), which a real disagreement would exceed. SQNRs differ
+quantizer (or 1e-4 where the logits are float), which a real disagreement would exceed. Where the
+logits are quantized the bound is checked on their integer codes (``round(logits / step)``, at
+most 1 apart), not on floats: two values one step apart differ by the step only up to float
+rounding (measured on an AMD EPYC: 0.13157421 for a step of 0.13157418). SQNRs differ
 by summation order only: asserted within 0.1 dB where the noise is quantization noise (< 100 dB; a
 quantizer whose input is already on its grid shows ~170 dB, float rounding, where the order matters).
 """
@@ -68,12 +71,15 @@ def _torch_logits(explorer: Explorer, config: QuantConfig) -> torch.Tensor:
         return torch.cat([qgm(x) for x, _ in batches(explorer.dataset.evaluation, indices, config.evaluation.batch_size)])
 
 
-def _output_step(explorer: Explorer, config: QuantConfig) -> float:
-    """One step of the quantizer on the logits, or a float tolerance when the logits are not quantized."""
+FLOAT_LOGITS_TOL = 1e-4  # float logits (no output quantizer): summation order only, measured within 4e-6
+
+
+def _output_step(explorer: Explorer, config: QuantConfig) -> float | None:
+    """One step of the quantizer on the logits, or None when the logits are not quantized."""
     plan = explorer.plan(config)
     out = explorer.prepared().points[-1].name  # digits_cnn: fc2, the last point in network order
     pq = plan.points.get(out)
-    return pq.scale if pq is not None and pq.scale is not None else 1e-4
+    return pq.scale if pq is not None and pq.scale is not None else None
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -87,10 +93,14 @@ def test_same_numbers_as_the_torch_backend(cnn: Explorer, name: str) -> None:
                                      cnn.example_input())
     t_logits = _torch_logits(cnn, config)
     diff = float((run.logits - t_logits).abs().max())
-    print(f"{name}: max |logit diff| {diff:.3g} (output step {_output_step(cnn, config):.3g})")
+    step = _output_step(cnn, config)
     assert len(indices) == 360
     assert torch.equal(run.logits.argmax(1), t_logits.argmax(1))  # every top-1 decision
-    assert diff <= _output_step(cnn, config)
+    if step is not None:  # integer codes, not floats: a one-step difference may exceed the step by an ulp
+        codes_apart = int((torch.round(run.logits / step) - torch.round(t_logits / step)).abs().max())
+        assert codes_apart <= 1, (name, codes_apart, diff, step)
+    else:
+        assert diff <= FLOAT_LOGITS_TOL, (name, diff)
     for key in ("quant_top1", "agreement", "fp32_top1"):
         assert fast.metrics[key] == ref.metrics[key]
     assert fast.metrics["kl_divergence"] == pytest.approx(ref.metrics["kl_divergence"], rel=1e-3, abs=1e-7)

@@ -75,11 +75,13 @@ def _sim_and_runtime(explorer: Explorer, config: QuantConfig, path: Path) -> tup
 def test_w8a8_cnn_runtime_agrees_with_simulation(cnn: Explorer, tmp_path: Path) -> None:
     sim, ort = _sim_and_runtime(cnn, _cfg(), tmp_path / "q.onnx")
     agreement = float((sim.argmax(1) == ort.argmax(1)).float().mean())
-    max_abs = float((sim - ort).abs().max())
-    print(f"digits CNN W8A8: simulation vs onnxruntime top-1 agreement {agreement:.4f}, max |logit diff| {max_abs:.4f}")
     assert agreement >= 0.995
     fc2_step = cnn.plan(_cfg()).points["fc2"].scale
-    assert fc2_step is not None and max_abs <= 4 * fc2_step  # a few output steps, never a different model
+    assert fc2_step is not None
+    # A few output steps, never a different model. Compared as integer codes (round(logits / step)): values
+    # k steps apart differ by k * step only up to float rounding, which can tip a float comparison at the bound.
+    codes_apart = int((torch.round(sim / fc2_step) - torch.round(ort / fc2_step)).abs().max())
+    assert codes_apart <= 4, (codes_apart, float((sim - ort).abs().max()))
 
 
 def test_activation_qdq_carry_the_plans_exact_scales_and_zero_points(cnn: Explorer, tmp_path: Path) -> None:
@@ -242,7 +244,9 @@ def test_asymmetric_zero_padding_folds_into_the_integer_convolution(tmp_path: Pa
         sim = qgm(x)
     ort = make_runtime_session(tmp_path / "pad.onnx", threads=1).run(None, {"input": x.numpy()})[0]
     step = plan.points["4"].scale
-    assert step is not None and np.abs(sim.numpy() - ort).max() <= step + 1e-6
+    assert step is not None
+    # the logits are layer 4's quantized output: at most one code apart (integer codes, so float rounding cannot tip it)
+    assert np.abs(np.round(sim.numpy() / step) - np.round(ort / step)).max() <= 1
 
 
 class _Shuffle(nn.Module):
@@ -287,4 +291,6 @@ def test_chunk_parts_carry_their_inputs_qdq_and_run_on_integers(tmp_path: Path) 
         sim = qgm(x).numpy()
     ort = make_runtime_session(tmp_path / "shuffle.onnx", threads=1).run(None, {"input": x.numpy()})[0]
     step = plan.points["head"].scale
-    assert step is not None and np.abs(sim - ort).max() <= 2 * step + 1e-6  # one-step requantization ties, then a mean
+    # one-step requantization ties, then a mean: not on a grid, so a float bound; 1e-6 absorbs the float32
+    # rounding of outputs 2 steps apart (the step is ~9e-3, the outputs' rounding ~1e-7)
+    assert step is not None and np.abs(sim - ort).max() <= 2 * step + 1e-6
