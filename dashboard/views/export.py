@@ -97,7 +97,7 @@ def fallback_groups(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
 def runtime_check_note(config: QuantConfig, result: dict[str, Any]) -> tuple[str, str]:
     """(kind, text): what the Result's onnxruntime check found, or how to turn it on."""
     line = labels.runtime_agreement(result["metrics"])
-    if line is not None:  # a sample or two apart is expected near rounding ties (see ptq_core.export)
+    if line is not None:  # a sample or two apart is expected near rounding ties (see ptq_core.onnx.export)
         m = result["metrics"]
         kind = "success" if m["runtime_matching_samples"] == m["num_eval_samples"] else "info"
         return kind, f"Integer runtime check: {line}."
