@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .config import ACTIVATION_CLIPPING, WEIGHT_CLIPPING
 from .errors import CalibrationError, ConfigError, ModelError
+from .metrics import sqnr_db
 from .observers import NUM_BINS, TensorStats
 from .primitives import (
     broadcast_to_weight,
@@ -151,15 +152,6 @@ def _mean_square(bins: _Bins) -> float:
     return float((per_value * bins.c).sum() / bins.c.sum())
 
 
-def _sqnr_db(signal: float, mse: float) -> float:
-    """10*log10(signal / mse); ``math.inf`` when the error is exactly 0 (e.g. all-zero data)."""
-    if mse <= 0.0:
-        return math.inf
-    if signal <= 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / mse)
-
-
 @dataclass(frozen=True)
 class RangeError:
     """Expected quantization error of one range on the calibration distribution (NOT an exception).
@@ -194,7 +186,7 @@ def range_error(stats: TensorStats, lo: float, hi: float, *, bits: int, scheme: 
         rounding_mse=float(rnd[0]) / n,
         clipping_mse=float(clip[0]) / n,
         clip_fraction=min(float(clipped[0]) / n, 1.0),
-        sqnr_db=_sqnr_db(_mean_square(bins), mse),
+        sqnr_db=sqnr_db(_mean_square(bins), mse),
     )
 
 
@@ -563,5 +555,5 @@ def weight_error(w: Tensor, qp: WeightQParams, *, name: str | None = None) -> di
         "rounding_mse": mse - clipping_mse,
         "clipping_mse": clipping_mse,
         "clip_fraction": float(clipped.sum()) / n,
-        "sqnr_db": _sqnr_db(float(wf.to(torch.float64).square().mean()), mse),
+        "sqnr_db": sqnr_db(float(wf.to(torch.float64).square().mean()), mse),
     }
