@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard import labels, resources, state, uploads
 from ptq_core.config import QuantConfig
 from ptq_core.errors import PTQError
+from ptq_core.onnx.session import int8_kernel_note
 
 
 def import_config(text: str) -> QuantConfig:
@@ -65,7 +66,7 @@ def types_note(report: dict[str, Any]) -> str:
     if act == "uint8" and wt == "int8":
         parts.append("Unsigned 8-bit activations with signed 8-bit weights (U8S8) is onnxruntime's fast integer "
                      "path on x86 CPUs (VNNI/AMX kernels): asymmetric activations map to uint8, symmetric weights "
-                     "to int8 with zero point 0.")
+                     "to int8 with zero point 0. On this server: " + int8_kernel_note() + ".")
     elif act is not None and "int8" in act and "uint8" not in act:
         parts.append("Symmetric activations are stored as int8 (S8S8), which onnxruntime runs more slowly than "
                      "U8S8 on x86; choose *asymmetric* activations for its fast path (uint8 activations, int8 weights).")

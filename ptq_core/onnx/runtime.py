@@ -25,6 +25,7 @@ What it adds to a Result (``evaluation.runtime = "onnxruntime"``, the default)::
                "batches": {"1": {"fp32_ms", "quant_ms", "torch_fp32_ms", "speedup", "repeats"}, "32": {...}},
                "integer_kernels": [{"layer", "kernel", "expected", "verified"}],   # read from onnxruntime's optimized graph
                "float_fallback": [{"layer", "reason"}], "onnx_bytes", "onnx_fp32_bytes", "opset",
+               "int8_kernels": how onnxruntime multiplies int8 on this CPU (no VNNI: exact U8U8 kernels),
                "activation_type", "weight_type", "simulated": {the simulated latency block, labelled simulated}}
 
 ``fp32_ms`` is the FP32 export in onnxruntime, ``quant_ms`` the quantized export, ``torch_fp32_ms``
@@ -52,7 +53,7 @@ from ..errors import ExportError, PTQError
 from ..timing import LATENCY_BUDGET_S, median_ms
 from .export import export_float_onnx, export_onnx
 from .report import ExportReport
-from .session import make_runtime_session, run_logits, runtime_name
+from .session import int8_kernel_note, make_runtime_session, run_logits, runtime_name
 
 if TYPE_CHECKING:
     from ..graph import PreparedModel
@@ -246,6 +247,7 @@ def _check(
         "onnx_bytes": report.onnx_bytes,
         "onnx_fp32_bytes": fp32.onnx_bytes,
         "opset": report.opset,
+        "int8_kernels": int8_kernel_note(),
         "activation_type": report.activation_type,
         "weight_type": report.weight_type,
         "simulated": simulated_latency,

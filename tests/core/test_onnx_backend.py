@@ -71,7 +71,13 @@ def _torch_logits(explorer: Explorer, config: QuantConfig) -> torch.Tensor:
         return torch.cat([qgm(x) for x, _ in batches(explorer.dataset.evaluation, indices, config.evaluation.batch_size)])
 
 
-FLOAT_LOGITS_TOL = 1e-4  # float logits (no output quantizer): summation order only, measured within 4e-6
+FLOAT_LOGITS_TOL = 1e-4  # float logits (no output quantizer): summation order only, measured within 5e-6
+# Where the summation order puts a value on the other side of a rounding tie, one intermediate code moves one step
+# and carries on to the logits of that sample. Measured on digits: none on AVX-512 machines, 1 to 4 of the 360
+# samples on an AVX2 AMD EPYC, by at most 0.15 (1% of the largest logit). A real disagreement (a wrong scale,
+# zero point or placement) moves most samples, and by far more.
+MAX_MOVED_SAMPLES = 0.02  # share of samples whose logits may differ beyond float rounding
+MAX_MOVED_DIFF = 0.05  # ... by at most this share of the largest logit
 
 
 def _output_step(explorer: Explorer, config: QuantConfig) -> float | None:
@@ -100,10 +106,14 @@ def test_same_numbers_as_the_torch_backend(cnn: Explorer, name: str) -> None:
         codes_apart = int((torch.round(run.logits / step) - torch.round(t_logits / step)).abs().max())
         assert codes_apart <= 1, (name, codes_apart, diff, step)
     else:
-        assert diff <= FLOAT_LOGITS_TOL, (name, diff)
+        per_sample = (run.logits - t_logits).abs().amax(dim=1)
+        moved = per_sample > FLOAT_LOGITS_TOL
+        assert int(moved.sum()) <= MAX_MOVED_SAMPLES * len(indices), (name, int(moved.sum()))
+        assert diff <= MAX_MOVED_DIFF * float(t_logits.abs().max()), (name, diff)
     for key in ("quant_top1", "agreement", "fp32_top1"):
         assert fast.metrics[key] == ref.metrics[key]
-    assert fast.metrics["kl_divergence"] == pytest.approx(ref.metrics["kl_divergence"], rel=1e-3, abs=1e-7)
+    # The few moved samples (above) may shift the mean KL by ~1e-5 nats (measured on AVX2: 2.80e-5 vs 3.80e-5).
+    assert fast.metrics["kl_divergence"] == pytest.approx(ref.metrics["kl_divergence"], rel=1e-3, abs=5e-5)
     for a, b in zip(ref.layers, fast.layers, strict=True):
         for key in ("output_sqnr_db", "input_sqnr_db"):
             x, y = a[key], b[key]
