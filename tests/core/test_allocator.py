@@ -39,7 +39,20 @@ for _ in range(4):  # let the heap settle
 before = faults()
 for _ in range(8):
     one_round()
-print(json.dumps({"tuned": tuned, "faults_per_round": (faults() - before) / 8}))
+main_faults = (faults() - before) / 8
+import threading
+def in_a_thread():  # the forward workers of ptq_core.parallel allocate from threads
+    for _ in range(4):
+        one_round()
+    global thread_faults
+    start = faults()
+    for _ in range(8):
+        one_round()
+    thread_faults = (faults() - start) / 8
+worker = threading.Thread(target=in_a_thread)
+worker.start()
+worker.join()
+print(json.dumps({"tuned": tuned, "faults_per_round": main_faults, "thread_faults_per_round": thread_faults}))
 """
 
 
@@ -56,6 +69,8 @@ def test_tuned_allocator_reuses_large_buffers() -> None:
     pages = (160 << 20) / 4096  # 40960 pages of 4 KiB in the three buffers of a round
     assert plain["faults_per_round"] > 0.5 * pages  # every round maps and faults a fresh buffer in
     assert tuned["faults_per_round"] < 0.05 * pages  # the freed buffer is reused
+    assert plain["thread_faults_per_round"] > 0.5 * pages  # a thread's own arena maps buffers over 64 MiB afresh
+    assert tuned["thread_faults_per_round"] < 0.05 * pages  # one arena for all threads: reused there too
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
