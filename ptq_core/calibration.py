@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,22 +28,28 @@ from torch.utils.data import DataLoader, Subset
 from .graph import PreparedModel
 from .models.device import CPU, device_context, moved_copy
 from .observers import TensorStats
+from .parallel import map_ordered
 from .progress import StepFn
 
 
 class StatsCollector(nn.Module):
-    """Identity module that adds every tensor passing through it to running statistics."""
+    """Identity module that adds every tensor passing through it to running statistics.
+
+    ``batch`` is the index of the batch being run (set before each forward), so the per-batch
+    ranges of several collectors of one point (one per worker) can be put back in batch order.
+    """
 
     def __init__(self, point: str) -> None:
         super().__init__()
         self.point = point
         self.stats: TensorStats | None = None
-        self.batch_ranges: list[tuple[float, float]] = []
+        self.batch = 0
+        self.batch_ranges: list[tuple[int, float, float]] = []  # (batch, min, max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = TensorStats()
         batch.update(x.detach(), self.point)
-        self.batch_ranges.append((float(batch.min), float(batch.max)))
+        self.batch_ranges.append((self.batch, float(batch.min), float(batch.max)))
         self.stats = batch if self.stats is None else self.stats.merge(batch)
         return x
 
@@ -60,6 +67,7 @@ class CalibrationStats:
     # Activation ranges derived from these statistics, memoized per (point, method, bits, ...):
     # kept here so they are dropped together with the statistics they came from.
     ranges: dict[tuple[object, ...], Any] = field(default_factory=dict, repr=False, compare=False)
+    from_disk: bool = False  # read from the disk cache instead of running the model (ptq_core.diskcache)
 
     @property
     def num_samples(self) -> int:
@@ -89,6 +97,16 @@ def batches(dataset: torch.utils.data.Dataset, indices: Sequence[int], batch_siz
     return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=0)
 
 
+def load_batch(dataset: torch.utils.data.Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dataset[indices]`` as one batch ``(x, y)``, collated as :func:`batches` collates it."""
+    return next(iter(batches(dataset, indices, len(indices))))
+
+
+def chunks(indices: Sequence[int], size: int) -> list[list[int]]:
+    """``indices`` in consecutive pieces of ``size`` (the last one shorter): the batches of a run."""
+    return [list(indices[i:i + size]) for i in range(0, len(indices), size)]
+
+
 def collect_stats(
     prepared: PreparedModel,
     dataset: torch.utils.data.Dataset,
@@ -98,23 +116,68 @@ def collect_stats(
     on_progress: StepFn | None = None,
     device: torch.device = CPU,
 ) -> CalibrationStats:
-    """Run the float model over ``dataset[indices]`` once, on ``device``, and return every point's statistics."""
+    """Run the float model over ``dataset[indices]`` once, on ``device``, and return every point's statistics.
+
+    Batches run side by side on CPU (:func:`ptq_core.parallel.map_ordered`), each worker with an
+    instrumented view of its own; the statistics merge exactly in any order
+    (:meth:`TensorStats.merge_all`) and the per-batch ranges are put back in batch order, so the
+    result does not depend on the number of workers.
+    """
     start = time.perf_counter()
     if device.type != "cpu":  # a moved copy: the shared prepared model stays on the CPU
         prepared = dataclasses.replace(prepared, graph_module=moved_copy(prepared.graph_module, device))
-    gm, collectors = instrument(prepared)  # shares the prepared model's modules: never moved or changed
-    loader = batches(dataset, indices, batch_size)
-    total = len(loader)
-    with torch.inference_mode(), device_context(device):
-        for i, (x, _) in enumerate(loader):
-            gm(x.to(device))
-            if on_progress is not None:
-                on_progress(i + 1, total)
-    points = {name: c.stats for name, c in collectors.items() if c.stats is not None}
+    local = threading.local()
+    views: list[dict[str, StatsCollector]] = []
+    views_lock = threading.Lock()
+
+    def run(job: tuple[int, list[int]]) -> None:
+        k, chunk = job
+        if not hasattr(local, "view"):  # one instrumented view per worker: collectors are not shared
+            local.view, local.collectors = instrument(prepared)  # shares the prepared model's modules, unchanged
+            with views_lock:
+                views.append(local.collectors)
+        for collector in local.collectors.values():
+            collector.batch = k
+        x, _ = load_batch(dataset, chunk)
+        with torch.inference_mode(), device_context(device):
+            local.view(x.to(device))
+
+    jobs = list(enumerate(chunks(indices, batch_size)))
+    map_ordered(run, jobs, max_workers=None if device.type == "cpu" else 1, on_step=on_progress)
+    points: dict[str, TensorStats] = {}
+    ranges: dict[str, list[tuple[float, float]]] = {}
+    for p in prepared.points:
+        parts = [v[p.name] for v in views]
+        seen = [c.stats for c in parts if c.stats is not None]
+        if seen:
+            points[p.name] = seen[0] if len(seen) == 1 else TensorStats.merge_all(seen)
+        ranges[p.name] = [(lo, hi) for _, lo, hi in sorted(r for c in parts for r in c.batch_ranges)]
     return CalibrationStats(
         points=points,
-        batch_ranges={name: c.batch_ranges for name, c in collectors.items()},
+        batch_ranges=ranges,
         indices=list(indices),
         batch_size=batch_size,
         seconds=time.perf_counter() - start,
+    )
+
+
+def stats_to_dict(stats: CalibrationStats) -> dict[str, Any]:
+    """``stats`` as plain data (tensors, numbers, lists) for the disk cache; the inverse is :func:`stats_from_dict`."""
+    return {
+        "points": {name: ts.to_dict() for name, ts in stats.points.items()},
+        "batch_ranges": {name: [list(r) for r in rs] for name, rs in stats.batch_ranges.items()},
+        "indices": list(stats.indices),
+        "batch_size": stats.batch_size,
+        "seconds": stats.seconds,
+    }
+
+
+def stats_from_dict(data: dict[str, Any]) -> CalibrationStats:
+    """The statistics :func:`stats_to_dict` wrote (CalibrationError if they are malformed)."""
+    return CalibrationStats(
+        points={name: TensorStats.from_dict(d) for name, d in data["points"].items()},
+        batch_ranges={name: [(float(lo), float(hi)) for lo, hi in rs] for name, rs in data["batch_ranges"].items()},
+        indices=[int(i) for i in data["indices"]],
+        batch_size=int(data["batch_size"]),
+        seconds=float(data["seconds"]),
     )
