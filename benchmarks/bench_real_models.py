@@ -245,8 +245,10 @@ def _backend_rows(rounds: int = 2) -> list[str]:
 def _quantized_logits(explorer: Explorer, config: QuantConfig, onednn: bool = True) -> torch.Tensor:
     indices = explorer.evaluation_indices(config.evaluation)
     if config.evaluation.backend == "onnxruntime":
-        run = explorer.ort_backend().evaluate(explorer.prepared(), explorer.plan(config), explorer.dataset.evaluation,
-                                              indices, 1, config.evaluation.batch_size, explorer.example_input())
+        run = explorer.backend("onnxruntime").evaluate(
+            prepared=explorer.prepared(), plan=explorer.plan(config), dataset=explorer.dataset.evaluation, indices=indices,
+            probe_indices=[], batch_size=config.evaluation.batch_size, model=explorer.model,
+            example=explorer.example_input(), device=torch.device("cpu"))
         return run.logits
     qgm = explorer.quantized_model(config)
     torch.backends.mkldnn.enabled = onednn

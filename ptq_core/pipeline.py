@@ -27,6 +27,7 @@ import platform
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,23 +35,26 @@ import torch
 import torch.fx
 from torch import nn
 
-from .calibration import CalibrationStats, batches, collect_stats
+from .backends import Backend, make_backend
+from .calibration import CalibrationStats, chunks, collect_stats, load_batch, stats_from_dict, stats_to_dict
 from .config import Calibration, Evaluation, QuantConfig
-from .data import Dataset, load_dataset, select_calibration
-from .graph import PreparedModel, prepare, with_taps
-from .metrics import SqnrAccumulator, agreement, mean_kl_divergence, quantized_size, topk_accuracy
+from .data import Dataset, dataset_fingerprint, load_dataset, select_calibration
+from .diskcache import default_cache, digest, module_fingerprint
+from .errors import CalibrationError
+from .graph import PreparedModel, prepare
+from .metrics import agreement, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
-from .models.device import CPU, device_context, moved_copy, resolve_device
-from .progress import ProgressFn, StepFn, phase
+from .models.device import device_context, moved_copy, resolve_device
+from .observers import NUM_BINS
+from .parallel import map_ordered
+from .progress import ProgressFn, phase
 from .quantize import QuantPlan, build_quantized_model, make_plan
 from .ranges import weight_error
 from .result import Result
-from .timing import SIMULATED_BUDGET_S, median_ms
 
 if TYPE_CHECKING:
     import os
 
-    from .onnx.backend import OrtBackend
     from .onnx.report import ExportReport
     from .onnx.runtime import RuntimeCache
 
@@ -59,6 +63,10 @@ log = logging.getLogger(__name__)
 HISTOGRAM_BINS = 64  # bins per histogram in a Result: enough to see a shape, small enough for JSON
 STATS_CACHE_ENTRIES = 8  # calibration subsets kept per Explorer
 WEIGHT_CACHE_VARIANTS = 8  # weight settings kept per layer (each holds a fake-quantized weight copy)
+# FP32 reference logits: samples per job. PyTorch gives bit-identical logits for EfficientNet-Lite0 at 16, 32
+# and 128 samples per batch (not at 8 or 1), and 16 per job lets a first answer on a few samples pay for those.
+FORWARD_BATCH = 16
+CACHE_FORMAT = 1  # part of every disk-cache key: bump when what is stored there changes meaning
 
 
 @dataclass
@@ -83,10 +91,12 @@ class Explorer:
         self._prepared: dict[bool, PreparedModel] = {}
         self._stats: OrderedDict[tuple[Any, ...], CalibrationStats] = OrderedDict()
         self._plan_cache: dict[Any, Any] = {}
-        self._reference: dict[tuple[Any, ...], FloatReference] = {}
+        self._reference: dict[tuple[Any, ...], torch.Tensor] = {}  # FP32 logits per piece of the evaluation split
         self._device_copies: dict[tuple[str, str], nn.Module] = {}  # (what, device) -> copy; CPU uses the original
-        self._ort_backend: OrtBackend | None = None  # exported graphs and sessions of evaluation.backend onnxruntime
+        self._backends: dict[str, Backend] = {}  # evaluation.backend name -> its graphs and sessions
         self._runtime_cache: RuntimeCache | None = None  # FP32 export and latencies of the evaluation.runtime check
+        self._key_locks: dict[tuple[Any, ...], threading.Lock] = {}  # one computation per key at a time (_once)
+        self._fingerprint: str | None = None  # the model's content key (disk cache)
 
     @classmethod
     def for_config(cls, config: QuantConfig) -> Explorer:
@@ -113,15 +123,6 @@ class Explorer:
                 self._device_copies[key] = moved_copy(module, device)
             return self._device_copies[key]
 
-    def ort_backend(self) -> OrtBackend:
-        """The onnxruntime backend's bounded cache of exported graphs and sessions (made on first use)."""
-        from .onnx.backend import OrtBackend  # onnxruntime is imported only when a config asks for it
-
-        with self._lock:
-            if self._ort_backend is None:
-                self._ort_backend = OrtBackend()
-            return self._ort_backend
-
     def runtime_cache(self) -> RuntimeCache:
         """The onnxruntime check's FP32 export, session and latencies of this model (made on first use)."""
         from .onnx.runtime import RuntimeCache  # onnxruntime is imported only when a config asks for the check
@@ -137,31 +138,85 @@ class Explorer:
             self.dataset.calibration_labels, len(pool), calibration.num_samples, calibration.seed, calibration.selection  # type: ignore[arg-type]
         )
 
+    def _model_key(self) -> str:
+        """The content key of the model (class, structure, every weight), computed once."""
+        with self._lock:
+            if self._fingerprint is None:
+                self._fingerprint = module_fingerprint(self.model)
+            return self._fingerprint
+
+    def _disk_key(self, kind: str, data: torch.utils.data.Dataset, indices: Sequence[int], *parts: Any) -> str | None:
+        """The disk-cache key of a value computed from the model on ``data[indices]``; None when the data has no key."""
+        data_key = dataset_fingerprint(data, indices)
+        if data_key is None:
+            return None
+        return digest(kind, CACHE_FORMAT, self._model_key(), data_key, torch.__version__, torch.get_num_threads(), *parts)
+
+    def _once(self, key: tuple[Any, ...], find: Callable[[], Any], compute: Callable[[], Any]) -> Any:
+        """``find()`` or, when it finds nothing, ``compute()`` once per key: other threads asking meanwhile wait for it.
+
+        Only the per-key lock is held while computing, so threads working on other keys (another
+        session's what-if on the same model) are not held up.
+        """
+        found = find()
+        if found is not None:
+            return found
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            found = find()
+            return found if found is not None else compute()
+
     def calibrate(self, config: QuantConfig, on_progress: ProgressFn | None = None) -> CalibrationStats:
-        """Statistics of every activation point over the config's calibration subset (cached)."""
+        """Statistics of every activation point over the config's calibration subset.
+
+        Kept in memory (:data:`STATS_CACHE_ENTRIES` subsets) and in the disk cache
+        (:mod:`ptq_core.diskcache`) under the model's and the samples' content, so a restart or
+        another process with the same model and images reads them instead of running the model.
+        """
         cal = config.calibration
         indices, warnings = self.calibration_indices(cal)
         key = self._stats_key(config, indices)
-        with self._lock:
-            if key in self._stats:
-                self._stats.move_to_end(key)
-                return self._stats[key]
-            prepared = self.prepared(config.fold_batchnorm)
-            stats = collect_stats(
-                prepared, self.dataset.calibration_pool, indices, batch_size=cal.batch_size,
-                on_progress=phase(on_progress, "calibrating"), device=resolve_device(config.device),
-            )
+        prepared = self.prepared(config.fold_batchnorm)
+        pool = self.dataset.calibration_pool
+
+        def find() -> CalibrationStats | None:
+            with self._lock:
+                if key in self._stats:
+                    self._stats.move_to_end(key)
+                    return self._stats[key]
+            return None
+
+        def compute() -> CalibrationStats:
+            disk = self._disk_key("calibration-stats", pool, indices, cal.batch_size, config.device, prepared.fold_batchnorm,
+                                  [p.name for p in prepared.points], NUM_BINS)
+            stored = default_cache().load("stats", disk) if disk is not None else None
+            stats: CalibrationStats | None = None
+            if stored is not None:
+                try:
+                    stats = stats_from_dict(stored)
+                    stats.from_disk = True
+                except (CalibrationError, KeyError, TypeError, ValueError):
+                    log.warning("disk cache: stored calibration statistics are unusable; recomputing")
+            if stats is None:
+                stats = collect_stats(prepared, pool, indices, batch_size=cal.batch_size,
+                                      on_progress=phase(on_progress, "calibrating"), device=resolve_device(config.device))
+                if disk is not None:
+                    default_cache().save("stats", disk, stats_to_dict(stats))
             stats.warnings.extend(warnings)
-            self._stats[key] = stats
-            while len(self._stats) > STATS_CACHE_ENTRIES:
-                self._stats.popitem(last=False)
+            with self._lock:
+                self._stats[key] = stats
+                while len(self._stats) > STATS_CACHE_ENTRIES:
+                    self._stats.popitem(last=False)
             return stats
+
+        return self._once(("stats", *key), find, compute)
 
     def _stats_key(self, config: QuantConfig, indices: list[int]) -> tuple[Any, ...]:
         return (config.fold_batchnorm, tuple(indices), config.calibration.batch_size, config.device)
 
     def is_calibrated(self, config: QuantConfig) -> bool:
-        """Whether the statistics ``config`` needs are already cached (a what-if then skips the model)."""
+        """Whether the statistics ``config`` needs are in memory (a what-if then skips the model)."""
         if config.mode != "static":
             return True
         indices, _ = self.calibration_indices(config.calibration)
@@ -204,66 +259,157 @@ class Explorer:
         return list(range(n if evaluation.num_samples is None else min(n, evaluation.num_samples)))
 
     def float_reference(
-        self, evaluation: Evaluation, on_progress: ProgressFn | None = None, device: str = "cpu"
+        self, evaluation: Evaluation, on_progress: ProgressFn | None = None, device: str = "cpu", *,
+        samples: int | None = None,
     ) -> FloatReference:
-        """FP32 logits of the original model on the evaluation subset, computed on ``device`` (cached)."""
+        """FP32 logits of the original model on the evaluation subset (its first ``samples``), computed on ``device``.
+
+        Computed once per piece of :data:`FORWARD_BATCH` samples and kept in memory and in the disk
+        cache, so a first answer on a few samples pays only for those, and a restart pays nothing.
+        ``seconds`` is the time spent computing now (0.0 when everything was cached).
+        """
         indices = self.evaluation_indices(evaluation)
-        key = (len(indices), evaluation.batch_size, device)
+        if samples is not None:
+            indices = indices[:samples]
+        bs = min(evaluation.batch_size, FORWARD_BATCH)
+        pieces = chunks(indices, bs)
+        data = self.dataset.evaluation
+        start = time.perf_counter()
+
+        def piece_key(piece: list[int]) -> tuple[Any, ...]:
+            return ("fp32", piece[0], len(piece), bs, device)
+
+        def compute(piece: list[int]) -> torch.Tensor:
+            def find() -> torch.Tensor | None:
+                with self._lock:
+                    return self._reference.get(piece_key(piece))
+
+            def run() -> torch.Tensor:
+                disk = self._disk_key("fp32-logits", data, piece, bs, device)
+                logits = default_cache().load("fp32", disk) if disk is not None else None
+                if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(piece):
+                    dev = resolve_device(device)
+                    x, _ = load_batch(data, piece)
+                    with torch.inference_mode(), device_context(dev):
+                        logits = self.on_device("model", self.model, dev)(x.to(dev)).float().cpu()
+                    if disk is not None:
+                        default_cache().save("fp32", disk, logits)
+                with self._lock:
+                    self._reference[piece_key(piece)] = logits
+                return logits
+
+            return self._once(piece_key(piece), find, run)
+
+        todo = [p for p in pieces if piece_key(p) not in self._reference]
+        workers = None if resolve_device(device).type == "cpu" else 1
+        map_ordered(compute, todo, max_workers=workers, on_step=phase(on_progress, "evaluating FP32"))
         with self._lock:
-            if key not in self._reference:
-                start = time.perf_counter()
-                dev = resolve_device(device)
-                logits, labels = _forward_all(self.on_device("model", self.model, dev), self.dataset.evaluation, indices,
-                                              evaluation.batch_size, phase(on_progress, "evaluating FP32"), dev)
-                has_labels = self.dataset.evaluation_labels is not None
-                self._reference[key] = FloatReference(logits, labels if has_labels else None, time.perf_counter() - start)
-            return self._reference[key]
+            parts = [self._reference[piece_key(p)] for p in pieces]
+        logits = torch.cat(parts) if parts else torch.zeros((0,))
+        labels = self.dataset.evaluation_labels
+        return FloatReference(logits, labels[indices] if labels is not None else None,
+                              time.perf_counter() - start if todo else 0.0)
+
+    def backend(self, name: str) -> Backend:
+        """The backend ``evaluation.backend`` names (made on first use; onnxruntime is imported only then)."""
+        with self._lock:
+            if name not in self._backends:
+                self._backends[name] = make_backend(name)
+            return self._backends[name]
 
     # -- the whole run ---------------------------------------------------------------------
-    def evaluate(self, config: QuantConfig, on_progress: ProgressFn | None = None) -> Result:
-        """Quantize as ``config`` says, evaluate against FP32 and measure everything a Result holds."""
+    def evaluate(
+        self, config: QuantConfig, on_progress: ProgressFn | None = None, *, samples: int | None = None,
+        layer_errors: bool = True, runtime_check: bool = True,
+    ) -> Result:
+        """Quantize as ``config`` says, evaluate against FP32 and measure everything a Result holds.
+
+        The dashboard asks for less first and fills in the rest when it is on screen:
+        ``samples`` evaluates only the first N samples of the evaluation subset; ``layer_errors``
+        False skips the per-layer error probe; ``runtime_check`` False skips the integer runtime
+        check the config asks for. What was skipped is listed in ``Result.pending``
+        (``"samples"``, ``"layer_errors"``, ``"runtime"``); the numbers that are there are the
+        ones the full run gives for them. The CLI always runs everything.
+        """
         t_start = time.perf_counter()
         device = resolve_device(config.device)
         prepared = self.prepared(config.fold_batchnorm)
+        ev = config.evaluation
+        all_indices = self.evaluation_indices(ev)
+        indices = all_indices if samples is None else all_indices[:max(1, samples)]
         stats: CalibrationStats | None = None
-        cal_cached = self.is_calibrated(config)
+        cal_in_memory = self.is_calibrated(config)
         if config.mode == "static":
             stats = self.calibrate(config, on_progress)
         t_plan = time.perf_counter()
         plan = self.plan(config)
-        ev = config.evaluation
-        if ev.backend == "torch":
-            qgm, visible = build_quantized_model(prepared, plan)
-            qgm = qgm.to(device)  # a new model: moving it touches nothing shared
         plan_s = time.perf_counter() - t_plan
 
-        ref = self.float_reference(ev, on_progress, config.device)
-        indices = self.evaluation_indices(ev)
-        backend_timing = {"export_s": 0.0, "session_s": 0.0}
-        if ev.backend == "onnxruntime":  # the same simulated model in onnxruntime (config: CPU only)
-            fast = self.ort_backend().evaluate(
-                prepared, plan, self.dataset.evaluation, indices, ev.layer_error_samples, ev.batch_size,
-                self.example_input(), phase(on_progress, "evaluating quantized (onnxruntime)"),
+        ref = self.float_reference(ev, on_progress, config.device, samples=len(indices))
+        run = self.backend(ev.backend).evaluate(
+            prepared=prepared, plan=plan, dataset=self.dataset.evaluation, indices=indices,
+            probe_indices=indices[:ev.layer_error_samples] if layer_errors else [], batch_size=ev.batch_size,
+            model=self.on_device("model", self.model, device), example=self.example_input(), device=device,
+            on_step=phase(on_progress, f"evaluating quantized ({ev.backend})"),
+        )
+        metrics = self._metrics(ref, run.logits, len(indices))
+        warnings = list(stats.warnings) if stats is not None else []
+        latency = run.latency
+        size = quantized_size(prepared, plan, self.model)
+        runtime_s = 0.0
+        checked = ev.runtime is not None and runtime_check
+        if checked:  # export and run on a real integer runtime (never raises)
+            from .onnx.runtime import runtime_check as check_runtime
+
+            check = check_runtime(
+                prepared, plan, model=self.model, dataset=self.dataset.evaluation, indices=indices,
+                batch_size=ev.batch_size, sim_logits=run.logits, labels=ref.labels, simulated_latency=latency,
+                cache=self.runtime_cache(), on_step=phase(on_progress, "integer runtime check"),
             )
-            q_logits, probe, latency = fast.logits, fast.probe, fast.latency
-            # The probe session also returns the logits of its batches, and batches of both run at once:
-            # evaluation_s + layer_error_s is their wall time, split in proportion to each one's busy time.
-            evaluation_s, probe_s = fast.timing["forward_s"], fast.timing["probe_s"]
-            backend_timing = {"export_s": fast.timing["export_s"], "session_s": fast.timing["session_s"]}
-        else:
-            t_eval = time.perf_counter()
-            q_logits, _ = _forward_all(qgm, self.dataset.evaluation, indices, ev.batch_size,
-                                       phase(on_progress, "evaluating quantized"), device)
-            evaluation_s = time.perf_counter() - t_eval
+            metrics.update(check.metrics)
+            size.update(check.size)
+            warnings.extend(check.warnings)
+            latency = check.latency or latency
+            runtime_s = check.seconds
+        pending = [name for name, skipped in (("samples", len(indices) < len(all_indices)),
+                                              ("layer_errors", not layer_errors),
+                                              ("runtime", ev.runtime is not None and not checked)) if skipped]
+        return Result(
+            config=config.to_dict(),
+            mode=config.mode,
+            model=self._model_info(prepared),
+            dataset={**self._dataset_info(stats, len(indices)), "num_eval_samples_config": len(all_indices)},
+            metrics=metrics,
+            size=size,
+            layers=_layer_rows(prepared, plan, run.layer_errors),
+            activations=_activation_rows(plan),
+            histograms=_histograms(prepared, plan, stats),
+            timing={
+                "calibration_s": stats.seconds if stats is not None else 0.0,
+                "calibration_cached": cal_in_memory or (stats is not None and stats.from_disk),
+                "calibration_from_disk": stats is not None and stats.from_disk and not cal_in_memory,
+                "plan_s": plan_s,
+                "evaluation_s": run.timing["evaluation_s"],
+                "fp32_evaluation_s": ref.seconds,
+                "layer_error_s": run.timing["layer_error_s"],
+                # onnxruntime backend: exporting the structure, making its sessions (0 when cached)
+                "export_s": run.timing.get("export_s", 0.0),
+                "session_s": run.timing.get("session_s", 0.0),
+                "runtime_s": runtime_s,
+                "total_s": time.perf_counter() - t_start,
+            },
+            latency=latency,
+            warnings=warnings,
+            environment={**environment(), **run.environment},
+            pending=pending,
+            predictions=run.logits.argmax(dim=1).tolist() if run.logits.ndim == 2 else [],
+        )
 
-            t_probe = time.perf_counter()
-            probe = self._layer_errors(prepared, qgm, visible, plan, indices[: ev.layer_error_samples], ev.batch_size, device)
-            probe_s = time.perf_counter() - t_probe
-
+    def _metrics(self, ref: FloatReference, q_logits: torch.Tensor, num_eval: int) -> dict[str, Any]:
         metrics: dict[str, Any] = {
             "agreement": agreement(ref.logits, q_logits),
             "kl_divergence": mean_kl_divergence(ref.logits, q_logits),
-            "num_eval_samples": len(indices),
+            "num_eval_samples": num_eval,
             "labeled": ref.labels is not None,
         }
         if ref.labels is not None and self.entry.pretrained:  # random weights: never reported as accuracy
@@ -274,79 +420,7 @@ class Explorer:
                 metrics["quant_top5"] = topk_accuracy(q_logits, ref.labels, 5)
         if not self.entry.pretrained:
             metrics["note"] = "random weights: accuracy is not reported (meaningless); agreement with FP32 and KL are"
-
-        warnings = list(stats.warnings) if stats is not None else []
-        if ev.backend == "torch":
-            latency = _simulated_latency(self.on_device("model", self.model, device), qgm, self.example_input().to(device))
-        size = quantized_size(prepared, plan, self.model)
-        runtime_s = 0.0
-        if config.evaluation.runtime is not None:  # export and run on a real integer runtime (never raises)
-            from .onnx.runtime import runtime_check
-
-            check = runtime_check(
-                prepared, plan, model=self.model, dataset=self.dataset.evaluation, indices=indices,
-                batch_size=ev.batch_size, sim_logits=q_logits, labels=ref.labels, simulated_latency=latency,
-                cache=self.runtime_cache(),
-            )
-            metrics.update(check.metrics)
-            size.update(check.size)
-            warnings.extend(check.warnings)
-            latency = check.latency or latency
-            runtime_s = check.seconds
-        return Result(
-            config=config.to_dict(),
-            mode=config.mode,
-            model=self._model_info(prepared),
-            dataset=self._dataset_info(stats, len(indices)),
-            metrics=metrics,
-            size=size,
-            layers=_layer_rows(prepared, plan, probe),
-            activations=_activation_rows(plan),
-            histograms=_histograms(prepared, plan, stats),
-            timing={
-                "calibration_s": stats.seconds if stats is not None else 0.0,
-                "calibration_cached": cal_cached,
-                "plan_s": plan_s,
-                "evaluation_s": evaluation_s,
-                "fp32_evaluation_s": ref.seconds,
-                "layer_error_s": probe_s,
-                **backend_timing,  # onnxruntime backend: exporting the structure, making its sessions (0 when cached)
-                "runtime_s": runtime_s,
-                "total_s": time.perf_counter() - t_start,
-            },
-            latency=latency,
-            warnings=warnings,
-            environment={**environment(), **_backend_info(ev.backend)},
-        )
-
-    def _layer_errors(
-        self, prepared: PreparedModel, qgm: torch.fx.GraphModule, visible: dict[str, str], plan: QuantPlan,
-        indices: list[int], batch_size: int, device: torch.device = CPU,
-    ) -> dict[str, dict[str, float]]:
-        """Accumulated output SQNR per unit and isolated SQNR per quantizer, on the probe samples."""
-        unit_points = [u.name for u in prepared.units if any(p.name == u.name for p in prepared.points)]
-        f_taps = {name: prepared.point(name).node for name in unit_points}
-        q_taps = {f"out:{name}": visible[name] for name in unit_points}
-        for name in plan.points:
-            q_taps[f"pre:{name}"] = prepared.point(name).node
-            q_taps[f"post:{name}"] = visible[name]
-        f_gm = self.on_device(f"prepared:{prepared.fold_batchnorm}", prepared.graph_module, device)
-        f_view, q_view = with_taps(f_gm, f_taps), with_taps(qgm, q_taps)  # type: ignore[arg-type]
-        out_acc = {name: SqnrAccumulator() for name in unit_points}
-        in_acc = {name: SqnrAccumulator() for name in plan.points}
-        with torch.inference_mode(), device_context(device):
-            for x, _ in batches(self.dataset.evaluation, indices, batch_size):
-                x = x.to(device)
-                _, f = f_view(x)
-                _, q = q_view(x)
-                for name in unit_points:
-                    out_acc[name].add(f[name], q[f"out:{name}"])
-                for name in plan.points:
-                    in_acc[name].add(q[f"pre:{name}"], q[f"post:{name}"])
-        rows = {name: {"output_sqnr_db": acc.db} for name, acc in out_acc.items()}
-        for name, acc in in_acc.items():
-            rows.setdefault(name, {})["quantizer_sqnr_db"] = acc.db
-        return rows
+        return metrics
 
     def _model_info(self, prepared: PreparedModel) -> dict[str, Any]:
         return {
@@ -370,21 +444,6 @@ class Explorer:
             "labeled": self.dataset.evaluation_labels is not None,
             "num_classes": self.dataset.num_classes,
         }
-
-
-def _forward_all(
-    model: nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,
-    on_progress: StepFn | None, device: torch.device = CPU,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    outs, labels = [], []
-    loader = batches(dataset, indices, batch_size)
-    with torch.inference_mode(), device_context(device):
-        for i, (x, y) in enumerate(loader):
-            outs.append(model(x.to(device)).float().cpu())
-            labels.append(torch.as_tensor(y))
-            if on_progress is not None:
-                on_progress(i + 1, len(loader))
-    return torch.cat(outs), torch.cat(labels)
 
 
 def _finite(x: float | None) -> float | None:
@@ -489,43 +548,6 @@ def _histograms(prepared: PreparedModel, plan: QuantPlan, stats: CalibrationStat
                 entry["zero_point"] = pq.zero_point
             acts[name] = entry
     return {"weights": weights, "activations": acts}
-
-
-def _simulated_latency(model: nn.Module, qgm: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # CUDA runs asynchronously: wait for each call
-
-    def ms(m: nn.Module) -> float:
-        def call() -> None:
-            m(x)
-            sync()
-
-        with torch.inference_mode(), device_context(x.device):
-            return median_ms(call, budget_s=SIMULATED_BUDGET_S, warmup=1)[0]
-
-    return {
-        "kind": "simulated",
-        "runtime": f"PyTorch {torch.__version__} eager, FP32 with fake quantization",
-        "note": "simulated: the quantized model runs in float with fake-quantize ops; "
-                "this is the cost of simulation, not the latency of integer kernels",
-        "threads": torch.get_num_threads(),
-        "batch_size": int(x.shape[0]),
-        "fp32_ms": ms(model),
-        "quant_ms": ms(qgm),
-    }
-
-
-def _backend_info(backend: str) -> dict[str, Any]:
-    if backend == "onnxruntime":
-        import onnxruntime
-
-        return {
-            "evaluation_backend": "onnxruntime",
-            "onnxruntime": onnxruntime.__version__,
-            "evaluation_backend_note": "quantized forward and per-layer errors computed by onnxruntime (CPU) on the same "
-                                       "float32 fake-quantize arithmetic as PyTorch; only the convolutions' summation "
-                                       "order differs",
-        }
-    return {"evaluation_backend": "torch"}
 
 
 def environment() -> dict[str, Any]:

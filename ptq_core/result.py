@@ -15,7 +15,10 @@ Top-level keys (all always present):
   ``timing``      calibration_s, evaluation_s, ... (wall clock)
   ``latency``     simulated latency, labeled as such
   ``warnings``    anything the user should know (e.g. a capped calibration size)
-  ``environment`` versions and threads the numbers were measured with
+  ``environment`` versions and threads the numbers were measured with, and the evaluation backend
+  ``predictions`` the quantized model's top-1 class per evaluated sample (argmax), in evaluation order
+  ``pending``     what this Result leaves out for now (``samples``, ``layer_errors``, ``runtime``): the
+                  dashboard asks for the rest when it is on screen; the CLI always runs everything
 
 Non-finite floats (the SQNR of a layer with no quantization noise) are written as null.
 """
@@ -53,6 +56,13 @@ class Result:
     latency: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    # Parts this Result does not have yet (the dashboard fills them in when they are on screen):
+    # "samples" (evaluated on the first dataset.num_eval_samples of num_eval_samples_config),
+    # "layer_errors" (no per-layer probe: SQNRs measured on the model are None), "runtime" (no integer check).
+    pending: list[str] = field(default_factory=list)
+    # The quantized model's top-1 class (argmax) per evaluated sample, in evaluation order: what two backends,
+    # runtimes or configs are compared on, sample by sample.
+    predictions: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

@@ -16,7 +16,7 @@ Names in the graph (and in its ONNX export)::
 
     inputs   input [N, ...]; w{i} per Conv/Linear (made initializers per weight setting);
              p{j}_inv, p{j}_scale (float32 scalars), p{j}_zp (int8/uint8 scalar) per static point j
-    outputs  logits, fp32_logits; nonfinite{k} per dynamic point; signal{t}, noise{t} per probe tap
+    outputs  logits; with the probe fp32_logits; nonfinite{k} per dynamic point; signal{t}, noise{t} per probe tap
 
 The arithmetic is the simulation's, op for op (:func:`ptq_core.primitives.fake_quantize`)
     ``clamp(round_half_even(x * inv_scale) + zp, qmin, qmax)`` then ``(q - zp) * scale`` is
@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -134,6 +134,22 @@ def _static_fq(x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor, ze
     return _StaticFakeQuantize.apply(x, inv_scale, scale, zero_point, qmin, qmax, clip)
 
 
+def _static_fq_torch(x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                     qmin: int, qmax: int, clip: bool) -> torch.Tensor:
+    """The PyTorch backend's static quantizer: :func:`fake_quantize` itself (it computes ``1 / scale`` as fed)."""
+    return fake_quantize(x, scale, zero_point, qmin, qmax)
+
+
+def _signal64(a: torch.Tensor) -> torch.Tensor:
+    """sum(a**2) accumulated in float64 (squares in float32: one temporary the size of ``a``, not three)."""
+    return torch.sum(torch.square(a), dtype=torch.float64)
+
+
+def _noise64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum((a - b)**2) accumulated in float64; ``a - b`` is exact in float32 where the two are close."""
+    return torch.sum(torch.sub(a, b).square_(), dtype=torch.float64)
+
+
 def _dynamic_range(x: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if per_token:  # DynamicFakeQuantize: one range per row of a Linear input
         return x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
@@ -201,13 +217,23 @@ def _fetch_attr(root: nn.Module, target: str) -> Any:
     return obj
 
 
-def simulation_graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModule, list[tuple[str, torch.Tensor]], list[str], dict[str, Any]]:
-    """One FX graph computing the FP32 and the quantized model side by side, layer by layer.
+Ops = Literal["onnx", "torch"]
+
+
+def simulation_graph(
+    prepared: PreparedModel, plan: QuantPlan, *, probe: bool = True, ops: Ops = "onnx",
+) -> tuple[torch.fx.GraphModule, list[tuple[str, torch.Tensor]], list[str], dict[str, Any]]:
+    """One FX graph computing the quantized model and, with ``probe``, the FP32 model beside it, layer by layer.
 
     Interleaved so that each tap's reduction runs as soon as both of its tensors exist (nothing
-    waits for the end of the network). Returns the module, its inputs (name, example), its
-    output names and the name maps :class:`ptq_core.onnx.simulate.Structure` keeps.
+    waits for the end of the network). Without ``probe`` the graph is the quantized model alone
+    (logits and the dynamic checks). ``ops="torch"`` is for running the graph in PyTorch: static
+    quantizers call :func:`fake_quantize` and the probe accumulates its sums in float64; ``"onnx"`` uses the ops
+    that export as described in the module docstring. Input names are the same either way.
+    Returns the module, its inputs (name, example), its output names and the name maps
+    (``weight_inputs``, ``static_inputs``, ``dynamic_checks``, ``taps``).
     """
+    static_fq, signal, noise = (_static_fq_torch, _signal64, _noise64) if ops == "torch" else (_static_fq, _signal, _noise)
     src = copy.deepcopy(prepared.graph_module)  # the exporter flips train/eval on what it traces: never the shared model
     g = torch.fx.Graph()
     root: dict[str, Any] = {}
@@ -258,9 +284,10 @@ def simulation_graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx
             post = g.call_function(_dynamic_fq, (pre, lo, hi, pq.quant.bits, pq.quant.scheme, pq.qmin, pq.qmax))
             dynamic.append((name, g.call_function(_nonfinite, (pre,))))
         else:
-            post = g.call_function(_static_fq, (pre, *static[name], pq.qmin, pq.qmax, _container(pq)[1]))
+            post = g.call_function(static_fq, (pre, *static[name], pq.qmin, pq.qmax, _container(pq)[1]))
         env_q[node] = post
-        sums.append(("quantizer", name, g.call_function(_signal, (pre,)), g.call_function(_noise, (pre, post))))
+        if probe:
+            sums.append(("quantizer", name, g.call_function(signal, (pre,)), g.call_function(noise, (pre, post))))
 
     output: torch.fx.Node | None = None
     for node in nodes:
@@ -268,7 +295,8 @@ def simulation_graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx
             output = node
             continue
         if node.op != "placeholder":
-            env_f[node] = g.node_copy(node, lambda a: env_f[a])
+            if probe:
+                env_f[node] = g.node_copy(node, lambda a: env_f[a])
             if node.op in ("call_module", "get_attr"):
                 target = str(node.target)
                 root[target] = src.get_submodule(target) if node.op == "call_module" else _fetch_attr(src, target)
@@ -286,21 +314,23 @@ def simulation_graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx
         if node.name in point_of_node:
             quantize(node)
         unit_name = unit_point_of_node.get(node.name)
-        if unit_name is not None:
+        if probe and unit_name is not None:
             f, q = env_f[node], env_q[node]
-            sums.append(("output", unit_name, g.call_function(_signal, (f,)), g.call_function(_noise, (f, q))))
+            sums.append(("output", unit_name, g.call_function(signal, (f,)), g.call_function(noise, (f, q))))
     assert output is not None
-    out_f, out_q = torch.fx.map_arg(output.args[0], lambda a: env_f[a]), torch.fx.map_arg(output.args[0], lambda a: env_q[a])
-    outs: list[Any] = [out_q, out_f]
-    out_names = [LOGITS, FP32_LOGITS]
+    outs: list[Any] = [torch.fx.map_arg(output.args[0], lambda a: env_q[a])]
+    out_names = [LOGITS]
+    if probe:
+        outs.append(torch.fx.map_arg(output.args[0], lambda a: env_f[a]))
+        out_names.append(FP32_LOGITS)
     checks = []
     for k, (name, check) in enumerate(dynamic):
         outs.append(check)
         out_names.append(f"nonfinite{k}")
         checks.append((name, f"nonfinite{k}"))
     taps = []
-    for k, (kind, name, signal, noise) in enumerate(sums):
-        outs += [signal, noise]
+    for k, (kind, name, signal_node, noise_node) in enumerate(sums):
+        outs += [signal_node, noise_node]
         out_names += [f"signal{k}", f"noise{k}"]
         taps.append((kind, name, f"signal{k}", f"noise{k}"))
     g.output(tuple(outs))
@@ -311,31 +341,30 @@ def simulation_graph(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx
 
 
 # -- what a config feeds in --------------------------------------------------------------------------
-class GraphInputs(Protocol):
-    """The input names of an exported simulation graph (:class:`ptq_core.onnx.simulate.Structure` holds them)."""
-
-    weight_inputs: dict[str, str]  # layer -> weight input name
-    static_inputs: dict[str, tuple[str, str, str]]  # point -> (inv_scale, scale, zero_point) input names
-
-
 def weight_key(plan: QuantPlan) -> tuple[Any, ...]:
     return tuple((name, None if lq.quant is None else dataclasses.astuple(lq.quant)) for name, lq in plan.layers.items())
 
 
-def weight_values(structure: GraphInputs, prepared: PreparedModel, plan: QuantPlan) -> dict[str, np.ndarray]:
-    """Input name -> the (fake-quantized, or float when kept in float) weight each layer runs with."""
+def weight_values(weight_inputs: dict[str, str], prepared: PreparedModel, plan: QuantPlan) -> dict[str, np.ndarray]:
+    """Input name -> the (fake-quantized, or float when kept in float) weight each layer runs with.
+
+    ``weight_inputs``: layer -> input name, as :func:`simulation_graph` returns it.
+    """
     out = {}
-    for layer, name in structure.weight_inputs.items():
+    for layer, name in weight_inputs.items():
         lq = plan.layers[layer]
         w = lq.fq_weight if lq.fq_weight is not None else prepared.weight(lq.unit)
         out[name] = w.detach().float().contiguous().numpy()
     return out
 
 
-def static_feeds(structure: GraphInputs, plan: QuantPlan) -> dict[str, np.ndarray]:
-    """The quantizer values of ``plan``: ``1/scale`` computed as fake_quantize does (float32), scale, zero point."""
+def static_feeds(static_inputs: dict[str, tuple[str, str, str]], plan: QuantPlan) -> dict[str, np.ndarray]:
+    """The quantizer values of ``plan``: ``1/scale`` computed as fake_quantize does (float32), scale, zero point.
+
+    ``static_inputs``: point -> (inv_scale, scale, zero_point) input names, as :func:`simulation_graph` returns it.
+    """
     feeds: dict[str, np.ndarray] = {}
-    for name, (inv_name, scale_name, zp_name) in structure.static_inputs.items():
+    for name, (inv_name, scale_name, zp_name) in static_inputs.items():
         pq = plan.points[name]
         assert pq.scale is not None and pq.zero_point is not None
         scale = torch.tensor(pq.scale, dtype=torch.float32)

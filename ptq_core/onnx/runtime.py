@@ -50,6 +50,7 @@ from torch import nn
 
 from ..calibration import batches
 from ..errors import ExportError, PTQError
+from ..progress import StepFn
 from ..timing import LATENCY_BUDGET_S, median_ms
 from .export import export_float_onnx, export_onnx
 from .report import ExportReport
@@ -174,19 +175,22 @@ def runtime_check(
     labels: torch.Tensor | None,
     simulated_latency: dict[str, Any],
     cache: RuntimeCache,
+    on_step: StepFn | None = None,
 ) -> RuntimeCheck:
     """Export ``plan`` on ``prepared``, run it in onnxruntime, compare with the simulation, measure latency.
 
     ``dataset[indices]`` in batches of ``batch_size`` are the evaluation samples the simulation
     gave ``sim_logits`` for (``labels``: their labels, None when unlabelled); ``model`` is the
     original FP32 module, timed in eager PyTorch for reference; ``simulated_latency`` is kept in
-    the measured block, labelled simulated; ``cache`` holds the FP32 export and its latencies.
-    Never raises: a failed export or session becomes a warning.
+    the measured block, labelled simulated; ``cache`` holds the FP32 export and its latencies;
+    ``on_step`` is called after each batch run in onnxruntime. Never raises a failure of the export
+    or the runtime: it becomes a warning. What ``on_step`` raises to stop the run (a ``BaseException``, as
+    Streamlit's rerun is) propagates.
     """
     start = time.perf_counter()
     out = RuntimeCheck()
     try:
-        _check(out, prepared, plan, model, dataset, indices, batch_size, sim_logits, labels, simulated_latency, cache)
+        _check(out, prepared, plan, model, dataset, indices, batch_size, sim_logits, labels, simulated_latency, cache, on_step)
     except PTQError as exc:
         out.warnings.append(f"onnxruntime check skipped: {exc}")
     except Exception as exc:  # a failed export/runtime must never lose the simulated run
@@ -200,7 +204,7 @@ def runtime_check(
 def _check(
     out: RuntimeCheck, prepared: PreparedModel, plan: QuantPlan, model: nn.Module, dataset: torch.utils.data.Dataset,
     indices: list[int], batch_size: int, sim_logits: torch.Tensor, labels: torch.Tensor | None,
-    simulated_latency: dict[str, Any], cache: RuntimeCache,
+    simulated_latency: dict[str, Any], cache: RuntimeCache, on_step: StepFn | None,
 ) -> None:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="ptq_export_") as tmp:
@@ -212,7 +216,7 @@ def _check(
         except Exception as exc:
             raise ExportError(f"onnxruntime cannot load the exported model: {str(exc).splitlines()[0][:300]}") from None
         kernels, fallback = verify_kernels(report, fused_ops(optimized))
-        ort_logits = run_logits(session, dataset, indices, batch_size)
+        ort_logits = run_logits(session, dataset, indices, batch_size, on_step)
         same = ort_logits.argmax(dim=1) == sim_logits.argmax(dim=1)
         out.metrics = {
             "runtime_agreement": float(same.float().mean()),

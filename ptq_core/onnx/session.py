@@ -27,6 +27,7 @@ import onnxruntime as ort
 import torch
 
 from ..calibration import batches
+from ..progress import StepFn
 from .layout import elide_reorders, schedule
 
 PROVIDER = "CPUExecutionProvider"
@@ -96,12 +97,16 @@ def make_runtime_session(path: str | Path, *, threads: int, optimized_path: str 
     return ort.InferenceSession(str(path), session_options(threads, optimized_path=optimized_path), providers=[PROVIDER])
 
 
-def run_logits(session: ort.InferenceSession, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int) -> torch.Tensor:
+def run_logits(session: ort.InferenceSession, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,
+               on_step: StepFn | None = None) -> torch.Tensor:
     """float32 outputs of ``session`` on ``dataset[indices]``, in order, batched like the simulation."""
     name = session.get_inputs()[0].name
     outs = []
-    for x, _ in batches(dataset, indices, batch_size):
+    loader = batches(dataset, indices, batch_size)
+    for i, (x, _) in enumerate(loader):
         outs.append(torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]).float())
+        if on_step is not None:
+            on_step(i + 1, len(loader))
     return torch.cat(outs)
 
 

@@ -95,8 +95,9 @@ def test_same_numbers_as_the_torch_backend(cnn: Explorer, name: str) -> None:
     config = _cfg("onnxruntime", **CONFIGS[name])
     plan = cnn.plan(config)
     indices = cnn.evaluation_indices(config.evaluation)
-    run = cnn.ort_backend().evaluate(cnn.prepared(), plan, cnn.dataset.evaluation, indices, 1, config.evaluation.batch_size,
-                                     cnn.example_input())
+    run = cnn.backend("onnxruntime").evaluate(
+        prepared=cnn.prepared(), plan=plan, dataset=cnn.dataset.evaluation, indices=indices, probe_indices=indices[:1],
+        batch_size=config.evaluation.batch_size, model=cnn.model, example=cnn.example_input(), device=torch.device("cpu"))
     t_logits = _torch_logits(cnn, config)
     diff = float((run.logits - t_logits).abs().max())
     step = _output_step(cnn, config)
@@ -192,14 +193,15 @@ def test_blocked_layout_rewrite_is_bit_identical() -> None:
     explorer = Explorer("test_odd_channels", "digits")
     config = QuantConfig.from_dict({"model": "test_odd_channels", "evaluation": {"runtime": None, "backend": "onnxruntime"}})
     prepared, plan = explorer.prepared(), explorer.plan(config)
-    structure = export_structure(prepared, plan)
-    structure.shapes = infer_shapes(structure.probe)
-    weights = weight_values(structure, prepared, plan)
-    feeds = {INPUT: next(iter(batches(explorer.dataset.evaluation, range(64), 64)))[0].numpy(), **static_feeds(structure, plan)}
+    structure = export_structure(prepared, plan, probe=True)
+    structure.shapes = infer_shapes(structure.model)
+    weights = weight_values(structure.weight_inputs, prepared, plan)
+    feeds = {INPUT: next(iter(batches(explorer.dataset.evaluation, range(64), 64)))[0].numpy(),
+             **static_feeds(structure.static_inputs, plan)}
     taps = [n for _, _, s, z in structure.taps for n in (s, z)]
     outs = {}
     for layout in (False, True):
-        session, removed = make_simulation_session(with_initializers(structure.probe, weights), structure.shapes, 1, outputs=taps, layout=layout)
+        session, removed = make_simulation_session(with_initializers(structure.model, weights), structure.shapes, 1, outputs=taps, layout=layout)
         assert (removed > 0) == layout
         outs[layout] = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
     assert np.array_equal(outs[True][LOGITS], outs[False][LOGITS])

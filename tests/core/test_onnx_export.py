@@ -19,14 +19,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from ptq_core.calibration import collect_stats
+from ptq_core.calibration import batches, collect_stats
 from ptq_core.cli import main
 from ptq_core.config import QuantConfig
 from ptq_core.errors import ExportError
 from ptq_core.graph import prepare
 from ptq_core.onnx.export import export_float_onnx, export_onnx
 from ptq_core.onnx.session import make_runtime_session, run_logits
-from ptq_core.pipeline import Explorer, _forward_all
+from ptq_core.pipeline import Explorer
 from ptq_core.quantize import QuantPlan, build_quantized_model, make_plan
 from ptq_core.ranges import quantize_weight
 
@@ -67,7 +67,8 @@ def _sim_and_runtime(explorer: Explorer, config: QuantConfig, path: Path) -> tup
     export_onnx(prepared, plan, path)
     qgm, _ = build_quantized_model(prepared, plan)
     indices = explorer.evaluation_indices(config.evaluation)
-    sim, _ = _forward_all(qgm, explorer.dataset.evaluation, indices, 128, None)
+    with torch.inference_mode():
+        sim = torch.cat([qgm(x) for x, _ in batches(explorer.dataset.evaluation, indices, 128)])
     ort = run_logits(make_runtime_session(path, threads=2), explorer.dataset.evaluation, indices, 128)
     return sim, ort
 
