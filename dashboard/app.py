@@ -50,6 +50,7 @@ def main() -> None:
         else:
             {"warning": st.warning, "error": st.error}[kind](message)
     navigation.run()
+    resources.finish_pending()  # the rest of what the page shows (complete evaluation, runtime check), then redraw
 
 
 main()

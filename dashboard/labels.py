@@ -69,6 +69,26 @@ def size_bytes(n: int | float) -> str:
     return f"{int(n)} B"
 
 
+BACKEND = {"torch": "PyTorch (reference)", "onnxruntime": "onnxruntime (float32 fake-quantize, CPU)"}
+
+
+def backend_comparison(result: dict[str, Any], reference: dict[str, Any]) -> str:
+    """One paragraph: how the onnxruntime-backend numbers compare with the PyTorch reference's, decision by decision."""
+    ours, theirs = result["predictions"], reference["predictions"]
+    differ = sum(a != b for a, b in zip(ours, theirs, strict=True))
+    n = len(ours)
+    m, r = result["metrics"], reference["metrics"]
+    acc = ""
+    if "quant_top1" in m and "quant_top1" in r:
+        acc = f" Top-1: {pct(m['quant_top1'])} here, {pct(r['quant_top1'])} in PyTorch."
+    if differ == 0:
+        return f"**PyTorch reference**: the same top-1 decision on all {n} evaluation samples.{acc}"
+    return (f"**PyTorch reference**: the two backends differ on **{differ} of {n}** top-1 decisions.{acc} Both run the "
+            "same float32 fake-quantize arithmetic; only the convolutions' summation order differs, which moves a "
+            "value sitting on a rounding boundary by one step. The exported JSON names the backend it was computed "
+            "with, and `python -m ptq_core run` reproduces that backend's numbers exactly.")
+
+
 def latency(block: dict[str, Any]) -> dict[str, Any]:
     """The headline latency of a Result's ``latency`` block, honest about how it was obtained.
 

@@ -3,9 +3,24 @@
 * :func:`get_explorer` (``st.cache_resource``): ONE Explorer per (model spec, data-set spec),
   shared by every browser session. The Explorer is thread-safe and caches calibration
   statistics itself; nothing here ever mutates it or anything it returns.
-* :func:`evaluate`, :func:`weight_view`, :func:`activation_view`, :func:`calibration_check`
-  (``st.cache_data``, bounded): keyed by exactly what they depend on, the config JSON (plus
-  the layer or the sizes). ``st.cache_data`` hands every caller its own copy.
+* :class:`ResultStore` (one per server): Results keyed by the config JSON and the *part* asked
+  for. A page pays only for what it shows (issue 9):
+
+  - ``quick``: the first answer, on the first :func:`quick_samples` evaluation samples, when the
+    whole evaluation would take longer than :data:`FIRST_ANSWER_S`; shown labelled "on N of M";
+  - ``main``: every evaluation sample, no per-layer probe, no integer runtime check;
+  - ``layers``: ``main`` plus the per-layer error probe (the Layer error page);
+  - ``runtime``: ``main`` plus the integer runtime check (run once the numbers on screen are
+    complete, i.e. after the user stopped changing things);
+  - ``reference``: the PyTorch reference simulation of an onnxruntime-backend config, on request.
+
+  :func:`current_result` returns the most complete answer there is and registers what is still
+  missing; :func:`finish_pending`, called by ``app.py`` after the page is drawn, computes it
+  (progress in the page's status line) and reruns the page. A newer control change makes
+  Streamlit stop the run at the next progress update: nobody waits for a result they no longer
+  want, and the parts computed so far stay cached.
+* :func:`weight_view`, :func:`activation_view`, :func:`calibration_check` (``st.cache_data``,
+  bounded): keyed by exactly what they depend on, the config JSON (plus the layer or the sizes).
 * :func:`onnx_export` (``st.cache_data``, :data:`MAX_EXPORTS` entries): the ONNX file of one
   config as bytes plus its export report, written with the shared Explorer's statistics.
 
@@ -17,12 +32,17 @@ created outside the cached function is ever touched from inside it (that cannot 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +50,7 @@ import numpy as np
 import streamlit as st
 import torch
 
+from ptq_core.allocator import tune_malloc
 from ptq_core.calibration_check import check_calibration
 from ptq_core.config import ACTIVATION_CLIPPING, QuantConfig
 from ptq_core.errors import ExportError, PTQError
@@ -39,9 +60,14 @@ from ptq_core.progress import ProgressFn
 from ptq_core.quantize import check_names
 from ptq_core.ranges import activation_range, range_error, weight_qparams
 
-from . import state, uploads
+from . import labels, state, uploads
 
 MAX_RESULTS = 256  # cached Results (about 70 KB each for the digits CNN): a workshop's worth of configs
+# The first answer to a control change should be on screen within about this long (issue 9: 2 s, goal 1 s);
+# when the whole evaluation is expected to take longer, the first answer comes from the first samples only.
+FIRST_ANSWER_S = 1.0
+MIN_QUICK_SAMPLES = 32  # fewer samples than this say too little to be worth showing
+LARGE_MODEL_PARAMETERS = 1_000_000  # before anything is measured: above this, answer on a subset first
 MAX_VIEWS = 64  # cached per-layer views (weights, activations)
 MAX_CHECKS = 16  # cached calibration checks
 # Cached ONNX files, shared by every session: ~45 KB for the digits CNN but ~5 MB for
@@ -60,7 +86,8 @@ TORCH_THREADS = int(os.environ.get("PTQ_DASHBOARD_THREADS", "1"))
 
 
 def configure_torch() -> None:
-    """Apply :data:`TORCH_THREADS` to this process (cheap; called on every run of the app)."""
+    """Apply :data:`TORCH_THREADS` and the allocator tuning to this process (cheap; called on every run of the app)."""
+    tune_malloc()  # once per process: see ptq_core.allocator
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
 
@@ -82,7 +109,9 @@ def _progress(label: str) -> Iterator[ProgressFn]:
     last: list[Any] = [None]
 
     def update(done: int, total: int, message: str) -> None:
-        step = (message, int(20 * done / max(total, 1)))  # at most ~20 redraws per phase
+        # Every update draws, even an unchanged one: drawing is where Streamlit notices a newer control change
+        # and stops this run, so a long evaluation nobody wants any more ends at its next batch.
+        step = (message, done, total)
         if step != last[0]:
             last[0] = step
             slot.progress(min(done / max(total, 1), 1.0), text=f"{label}: {message} ({done}/{total})")
@@ -93,13 +122,146 @@ def _progress(label: str) -> Iterator[ProgressFn]:
         slot.empty()
 
 
-@st.cache_data(max_entries=MAX_RESULTS, show_spinner=False)
-def evaluate(config_json: str) -> dict[str, Any]:
-    """The Result of one config as a JSON-clean dict (``Result.to_dict()``)."""
+# -- results, progressively --------------------------------------------------------------------------
+PARTS = ("quick", "main", "layers", "runtime", "reference")
+
+
+class ResultStore:
+    """Results of every session, keyed by (config JSON, part), least recently used dropped past ``max_entries``.
+
+    ``lock(key)`` is held while a result is computed, so two sessions asking for the same one
+    compute it once; the other waits and then finds it. ``seconds_per_sample`` remembers, per
+    (model, data set, backend), how fast the last complete evaluation went: what
+    :func:`quick_samples` plans the first answer with.
+    """
+
+    def __init__(self, max_entries: int = MAX_RESULTS) -> None:
+        self.max_entries = max_entries
+        self._results: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.seconds_per_sample: dict[tuple[str, str, str], float] = {}
+
+    def get(self, config_json: str, part: str) -> dict[str, Any] | None:
+        with self._guard:
+            found = self._results.get((config_json, part))
+            if found is not None:
+                self._results.move_to_end((config_json, part))
+        return copy.deepcopy(found) if found is not None else None  # callers may change their copy
+
+    def put(self, config_json: str, part: str, result: dict[str, Any]) -> None:
+        with self._guard:
+            self._results[(config_json, part)] = copy.deepcopy(result)
+            while len(self._results) > self.max_entries:
+                self._results.popitem(last=False)
+
+    def lock(self, config_json: str, part: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((config_json, part), threading.Lock())
+
+
+@st.cache_resource
+def result_store() -> ResultStore:
+    return ResultStore()
+
+
+def _speed_key(config: QuantConfig) -> tuple[str, str, str]:
+    return (json.dumps(config.model, sort_keys=True), json.dumps(config.dataset, sort_keys=True), config.evaluation.backend)
+
+
+def quick_samples(config: QuantConfig, explorer: Explorer) -> int | None:
+    """How many samples the first answer uses, or None when the whole evaluation should come first.
+
+    From the speed of the last complete evaluation of this model, data set and backend: enough
+    samples to answer in about half of :data:`FIRST_ANSWER_S` (the rest goes to calibration,
+    export and drawing), in whole batches of 16; before any measurement, models over
+    :data:`LARGE_MODEL_PARAMETERS` parameters answer on :data:`MIN_QUICK_SAMPLES` first.
+    """
+    n = len(explorer.evaluation_indices(config.evaluation))
+    rate = result_store().seconds_per_sample.get(_speed_key(config))
+    if rate is None:
+        large = sum(p.numel() for p in explorer.model.parameters()) > LARGE_MODEL_PARAMETERS
+        samples = MIN_QUICK_SAMPLES if large else n
+    else:
+        samples = n if rate * n <= FIRST_ANSWER_S else int(FIRST_ANSWER_S / 2 / max(rate, 1e-9))
+    samples = max(MIN_QUICK_SAMPLES, samples // 16 * 16)
+    return samples if samples < n // 2 else None
+
+
+def _options(part: str, config: QuantConfig, explorer: Explorer) -> dict[str, Any]:
+    """The :meth:`Explorer.evaluate` options of a part."""
+    if part == "quick":
+        return {"samples": quick_samples(config, explorer), "layer_errors": False, "runtime_check": False}
+    return {"layer_errors": part == "layers", "runtime_check": part == "runtime"}
+
+
+LABELS = {
+    "quick": "First answer", "main": "Evaluating", "layers": "Measuring per-layer errors",
+    "runtime": "Integer runtime check", "reference": "PyTorch reference",
+}
+
+
+def compute(config_json: str, part: str = "main") -> dict[str, Any]:
+    """The Result of ``config_json``'s ``part`` (see the module docstring), from the store or computed now."""
+    store = result_store()
+    found = store.get(config_json, part)
+    if found is not None:
+        return found
     config = QuantConfig.from_json(config_json)
+    if part == "reference":
+        config = config.replace(evaluation=dataclasses.replace(config.evaluation, backend="torch"))
     explorer = explorer_for(config)
-    with _progress("Quantizing and evaluating") as on_progress:
-        return explorer.evaluate(config, on_progress).to_dict()
+    lock = store.lock(config_json, part)
+    if not lock.acquire(blocking=False):
+        with st.spinner("Another session is computing this configuration; using its result when it is done…"):
+            lock.acquire()
+    try:
+        found = store.get(config_json, part)
+        if found is not None:
+            return found
+        with _progress(LABELS[part]) as on_progress:
+            result = explorer.evaluate(config, on_progress, **_options(part, config, explorer)).to_dict()
+        store.put(config_json, part, result)
+        n = result["dataset"]["num_eval_samples"]
+        if part in ("main", "layers") and n:
+            store.seconds_per_sample[_speed_key(config)] = result["timing"]["evaluation_s"] / n
+        return result
+    finally:
+        lock.release()
+
+
+def evaluate(config_json: str) -> dict[str, Any]:
+    """The complete simulated Result of one config (every sample; probe and runtime check as pending parts)."""
+    return compute(config_json, "main")
+
+
+def merged(config_json: str, base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with what other parts of the same config have measured: per-layer errors, the runtime check."""
+    store = result_store()
+    out = copy.deepcopy(base)
+    layers = store.get(config_json, "layers")
+    if layers is not None and "layer_errors" in out["pending"]:
+        out["layers"] = layers["layers"]
+        out["timing"]["layer_error_s"] = layers["timing"]["layer_error_s"]
+        out["pending"] = [p for p in out["pending"] if p != "layer_errors"]
+    runtime = store.get(config_json, "runtime")
+    if runtime is not None and "runtime" in out["pending"] and "samples" not in out["pending"]:
+        out["metrics"].update({k: v for k, v in runtime["metrics"].items() if k.startswith("runtime_")})
+        out["size"] = runtime["size"]
+        out["latency"] = runtime["latency"]
+        out["warnings"] = runtime["warnings"]
+        out["timing"]["runtime_s"] = runtime["timing"]["runtime_s"]
+        out["pending"] = [p for p in out["pending"] if p != "runtime"]
+    return out
+
+
+@dataclass
+class _Pending:
+    """What the page on screen still waits for, computed by :func:`finish_pending` after the page is drawn."""
+
+    config_json: str
+    parts: list[str] = field(default_factory=list)
+    slot: Any = None  # the page's status line
 
 
 def current_config() -> QuantConfig:
@@ -112,16 +274,87 @@ def current_config() -> QuantConfig:
         raise  # unreachable: st.stop() raises
 
 
-def current_result() -> tuple[QuantConfig, dict[str, Any]]:
-    """The sidebar's config and its Result (evaluated with a progress bar on a cache miss)."""
+def current_result(*, complete: bool = True, layers: bool = False, runtime: bool = False) -> tuple[QuantConfig, dict[str, Any]]:
+    """The sidebar's config and the most complete Result there is for it, drawn progressively.
+
+    ``complete``: a first answer on a subset is replaced by the whole evaluation once the page is
+    drawn (pages that show accuracy); ``layers``: the page needs the per-layer errors (computed now,
+    with a progress bar); ``runtime``: the page shows the integer runtime check, which then runs
+    after everything else. A failure shows its message and the last good Result of this session,
+    marked as belonging to the previous configuration.
+    """
     config = current_config()
+    key = config.to_json()
+    slot = st.empty()  # the status line: what is pending, and the progress of computing it
+    store = result_store()
     try:
-        result = evaluate(config.to_json())
+        result = store.get(key, "layers")
+        if result is None and layers:
+            with slot.container():
+                result = compute(key, "layers")
+        if result is None:
+            result = store.get(key, "main")
+        if result is None:
+            result = store.get(key, "quick")
+            if result is None:
+                explorer = explorer_for(config)
+                with slot.container():
+                    result = compute(key, "quick" if quick_samples(config, explorer) else "main")
     except PTQError as exc:
-        st.error(str(exc))
-        st.stop()
-    state.remember(result)
+        return _previous(config, exc)
+    result = merged(key, result)
+    pending = _Pending(key, slot=slot)
+    if "samples" in result["pending"] and complete:
+        pending.parts.append("main")
+    if runtime and "runtime" in result["pending"]:
+        pending.parts.append("runtime")
+    st.session_state["_pending"] = pending if pending.parts else None
+    if "samples" not in result["pending"]:
+        state.remember(result)
+        state.set_last_good(key, result)
     return config, result
+
+
+def _previous(config: QuantConfig, exc: PTQError) -> tuple[QuantConfig, dict[str, Any]]:
+    """The error, and the last good Result of this session marked as the previous configuration's (or stop)."""
+    st.error(f"This configuration could not be evaluated: {exc}")
+    last = state.last_good()
+    if last is None:
+        st.stop()
+    key, result = last
+    st.warning(f"The numbers below belong to the **previous configuration** ({labels.config_label(result['config'])}), "
+               "not to the controls' current settings.")
+    st.session_state["_pending"] = None
+    return QuantConfig.from_json(key), result
+
+
+def pending_parts() -> list[str]:
+    """What the page on screen is still waiting for (``main``: the whole evaluation, ``runtime``: the check)."""
+    pending = st.session_state.get("_pending")
+    return list(pending.parts) if pending is not None else []
+
+
+def finish_pending() -> None:
+    """Compute what the page registered as missing, in its status line, then redraw the page with it.
+
+    Called by ``app.py`` after the page is drawn, so the first answer is on screen meanwhile. A
+    control change during the computation stops it (Streamlit stops the run at the next progress
+    update) and the new run starts over from what is cached. A failure is shown in the status line;
+    the numbers on screen stay, still marked as a first answer.
+    """
+    pending = st.session_state.get("_pending")
+    st.session_state["_pending"] = None
+    if pending is None or not pending.parts:
+        return
+    for part in pending.parts:
+        try:
+            with pending.slot.container():
+                compute(pending.config_json, part)
+        except PTQError as exc:
+            pending.slot.error(f"{LABELS[part]} failed: {exc}. The numbers shown are "
+                               + ("the first answer on a subset." if part == "main" else "the simulation's."))
+            return
+    st.rerun()
 
 
 def validate_for_model(config: QuantConfig) -> None:

@@ -29,7 +29,6 @@ import streamlit as st
 from ptq_core.data import available_datasets
 from ptq_core.data.image_dataset import image_folder_spec
 from ptq_core.errors import DataError, PTQError
-from ptq_core.graph import PreparedModel
 from ptq_core.models import available_models, get_model_entry
 from ptq_core.models.files import DEFAULT_INPUT_SHAPE, FORMATS, check_model_file, detect_format
 from ptq_core.pipeline import Explorer
@@ -241,11 +240,26 @@ def _data_spec(created: list[Path], names: dict[str, str]) -> str | dict[str, An
                              max_images=int(ss["src_d_max_images"]) or None)
 
 
-def check_pair(model: str | dict[str, Any], dataset: str | dict[str, Any], fold_batchnorm: bool) -> PreparedModel:
+def check_pair(model: str | dict[str, Any], dataset: str | dict[str, Any], fold_batchnorm: bool) -> Explorer:
     """Load the pair through the shared cache and trace the model on one sample; PTQError if anything fails."""
     uploads.check_spec_paths(model, dataset)
     explorer = resources.get_explorer(json.dumps(model, sort_keys=True), json.dumps(dataset, sort_keys=True))
-    return explorer.prepared(fold_batchnorm)
+    explorer.prepared(fold_batchnorm)
+    return explorer
+
+
+def _fit_calibration_size(pool: int) -> str | None:
+    """Fit the calibration-size control to the loaded data: at most its calibration pool (say so), else what was asked.
+
+    The size asked for is remembered while it is capped, so loading a larger data set again gives it back.
+    """
+    ss = st.session_state
+    wanted = ss.get("cal_asked") or int(ss["sb_cal_num_samples"])
+    if wanted > pool:
+        ss["sb_cal_num_samples"], ss["cal_asked"] = pool, wanted
+        return f"Calibration samples set to {pool}, the whole calibration pool of this data set ({wanted} asked)."
+    ss["sb_cal_num_samples"], ss["cal_asked"] = wanted, None
+    return None
 
 
 def _load() -> None:
@@ -256,7 +270,7 @@ def _load() -> None:
     try:
         model = _model_spec(created, names)
         dataset = _data_spec(created, names)
-        check_pair(model, dataset, bool(ss["sb_fold_bn"]))
+        explorer = check_pair(model, dataset, bool(ss["sb_fold_bn"]))
     except PTQError as exc:
         for path in created:  # an upload that does not load is of no use to anyone: do not keep it
             uploads.remove_upload(path)
@@ -276,7 +290,8 @@ def _load() -> None:
     # a typed path: show the resolved, checked path (and the detected format) the config now names
     typed = tuple(prefix for prefix in ("src_m_", "src_d_") if ss[f"{prefix}from"] == "path")
     ss.update({k: v for k, v in _pickers_for(model_value, data_value).items() if k.startswith(typed)})
-    state.flash("success", f"Loaded {model_label(model_value)} on {data_label(data_value)}.")
+    fitted = _fit_calibration_size(len(explorer.dataset.calibration_pool))  # type: ignore[arg-type]
+    state.flash("success", f"Loaded {model_label(model_value)} on {data_label(data_value)}." + (f" {fitted}" if fitted else ""))
 
 
 def _choose(key: str, value: str) -> Callable[[], None]:

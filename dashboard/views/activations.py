@@ -23,7 +23,7 @@ def method_table(view: dict) -> pd.DataFrame:
 
 def render() -> None:
     st.title("Activations")
-    config, result = resources.current_result()
+    config, result = resources.current_result(complete=False)
     if result["mode"] != "static":
         st.info(f"This config quantizes activations **{labels.ACT_MODE[result['mode']]}**: there is no calibration, so "
                 "no calibrated ranges to show. Choose *static* activation quantization in the sidebar.")

@@ -17,7 +17,7 @@ def render() -> None:
                 "several sizes, each drawn with a few seeds, and shows how the activation ranges, the accuracy and "
                 "the agreement with FP32 move. Statistics are collected once per seed and recombined for the smaller "
                 "subsets; each (size, seed) pair is then evaluated.")
-    config, result = resources.current_result()
+    config, result = resources.current_result(complete=False)
     if config.mode != "static":
         st.info(f"This config quantizes activations **{labels.ACT_MODE[config.mode]}**: it has no calibration to "
                 "check. Choose *static* activation quantization in the sidebar.")

@@ -165,7 +165,7 @@ def sweep_section(base: QuantConfig) -> None:
 
 def render() -> None:
     st.title("Compare and sweep")
-    base, _ = resources.current_result()
+    base, _ = resources.current_result(complete=False)
     saved_section()
     sweep_section(base)
 

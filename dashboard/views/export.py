@@ -102,6 +102,10 @@ def runtime_check_note(config: QuantConfig, result: dict[str, Any]) -> tuple[str
         m = result["metrics"]
         kind = "success" if m["runtime_matching_samples"] == m["num_eval_samples"] else "info"
         return kind, f"Integer runtime check: {line}."
+    if "runtime" in result.get("pending", []):
+        return "info", ("Integer runtime check: **pending**. It runs once the numbers of this configuration are "
+                        "complete (it exports the model and runs it on every evaluation sample); this page updates "
+                        "then.")
     if config.evaluation.runtime is None:
         return "info", ("The integer runtime check is off, so this file has not been run against the simulation. "
                         "Turn it on in the sidebar (*Evaluation → Integer runtime check → onnxruntime*) to run the "
@@ -179,7 +183,7 @@ def onnx_section(config: QuantConfig, result: dict[str, Any]) -> None:
 
 def render() -> None:
     st.title("Export / import")
-    config, result = resources.current_result()
+    config, result = resources.current_result(runtime=True)
 
     st.subheader("Export")
     config_json = config.to_json(indent=2)

@@ -60,7 +60,7 @@ def _give_8_bits(name: str, input_point: str | None) -> None:
 
 def render() -> None:
     st.title("Layer error")
-    config, result = resources.current_result()
+    config, result = resources.current_result(layers=True)
     layers = result["layers"]
     flagged = worst_layers(layers)
     st.plotly_chart(charts.layer_sqnr(layers, flagged), key="le_bars")

@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import charts, labels, resources, state
 from ptq_core.config import QuantConfig
+from ptq_core.errors import PTQError
 
 
 def describe_run(result: dict[str, Any]) -> str:
@@ -22,8 +23,14 @@ def describe_run(result: dict[str, Any]) -> str:
     else:
         calib = f"no calibration ({labels.ACT_MODE[result['mode']]})"
     unlabeled = "" if data.get("labeled", True) else " **Unlabeled** data: agreement with FP32 is reported, not accuracy."
+    total = data.get("num_eval_samples_config", data["num_eval_samples"])
+    if "samples" in result.get("pending", []):
+        evaluated = (f"a **first answer on the first {data['num_eval_samples']} of {total}** evaluation samples "
+                     "(the complete evaluation is running and replaces it)")
+    else:
+        evaluated = f"evaluated on {data['num_eval_samples']} samples"
     return (f"**{model['name']}** ({weights}, {model['num_parameters']:,} parameters) on **{data['name']}**: "
-            f"{calib}; evaluated on {data['num_eval_samples']} samples.{unlabeled}")
+            f"{calib}; {evaluated}.{unlabeled}")
 
 
 def _restore_from_scatter() -> None:
@@ -59,13 +66,45 @@ def run_note(result: dict[str, Any]) -> str:
         check = labels.runtime_agreement(m) or "simulation vs onnxruntime not compared"
         parts = [f"Latency **measured** on {lat['runtime']} ({lat['threads']} thread(s), median of repeats). "
                  f"Exported model: {check}; {verified} of {len(kernels)} quantized units run on integer kernels."]
+    elif "runtime" in result.get("pending", []):
+        parts = [f"Latency is **simulated** for now ({lat.get('runtime', 'PyTorch')}): the integer runtime check is "
+                 "**pending**; it runs once the numbers above are complete and replaces it with measured latency."]
     else:
         parts = [f"Latency is **simulated** ({lat.get('runtime', 'PyTorch')}): the cost of simulating quantization "
                  "in float, not integer-kernel speed. Turn on the integer runtime check in the sidebar to measure it."]
+    backend = result.get("environment", {}).get("evaluation_backend", "torch")
+    parts.append(f"Simulated by **{labels.BACKEND.get(backend, backend)}**.")
     cal = "calibration reused (cached)" if timing["calibration_cached"] else f"calibrated in {timing['calibration_s']:.2f} s"
     parts.append(f"This run: {cal}, evaluated in {timing['evaluation_s']:.2f} s"
                  + (f", runtime check {timing['runtime_s']:.2f} s." if timing.get("runtime_s") else "."))
     return " ".join(parts)
+
+
+def _ask_reference(config_json: str) -> None:
+    st.session_state["ov_reference_for"] = config_json
+
+
+def reference_section(config: QuantConfig, result: dict[str, Any]) -> None:
+    """The PyTorch reference, one click away from an onnxruntime-backend result: how many decisions differ."""
+    if config.evaluation.backend == "torch" or "samples" in result["pending"]:
+        return
+    key = config.to_json()
+    if st.session_state.get("ov_reference_for") != key:
+        c1, c2 = st.columns([1, 3], vertical_alignment="center")
+        c1.button("Compare with the PyTorch reference", key="ov_reference", on_click=_ask_reference, args=(key,))
+        c2.caption("Runs the same simulation in PyTorch eager, the reference implementation, and counts the top-1 "
+                   "decisions on which the two backends differ (a few near-ties at a rounding boundary are expected "
+                   "on large models).")
+        return
+    try:
+        ref = resources.compute(key, "reference")
+    except PTQError as exc:
+        st.error(f"The PyTorch reference could not be computed: {exc}")
+        return
+    st.info(labels.backend_comparison(result, ref))
+
+
+
 
 
 def _card(col: Any, label: str, value: str, **kwargs: Any) -> None:
@@ -103,7 +142,7 @@ def metric_cards(result: dict[str, Any]) -> None:
 
 def render() -> None:
     st.title("Overview")
-    config, result = resources.current_result()
+    config, result = resources.current_result(runtime=True)
     st.markdown(describe_run(result))
     if not result["model"]["pretrained"]:
         st.warning("This model has **random weights**: accuracy is not reported (it would mean nothing); agreement "
@@ -113,6 +152,7 @@ def render() -> None:
                 + ", ".join(result["model"]["unsupported_layers"]))
     metric_cards(result)
     st.caption(run_note(result))
+    reference_section(config, result)
     for w in result["warnings"]:
         st.warning(w)
 

@@ -9,7 +9,7 @@ from dashboard import charts, labels, resources
 
 def render() -> None:
     st.title("Weights")
-    config, result = resources.current_result()
+    config, result = resources.current_result(complete=False)
     layers = [r for r in result["layers"] if r["kind"] in ("conv", "linear")]
     names = [r["name"] for r in layers]
     if not names:

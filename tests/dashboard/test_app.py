@@ -14,10 +14,10 @@ import sys
 import pytest
 import torch
 
-from dashboard import labels
+from dashboard import labels, state
 from ptq_core import models
 from ptq_core.calibration_check import check_calibration
-from ptq_core.config import QuantConfig, set_field
+from ptq_core.config import Evaluation, QuantConfig, set_field
 from ptq_core.models.digits import DigitsCNN
 from ptq_core.models.entry import ModelEntry
 from ptq_core.pipeline import Explorer
@@ -48,7 +48,7 @@ def test_every_page_renders_with_defaults(default_app, page: str) -> None:  # ty
 
 def test_overview_shows_the_engines_numbers(default_app, explorer: Explorer) -> None:  # type: ignore[no-untyped-def]
     at = open_page(default_app, "overview")
-    r = explorer.evaluate(QuantConfig())
+    r = explorer.evaluate(state.default_config())
     assert metric(at, "FP32 top-1") == labels.pct(r.metrics["fp32_top1"])
     assert metric(at, "Quantized top-1") == labels.pct(r.metrics["quant_top1"])
     assert metric(at, "Agreement with FP32") == labels.pct(r.metrics["agreement"])
@@ -77,22 +77,29 @@ def test_changing_bits_reevaluates_without_recalibrating(explorer: Explorer) -> 
     assert len(at.session_state["history"]) == 4  # default + three changes, each on the scatter
 
 
-def test_onnxruntime_backend_is_one_control_and_shows_the_same_decisions(explorer: Explorer) -> None:
+def test_backend_is_one_control_and_the_pytorch_reference_is_one_click_away(explorer: Explorer) -> None:
     at = new_app().run()
-    at.selectbox(key="sb_eval_backend").set_value("onnxruntime").run()
-    assert not problems(at)
-    cfg = QuantConfig.from_dict({"evaluation": {"backend": "onnxruntime"}})
     assert json.loads(at.session_state["history"][-1]["config_json"])["evaluation"]["backend"] == "onnxruntime"
+    assert any("Simulated by **onnxruntime" in c.value for c in at.caption)  # which backend produced the numbers
+    at.button(key="ov_reference").click().run()
+    assert not problems(at)
     reference = explorer.evaluate(QuantConfig())  # the PyTorch backend
-    assert metric(at, "Quantized top-1") == labels.pct(explorer.evaluate(cfg).metrics["quant_top1"])
+    ort = explorer.evaluate(state.default_config())
+    differ = sum(a != b for a, b in zip(ort.predictions, reference.predictions, strict=True))
+    note = next(i.value for i in at.info if i.value.startswith("**PyTorch reference**"))
+    assert (f"differ on **{differ} of 360**" in note) if differ else ("same top-1 decision on all 360" in note)
+    at.selectbox(key="sb_eval_backend").set_value("torch").run()
+    assert not problems(at)
+    assert json.loads(at.session_state["history"][-1]["config_json"])["evaluation"]["backend"] == "torch"
     assert metric(at, "Quantized top-1") == labels.pct(reference.metrics["quant_top1"])
     assert metric(at, "Agreement with FP32") == labels.pct(reference.metrics["agreement"])
+    assert any("Simulated by **PyTorch" in c.value for c in at.caption)
 
 
 def test_weights_page_shows_the_layers_error(default_app, explorer: Explorer) -> None:  # type: ignore[no-untyped-def]
     at = open_page(default_app, "weights")
     at.selectbox(key="w_layer").set_value("fc1").run()
-    r = explorer.evaluate(QuantConfig())
+    r = explorer.evaluate(state.default_config())
     assert metric(at, "Weight SQNR") == labels.db(r.layer("fc1")["weight_sqnr_db"])
     titles = [s["layout"]["title"]["text"] for s in chart_specs(at)]
     assert any("fc1 weights" in t for t in titles) and any("every output channel" in t for t in titles)
@@ -106,7 +113,7 @@ def test_activations_page_marks_the_chosen_range(default_app, explorer: Explorer
     at = open_page(default_app, "activations")
     at.selectbox(key="act_point").set_value("conv2").run()
     assert not problems(at)
-    r = explorer.evaluate(QuantConfig())
+    r = explorer.evaluate(state.default_config())
     row = next(a for a in r.activations if a["name"] == "conv2")
     hist = next(s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("conv2"))
     chosen = next(t for t in hist["data"] if t["name"].endswith("(chosen)"))
@@ -123,7 +130,7 @@ def test_layer_error_one_click_keep_in_float_reruns(explorer: Explorer) -> None:
     flagged = [b.key.removeprefix("le_float_") for b in at.button if b.key and b.key.startswith("le_float_")]
     assert len(flagged) == 3
     bars = chart_specs(at)[0]
-    r = explorer.evaluate(QuantConfig())
+    r = explorer.evaluate(state.default_config())
     weight_bars = next(t for t in bars["data"] if t["name"] == "weights")
     assert values(weight_bars["y"]) == pytest.approx([row["weight_sqnr_db"] for row in r.layers])
     at.button(key=f"le_float_{flagged[0]}").click().run()
@@ -200,7 +207,7 @@ def test_export_is_the_config_in_the_controls_and_the_cli_reproduces_it(tmp_path
     exported = QuantConfig.from_json(at.code[0].value)
     expected = QuantConfig.from_dict({
         "weights": {"bits": 4, "granularity": "per_group", "group_size": 16},
-        "activations": {"clipping": "percentile"}, "evaluation": {"runtime": None},
+        "activations": {"clipping": "percentile"}, "evaluation": {"runtime": None, "backend": "onnxruntime"},
     })
     assert exported == expected
     path = tmp_path / "ptq_config.json"
@@ -343,7 +350,9 @@ def test_group_size_survives_a_detour_through_other_granularities() -> None:
 
 
 def test_set_field_keeps_dashboard_and_engine_in_step() -> None:
-    # the sidebar builds configs through the same schema: a default app exports QuantConfig()
+    # the sidebar builds configs through the same schema: a default app exports the dashboard's default config,
+    # the engine's defaults simulated by onnxruntime
     at = open_page(new_app().run(), "export")
-    assert QuantConfig.from_json(at.code[0].value) == QuantConfig()
+    assert QuantConfig.from_json(at.code[0].value) == state.default_config()
+    assert state.default_config() == QuantConfig(evaluation=Evaluation(backend="onnxruntime"))
     assert set_field(QuantConfig(), "weights.bits", 8) == QuantConfig()
