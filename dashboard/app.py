@@ -24,6 +24,7 @@ PAGES = HERE / "views"  # not "pages/": Streamlit treats that name as its legacy
 def main() -> None:
     st.set_page_config(page_title="PTQ Explorer", page_icon=":material/tune:", layout="wide")
     resources.configure_torch()
+    resources.clear_pending()
     state.init_state()
     sidebar.render()
     navigation = st.navigation({

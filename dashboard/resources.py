@@ -328,6 +328,11 @@ def _previous(config: QuantConfig, exc: PTQError) -> tuple[QuantConfig, dict[str
     return QuantConfig.from_json(key), result
 
 
+def clear_pending() -> None:
+    """Forget what an earlier run left pending (a run stopped by a control change never reached finish_pending)."""
+    st.session_state["_pending"] = None
+
+
 def pending_parts() -> list[str]:
     """What the page on screen is still waiting for (``main``: the whole evaluation, ``runtime``: the check)."""
     pending = st.session_state.get("_pending")
@@ -335,7 +340,7 @@ def pending_parts() -> list[str]:
 
 
 def finish_pending() -> None:
-    """Compute what the page registered as missing, in its status line, then redraw the page with it.
+    """Compute the first thing the page registered as missing, in its status line, then redraw the page with it.
 
     Called by ``app.py`` after the page is drawn, so the first answer is on screen meanwhile. A
     control change during the computation stops it (Streamlit stops the run at the next progress
@@ -346,14 +351,14 @@ def finish_pending() -> None:
     st.session_state["_pending"] = None
     if pending is None or not pending.parts:
         return
-    for part in pending.parts:
-        try:
-            with pending.slot.container():
-                compute(pending.config_json, part)
-        except PTQError as exc:
-            pending.slot.error(f"{LABELS[part]} failed: {exc}. The numbers shown are "
-                               + ("the first answer on a subset." if part == "main" else "the simulation's."))
-            return
+    part = pending.parts[0]  # one part per run: the page is redrawn with it before the next one starts
+    try:
+        with pending.slot.container():
+            compute(pending.config_json, part)
+    except PTQError as exc:
+        pending.slot.error(f"{LABELS[part]} failed: {exc}. The numbers shown are "
+                           + ("the first answer on a subset." if part == "main" else "the simulation's."))
+        return
     st.rerun()
 
 

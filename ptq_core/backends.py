@@ -69,6 +69,7 @@ class Backend(Protocol):
     """Runs the simulated model of ``plan`` on ``dataset[indices]``; the probe on ``probe_indices`` (may be empty)."""
 
     name: str
+    per_sample_batch: int  # samples per job when every quantizer works per sample
 
     def evaluate(
         self, *, prepared: PreparedModel, plan: QuantPlan, dataset: torch.utils.data.Dataset, indices: Sequence[int],

@@ -66,6 +66,8 @@ def run_note(result: dict[str, Any]) -> str:
         check = labels.runtime_agreement(m) or "simulation vs onnxruntime not compared"
         parts = [f"Latency **measured** on {lat['runtime']} ({lat['threads']} thread(s), median of repeats). "
                  f"Exported model: {check}; {verified} of {len(kernels)} quantized units run on integer kernels."]
+        if "no VNNI" in lat.get("int8_kernels", ""):  # why INT8 may be no faster than FP32 on this server
+            parts.append(lat["int8_kernels"][0].upper() + lat["int8_kernels"][1:] + ".")
     elif "runtime" in result.get("pending", []):
         parts = [f"Latency is **simulated** for now ({lat.get('runtime', 'PyTorch')}): the integer runtime check is "
                  "**pending**; it runs once the numbers above are complete and replaces it with measured latency."]
@@ -112,21 +114,24 @@ def _card(col: Any, label: str, value: str, **kwargs: Any) -> None:
 
 
 def metric_cards(result: dict[str, Any]) -> None:
-    m, size = result["metrics"], result["size"]
+    m, size, data = result["metrics"], result["size"], result["dataset"]
+    # A first answer on a subset says so on every number measured on it.
+    subset = (f" · first {data['num_eval_samples']} of {data.get('num_eval_samples_config', '?')}"
+              if "samples" in result.get("pending", []) else "")
     cols = st.columns(5)  # FP32 top-1 | quantized top-1 | agreement | size | latency
     if "fp32_top1" in m:
-        _card(cols[0], "FP32 top-1", labels.pct(m["fp32_top1"]))
+        _card(cols[0], "FP32 top-1" + subset, labels.pct(m["fp32_top1"]))
         delta_pp = 100 * (m["quant_top1"] - m["fp32_top1"])
         if abs(delta_pp) < 0.005:
-            _card(cols[1], "Quantized top-1", labels.pct(m["quant_top1"]), delta="same as FP32", delta_color="off",
-                  delta_arrow="off")
+            _card(cols[1], "Quantized top-1" + subset, labels.pct(m["quant_top1"]), delta="same as FP32",
+                  delta_color="off", delta_arrow="off")
         else:
-            _card(cols[1], "Quantized top-1", labels.pct(m["quant_top1"]), delta=f"{delta_pp:+.2f} pp vs FP32")
+            _card(cols[1], "Quantized top-1" + subset, labels.pct(m["quant_top1"]), delta=f"{delta_pp:+.2f} pp vs FP32")
     else:  # the engine reports no accuracy for random weights or unlabeled data
         why = "random weights" if not result["model"]["pretrained"] else "no labels"
         _card(cols[0], "FP32 top-1", "n/a", help=f"Not reported: {why}. Agreement with FP32 still means something.")
         _card(cols[1], "Quantized top-1", "n/a", help=f"Not reported: {why}.")
-    _card(cols[2], "Agreement with FP32", labels.pct(m["agreement"]),
+    _card(cols[2], "Agreement with FP32" + subset, labels.pct(m["agreement"]),
                    help="Share of evaluation samples whose top-1 class is the same as the FP32 model's.")
     saved = size["fp32_bytes"] - size["quant_bytes"]
     _card(cols[3], "Size", labels.size_bytes(size["quant_bytes"]),

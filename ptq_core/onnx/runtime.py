@@ -207,16 +207,29 @@ def _check(
     simulated_latency: dict[str, Any], cache: RuntimeCache, on_step: StepFn | None,
 ) -> None:
     threads = torch.get_num_threads()
+    n = min(MAX_LATENCY_BATCH, len(indices))
+    latency_batches = sorted({1, n})
+    # Steps, so a caller that stops on progress (a newer control change) stops between them: export, session,
+    # each batch run, each latency measurement.
+    run_batches = -(-len(indices) // batch_size)
+    total = 2 + run_batches + len(latency_batches)
+
+    def step(done: int) -> None:
+        if on_step is not None:
+            on_step(done, total)
+
     with tempfile.TemporaryDirectory(prefix="ptq_export_") as tmp:
         path = Path(tmp) / "quantized.onnx"
         report = export_onnx(prepared, plan, path)
+        step(1)
         optimized = Path(tmp) / "quantized.optimized.onnx"
         try:
             session = make_runtime_session(path, threads=threads, optimized_path=optimized)
         except Exception as exc:
             raise ExportError(f"onnxruntime cannot load the exported model: {str(exc).splitlines()[0][:300]}") from None
+        step(2)
         kernels, fallback = verify_kernels(report, fused_ops(optimized))
-        ort_logits = run_logits(session, dataset, indices, batch_size, on_step)
+        ort_logits = run_logits(session, dataset, indices, batch_size, lambda done, _: step(2 + done))
         same = ort_logits.argmax(dim=1) == sim_logits.argmax(dim=1)
         out.metrics = {
             "runtime_agreement": float(same.float().mean()),
@@ -226,9 +239,8 @@ def _check(
         if labels is not None:
             out.metrics["runtime_top1"] = float((ort_logits.argmax(dim=1) == labels).float().mean())
         fp32 = cache.float_reference(prepared, threads)
-        n = min(MAX_LATENCY_BATCH, len(indices))
         batch_rows: dict[str, dict[str, Any]] = {}
-        for bs in sorted({1, n}):
+        for k, bs in enumerate(latency_batches):
             x = next(iter(batches(dataset, indices[:bs], bs)))[0]
             if ("ort", bs) not in fp32.ms:
                 fp32.ms[("ort", bs)] = session_latency_ms(fp32.session, x)
@@ -240,6 +252,7 @@ def _check(
                 "fp32_ms": f_ms, "quant_ms": q_ms, "torch_fp32_ms": t_ms,
                 "speedup": f_ms / q_ms if q_ms > 0 else None, "repeats": min(q_rep, f_rep),
             }
+            step(3 + run_batches + k)
     out.latency = {
         "kind": "measured",
         "runtime": runtime_name(),

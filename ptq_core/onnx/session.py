@@ -26,7 +26,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ..calibration import batches
+from ..calibration import chunks, load_batch
+from ..parallel import map_ordered
 from ..progress import StepFn
 from .layout import elide_reorders, schedule
 
@@ -99,15 +100,18 @@ def make_runtime_session(path: str | Path, *, threads: int, optimized_path: str 
 
 def run_logits(session: ort.InferenceSession, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,
                on_step: StepFn | None = None) -> torch.Tensor:
-    """float32 outputs of ``session`` on ``dataset[indices]``, in order, batched like the simulation."""
+    """float32 outputs of ``session`` on ``dataset[indices]``, in order, batched like the simulation.
+
+    Batches run side by side (:func:`ptq_core.parallel.map_ordered`: ``InferenceSession.run`` may be
+    called from several threads at once); the outputs are put together in batch order.
+    """
     name = session.get_inputs()[0].name
-    outs = []
-    loader = batches(dataset, indices, batch_size)
-    for i, (x, _) in enumerate(loader):
-        outs.append(torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]).float())
-        if on_step is not None:
-            on_step(i + 1, len(loader))
-    return torch.cat(outs)
+
+    def run(chunk: list[int]) -> torch.Tensor:
+        x, _ = load_batch(dataset, chunk)
+        return torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]).float()
+
+    return torch.cat(map_ordered(run, chunks(indices, batch_size), on_step=on_step))
 
 
 # -- the simulated model --------------------------------------------------------------------------------

@@ -192,3 +192,18 @@ def test_a_stopped_evaluation_leaves_the_explorer_as_it_was(backend: str) -> Non
     after = explorer.evaluate(config)  # what was computed before the stop is reused, nothing half-done is
     fresh = Explorer("digits_cnn", "digits").evaluate(config)
     assert after.metrics == fresh.metrics and after.predictions == fresh.predictions
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_the_whole_evaluation_continues_from_a_first_answer_with_the_same_numbers(backend: str) -> None:
+    config = QuantConfig.from_dict({"weights": {"bits": 6}, "evaluation": {"runtime": None, "backend": backend}})
+    explorer = Explorer("digits_cnn", "digits")
+    explorer.evaluate(config, samples=48, layer_errors=False)
+    continued = explorer.evaluate(config, layer_errors=False)
+    assert continued.timing["reused_samples"] == 48  # 48 = whole batches of either backend's per-sample batch
+    direct = Explorer("digits_cnn", "digits").evaluate(config, layer_errors=False)
+    assert direct.timing["reused_samples"] == 0
+    assert continued.predictions == direct.predictions and continued.metrics == direct.metrics
+    dynamic = config.replace(activations=QuantConfig.from_dict({"activations": {"mode": "dynamic"}}).activations)
+    explorer.evaluate(dynamic, samples=48, layer_errors=False)
+    assert explorer.evaluate(dynamic, layer_errors=False).timing["reused_samples"] == 0  # ranges span a batch
