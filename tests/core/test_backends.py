@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -34,21 +32,11 @@ CONFIGS = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def _cfg(**sections: object) -> QuantConfig:
     return QuantConfig.from_dict({**sections, "evaluation": {"runtime": None, "backend": "torch"}})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cnn() -> Explorer:
-    return Explorer("digits_cnn", "digits")
 
 
 def _reference_logits(explorer: Explorer, config: QuantConfig) -> torch.Tensor:

@@ -10,11 +10,6 @@ from ptq_core.config import Calibration, QuantConfig
 from ptq_core.pipeline import Explorer
 
 
-@pytest.fixture(scope="module")
-def cnn() -> Explorer:
-    return Explorer("digits_cnn", "digits")
-
-
 def _same(a: CalibrationStats, b: CalibrationStats) -> None:
     assert a.points.keys() == b.points.keys()
     for name, ts in a.points.items():

@@ -17,7 +17,6 @@ quantizer whose input is already on its grid shows ~170 dB, float rounding, wher
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -51,17 +50,7 @@ def _cfg(backend: str, **sections: object) -> QuantConfig:
     return QuantConfig.from_dict({**sections, "evaluation": evaluation})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # both backends on one thread (onnxruntime takes torch's count): the suite shares the machine
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cnn() -> Explorer:
-    return Explorer("digits_cnn", "digits")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # both backends on one thread, as the dashboard runs them
 
 
 def _torch_logits(explorer: Explorer, config: QuantConfig) -> torch.Tensor:

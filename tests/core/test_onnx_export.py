@@ -33,16 +33,6 @@ from ptq_core.ranges import quantize_weight
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def cnn() -> Explorer:
-    return Explorer("digits_cnn", "digits")
-
-
-@pytest.fixture(scope="module")
-def mlp() -> Explorer:
-    return Explorer("digits_mlp", "digits")
-
-
 def _cfg(**sections: object) -> QuantConfig:
     return QuantConfig.from_dict(dict(sections))
 

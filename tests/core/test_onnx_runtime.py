@@ -16,11 +16,6 @@ from ptq_core.onnx.runtime import verify_kernels
 from ptq_core.pipeline import Explorer
 
 
-@pytest.fixture(scope="module")
-def cnn() -> Explorer:
-    return Explorer("digits_cnn", "digits")
-
-
 def _cfg(**sections: object) -> QuantConfig:
     return QuantConfig.from_dict(dict(sections))
 

@@ -16,16 +16,6 @@ from ptq_core.errors import CalibrationError, ConfigError, ModelError
 from ptq_core.pipeline import Explorer, weight_details
 
 
-@pytest.fixture(scope="module")
-def cnn() -> Explorer:
-    return Explorer("digits_cnn", "digits")
-
-
-@pytest.fixture(scope="module")
-def mlp() -> Explorer:
-    return Explorer("digits_mlp", "digits")
-
-
 def _cfg(**sections: object) -> QuantConfig:
     """A config from partial sections. These tests check the simulation; the onnxruntime check
     (evaluation.runtime, on by default) is tested in test_onnx_export.py / test_onnx_runtime.py."""

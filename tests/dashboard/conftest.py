@@ -6,22 +6,14 @@ model and the Results already computed: the default config is evaluated once for
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 from ptq_core.pipeline import Explorer
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # The app runs torch with one thread (dashboard.resources.TORCH_THREADS); the reference
-    # numbers in these tests are computed the same way, and the setting is undone afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """The app runs torch with one thread (dashboard.resources.TORCH_THREADS); so do the reference numbers here."""
 
 
 @pytest.fixture(scope="package")
