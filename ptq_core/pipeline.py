@@ -215,6 +215,20 @@ class Explorer:
 
         return self._once(("stats", *key), find, compute)
 
+    def add_statistics(self, config: QuantConfig, stats: CalibrationStats) -> None:
+        """Use ``stats`` as the statistics of ``config``'s calibration subset (computed elsewhere: a Ray worker's
+        Explorer gets the driver's, so every worker quantizes with the same ranges without running the model)."""
+        indices, warnings = self.calibration_indices(config.calibration)
+        if list(stats.indices) != list(indices):
+            raise CalibrationError(f"calibration statistics: taken on {len(stats.indices)} samples that are not this "
+                                   f"config's calibration subset ({len(indices)} samples); allowed: statistics of the "
+                                   "same model, data set and calibration settings")
+        stats.warnings = list(warnings)
+        with self._lock:
+            self._stats[self._stats_key(config, indices)] = stats
+            while len(self._stats) > STATS_CACHE_ENTRIES:
+                self._stats.popitem(last=False)
+
     def _stats_key(self, config: QuantConfig, indices: list[int]) -> tuple[Any, ...]:
         return (config.fold_batchnorm, tuple(indices), config.calibration.batch_size, config.device)
 

@@ -1,0 +1,332 @@
+"""Mixed precision to a target: the smallest weights that still meet an accuracy target, and the frontier found.
+
+What lives here: :class:`Target` (top-1 drop, agreement or KL bounds), :class:`Candidates` (weight
+widths per layer, and whether a layer may stay in float), :func:`search` and what it returns
+(:class:`SearchResult`, :class:`Point`). Evaluations go through a :class:`ptq_core.fanout.Runner`.
+
+The method: greedy by measured damage per byte saved, then bisection with verification.
+
+1. **Base**: every Conv/Linear layer at the widest candidate width (the config's other settings
+   as they are). If the base misses the target and float is a candidate, layers are kept in float
+   in the order that helps most (each layer spared alone, measured), the fewest that meet the
+   target found by bisection over that order.
+2. **One step at a time**: each remaining layer at each narrower width, alone on top of the base,
+   is evaluated (one evaluation per layer and width, all independent: fanned out). Its damage is
+   the increase in output KL over the base, a smooth measure that ranks layers even where top-1
+   on a few hundred images moves by whole images; divided by the weight bytes the step saves.
+3. **Bisection** over the steps in that order: the largest number of cheapest steps taken together
+   that still meets the target, each candidate verified by an evaluation (a layer's steps apply
+   narrowest-wins). Damage is not additive, so a few more steps after the bisection point are then
+   tried one by one, each kept only if the target still holds (:data:`REFINE_STEPS`).
+4. **Answer**: the smallest-weight evaluated configuration that meets every bound, as an ordinary
+   config (``overrides`` and ``keep_float``), reproducible by ``python -m ptq_core run``. When no
+   evaluated configuration meets the target, the one closest to it, and ``met`` False.
+
+Why this and not HAWQ-style Hessian traces: one evaluation per layer and width measures the real
+damage through the real quantizers (clipping, activation quantizers after it), costs what a
+sensitivity run costs, and parallelizes; the bisection then needs about log2(steps) sequential
+evaluations. The frontier is every evaluated point's (weight bytes, accuracy), Pareto-filtered.
+
+Weight bytes follow :func:`ptq_core.sensitivity.weight_bytes` (codes, scales, zero points); a
+layer in float counts 4 bytes per weight. The all-INT8 model is every Conv/Linear at 8 bits with
+the config's granularity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import MAX_BITS, MIN_BITS, LayerOverride, QuantConfig
+from .errors import ConfigError
+from .fanout import Runner, SerialRunner
+from .progress import ProgressFn
+from .result import Result
+from .sensitivity import weight_bytes
+
+REFINE_STEPS = 8  # steps tried one by one after the bisection (each one evaluation)
+FLOAT = 32  # a layer kept in float, as a width
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the answer must meet; at least one bound. Drop in top-1 points, agreement in percent, KL in nats."""
+
+    max_drop: float | None = None
+    min_agreement: float | None = None
+    max_kl: float | None = None
+
+    def validate(self, labeled: bool = True) -> None:
+        if self.max_drop is None and self.min_agreement is None and self.max_kl is None:
+            raise ConfigError("target: none given; allowed: --max-drop POINTS (0-100), --min-agreement PERCENT (0-100) "
+                              "or --max-kl NATS (>= 0)")
+        for name, value, lo, hi in (("max-drop", self.max_drop, 0.0, 100.0), ("min-agreement", self.min_agreement, 0.0, 100.0),
+                                    ("max-kl", self.max_kl, 0.0, math.inf)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+                allowed = f"a number from {lo:g} to {hi:g}" if math.isfinite(hi) else f"a number >= {lo:g}"
+                raise ConfigError(f"{name}: got {value!r}; allowed: {allowed}")
+        if self.max_drop is not None and not labeled:
+            raise ConfigError("max-drop: the data set is unlabeled, so there is no top-1 to drop; allowed: "
+                              "--min-agreement or --max-kl")
+
+    def meets(self, m: dict[str, Any]) -> bool:
+        return self.shortfall(m) <= 0.0
+
+    def shortfall(self, m: dict[str, Any]) -> float:
+        """How far ``m`` is from meeting every bound, each in its own unit (0 or less: met)."""
+        gaps = []
+        if self.max_drop is not None:
+            gaps.append(100 * (m["fp32_top1"] - m["quant_top1"]) - self.max_drop)
+        if self.min_agreement is not None:
+            gaps.append(self.min_agreement - 100 * m["agreement"])
+        if self.max_kl is not None:
+            gaps.append(m["kl_divergence"] - self.max_kl)
+        return max(gaps)
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_drop is not None:
+            parts.append(f"top-1 drop <= {self.max_drop:g} points")
+        if self.min_agreement is not None:
+            parts.append(f"agreement >= {self.min_agreement:g}%")
+        if self.max_kl is not None:
+            parts.append(f"KL <= {self.max_kl:g}")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Widths a layer's weights may take, and whether a layer may stay in float (to reach the target)."""
+
+    weight_bits: tuple[int, ...] = (8, 4)
+    allow_float: bool = False
+
+    def validate(self) -> None:
+        if not self.weight_bits:
+            raise ConfigError(f"weight-bits: got an empty set; allowed: one or more widths from {MIN_BITS} to {MAX_BITS}, "
+                              "e.g. 8,6,4")
+        for bits in self.weight_bits:
+            if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+                raise ConfigError(f"weight-bits: got {bits!r}; allowed: widths from {MIN_BITS} to {MAX_BITS}, e.g. 8,6,4")
+
+
+@dataclass
+class Point:
+    """One evaluated configuration: its widths, its weight bytes, what it measured, whether it meets the target."""
+
+    label: str
+    weight_bytes: int
+    agreement: float
+    kl_divergence: float
+    quant_top1: float | None
+    meets: bool
+    config: dict[str, Any]
+    frontier: bool = False
+
+
+@dataclass
+class SearchResult:
+    target: dict[str, Any]
+    met: bool
+    message: str  # one line: met or not, and how close
+    best: Point
+    int8_weight_bytes: int
+    fp32_top1: float | None
+    points: list[Point] = field(default_factory=list)  # every evaluated configuration, in order
+    runner: str = "serial"
+    seconds: float = 0.0
+
+    @property
+    def frontier(self) -> list[Point]:
+        return [p for p in self.points if p.frontier]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _with_bits(config: QuantConfig, widths: dict[str, int]) -> QuantConfig:
+    """``config`` with each named layer's weights at its width (FLOAT: kept in float)."""
+    overrides = dict(config.overrides)
+    keep = list(config.keep_float)
+    for name, bits in widths.items():
+        if bits == FLOAT:
+            keep.append(name)
+            continue
+        old = overrides.get(name, LayerOverride())
+        overrides[name] = LayerOverride(weights={**old.weights, "bits": bits}, activations=old.activations)
+    return config.replace(overrides=overrides, keep_float=tuple(dict.fromkeys(keep)))
+
+
+def search(
+    explorer: Any, config: QuantConfig, target: Target, candidates: Candidates = Candidates(), *,
+    runner: Runner | None = None, on_progress: ProgressFn | None = None, on_point: Callable[[Point], None] | None = None,
+) -> SearchResult:
+    """See the module docstring. ``on_point`` gets every evaluated point as soon as it is measured (the dashboard draws
+    them and keeps them if the search is stopped); ``on_progress(done, total, phase)`` after each evaluation."""
+    start = time.perf_counter()
+    candidates.validate()
+    target.validate(labeled=explorer.dataset.evaluation_labels is not None and explorer.entry.pretrained)
+    runner = runner if runner is not None else SerialRunner(explorer)
+    prepared = explorer.prepared(config.fold_batchnorm)
+    layers = [u for u in prepared.units if u.has_weights and u.name not in config.keep_float]
+    if not layers:
+        raise ConfigError("search: every Conv/Linear layer is kept in float; allowed: a config with quantized layers")
+    widths_desc = sorted(set(candidates.weight_bits), reverse=True)
+    high = widths_desc[0]
+
+    def layer_bytes(unit: Any, bits: int) -> int:
+        w = prepared.weight(unit)
+        if bits == FLOAT:
+            return 4 * w.numel()
+        return weight_bytes(w, bits, config.weight_quant_for(unit.name) or config.weights, int(w.shape[0]))
+
+    table = {u.name: {b: layer_bytes(u, b) for b in [*widths_desc, 8, FLOAT]} for u in layers}
+    int8_bytes = sum(t[8] for t in table.values())
+    points: list[Point] = []
+    evaluations = [0]
+
+    def total_bytes(widths: dict[str, int]) -> int:
+        return sum(table[n][widths.get(n, high)] for n in table)
+
+    def evaluate(batch: list[tuple[str, dict[str, int]]], phase: str, estimate: int) -> list[Result]:
+        configs = [_with_bits(config, w) for _, w in batch]
+        results: list[Result | None] = [None] * len(batch)
+
+        def on_result(i: int, result: Result) -> None:
+            results[i] = result
+            label, widths = batch[i]
+            m = result.metrics
+            point = Point(label, total_bytes(widths), float(m["agreement"]), float(m["kl_divergence"]),
+                          m.get("quant_top1"), target.meets(m), configs[i].to_dict())
+            points.append(point)
+            evaluations[0] += 1
+            if on_point is not None:
+                on_point(point)
+            if on_progress is not None:
+                on_progress(evaluations[0], max(estimate, evaluations[0]), phase)
+
+        runner.evaluate_many(configs, on_result=on_result)
+        return [r for r in results if r is not None]
+
+    names = [u.name for u in layers]
+    steps_estimate = len(names) * (len(widths_desc) - 1) + 2 * max(1, math.ceil(math.log2(max(2, len(names))))) + REFINE_STEPS
+    base_widths = {n: high for n in names}
+    base = evaluate([(f"every layer at {high} bits", base_widths)], "base", steps_estimate)[0]
+    fp32_top1 = base.metrics.get("fp32_top1")
+
+    # 1. When the widest widths miss the target: keep the layers that help most in float, the fewest that do it.
+    floated: list[str] = []
+    if not target.meets(base.metrics) and candidates.allow_float:
+        spared = evaluate([(f"{n} in float", {**base_widths, n: FLOAT}) for n in names], "layers in float",
+                          steps_estimate + len(names))
+        order = sorted(range(len(names)), key=lambda i: target.shortfall(spared[i].metrics))
+        k = _smallest_meeting(len(order), lambda k: evaluate(
+            [(f"{k} most helpful layers in float", {**base_widths, **{names[i]: FLOAT for i in order[:k]}})],
+            "layers in float", steps_estimate + len(names))[0].metrics, target)
+        if k is not None:
+            floated = [names[i] for i in order[:k]]
+            base_widths.update({n: FLOAT for n in floated})
+            base = evaluate([(f"every layer at {high} bits, {k} in float", base_widths)], "base", steps_estimate)[0]
+
+    if target.meets(base.metrics):
+        # 2. Each narrower width of each layer alone, on top of the base: damage (KL increase) per byte saved.
+        moves = [(n, b) for n in names if n not in floated for b in widths_desc[1:]]
+        singles = evaluate([(f"{n} at {b} bits", {**base_widths, n: b}) for n, b in moves], "one layer at a time",
+                           steps_estimate)
+        base_kl = float(base.metrics["kl_divergence"])
+        scored = []
+        for (n, b), r in zip(moves, singles, strict=True):
+            saved = table[n][high] - table[n][b]
+            scored.append((max(float(r.metrics["kl_divergence"]) - base_kl, 0.0) / max(saved, 1), -saved, n, b))
+        order_moves = [(n, b) for _, _, n, b in sorted(scored)]
+
+        def widths_after(k: int) -> dict[str, int]:
+            widths = dict(base_widths)
+            for n, b in order_moves[:k]:
+                widths[n] = min(widths[n], b)
+            return widths
+
+        # 3. Bisection over the cheapest steps taken together, verified; then a few more tried one by one.
+        def metrics_after(k: int) -> dict[str, Any]:
+            return evaluate([(f"{k} cheapest steps", widths_after(k))], "combining steps", steps_estimate)[0].metrics
+
+        k_best = _largest_meeting(len(order_moves), metrics_after, target)
+        widths = widths_after(k_best)
+        for n, b in order_moves[k_best:k_best + REFINE_STEPS]:
+            if widths[n] <= b:
+                continue
+            trial = {**widths, n: b}
+            m = evaluate([(f"{k_best} cheapest steps, then {n} at {b} bits", trial)], "refining", steps_estimate)[0].metrics
+            if target.meets(m):
+                widths = trial
+
+    _mark_frontier(points)
+    meeting = [p for p in points if p.meets]
+    if meeting:
+        best = min(meeting, key=lambda p: (p.weight_bytes, -p.agreement))
+        message = (f"met ({target.describe()}): weights {best.weight_bytes:,} bytes = "
+                   f"{100 * best.weight_bytes / int8_bytes:.1f}% of the all-INT8 model ({int8_bytes:,} bytes); "
+                   f"{_measured(best, fp32_top1)}")
+    else:
+        best = min(points, key=lambda p: target.shortfall(_metrics(p, fp32_top1)))
+        message = (f"NOT met ({target.describe()}): the closest configuration evaluated, {best.label}, falls short by "
+                   f"{target.shortfall(_metrics(best, fp32_top1)):.3g} ({_measured(best, fp32_top1)}); "
+                   f"try wider widths{' or allow float layers' if not candidates.allow_float else ''}")
+    return SearchResult(
+        target=dataclasses.asdict(target), met=bool(meeting), message=message, best=best, int8_weight_bytes=int8_bytes,
+        fp32_top1=fp32_top1, points=points, runner=runner.name, seconds=time.perf_counter() - start,
+    )
+
+
+def _metrics(p: Point, fp32_top1: float | None) -> dict[str, Any]:
+    return {"agreement": p.agreement, "kl_divergence": p.kl_divergence, "quant_top1": p.quant_top1, "fp32_top1": fp32_top1}
+
+
+def _measured(p: Point, fp32_top1: float | None) -> str:
+    parts = [f"agreement {100 * p.agreement:.2f}%", f"KL {p.kl_divergence:.4g}"]
+    if p.quant_top1 is not None and fp32_top1 is not None:
+        parts.insert(0, f"top-1 {100 * p.quant_top1:.2f}% ({100 * (fp32_top1 - p.quant_top1):.2f} points below FP32's "
+                        f"{100 * fp32_top1:.2f}%)")
+    return ", ".join(parts)
+
+
+def _largest_meeting(n: int, metrics_of: Callable[[int], dict[str, Any]], target: Target) -> int:
+    """The largest k in [0, n] whose configuration meets the target, assuming k=0 does (bisection, verified)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if target.meets(metrics_of(mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _smallest_meeting(n: int, metrics_of: Callable[[int], dict[str, Any]], target: Target) -> int | None:
+    """The smallest k in [1, n] whose configuration meets the target (None: not even n)."""
+    if not target.meets(metrics_of(n)):
+        return None
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if target.meets(metrics_of(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _mark_frontier(points: Sequence[Point]) -> None:
+    """Pareto front: no other point is at most as large and at least as accurate (by agreement, then KL)."""
+    for p in points:
+        p.frontier = not any(
+            q is not p and q.weight_bytes <= p.weight_bytes and (q.agreement, -q.kl_divergence) >= (p.agreement, -p.kl_divergence)
+            and (q.weight_bytes < p.weight_bytes or (q.agreement, -q.kl_divergence) > (p.agreement, -p.kl_divergence))
+            for q in points
+        )
