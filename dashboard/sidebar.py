@@ -20,6 +20,7 @@ from ptq_core.config import (
     BACKENDS,
     DYNAMIC_ACTIVATION_GRANULARITIES,
     MAX_BITS,
+    MAX_GROUP_SIZE,
     MIN_BITS,
     RUNTIMES,
     SCHEMES,
@@ -72,8 +73,12 @@ def render() -> None:
     c1, c2 = sb.columns([3, 2])
     c1.selectbox("Granularity", list(WEIGHT_GRANULARITIES), key="sb_w_granularity",
                  format_func=labels.GRANULARITY.get, help="How many weights share one scale.")
-    c2.number_input("Group size", min_value=1, step=16, key="sb_w_group_size",
-                    disabled=ss["sb_w_granularity"] != "per_group", help="Weights per range (per-group only).")
+    # The config's own bound, so an imported config always fits the box; what fits the loaded model (its
+    # longest row) is checked when the plan is made, and a larger group is refused there with that layer's name.
+    c2.number_input("Group size", min_value=1, max_value=MAX_GROUP_SIZE, step=16, key="sb_w_group_size",
+                    disabled=ss["sb_w_granularity"] != "per_group",
+                    help=f"Weights per range (per-group only), 1 to {MAX_GROUP_SIZE}, and at most the longest row of "
+                         "the model's layers (a longer group would be per-channel).")
     c1, c2 = sb.columns([3, 2])
     c1.selectbox("Weight clipping", list(WEIGHT_CLIPPING), key="sb_w_clipping", format_func=labels.CLIPPING.get)
     c2.number_input("Percentile", min_value=50.001, max_value=99.99999, step=0.01, format="%.3f", key="sb_w_percentile",

@@ -18,6 +18,18 @@ Example (a W4 per-group, A8 static config)::
      "fold_batchnorm": true, "keep_float": ["fc2"],
      "overrides": {"conv1": {"weights": {"bits": 8}}}}
 
+``weights.group_size`` (rules checked where they can be):
+
+* here, for any model: an integer from 1 to :data:`MAX_GROUP_SIZE`; required with ``per_group``.
+  With ``per_tensor``/``per_channel`` it is accepted (a sweep over granularities keeps one base
+  config) but ignored, and the Result says so in a warning.
+* when a plan is made for a model (:func:`ptq_core.quantize.make_plan`): a group size longer than
+  the longest row (flattened input dimension, ``in_channels/groups * kh * kw`` or ``in_features``)
+  of every layer it applies to is REJECTED with a ConfigError naming that layer and its row
+  length: such a group is per-channel quantization under another name. Layers whose rows are no
+  longer than the group (a short first conv, depthwise convs) get one group per row, the same
+  numbers as ``per_channel``, and the Result warns, naming them.
+
 ``"activations": null`` is weight-only quantization; ``"activations": {"mode": "dynamic"}``
 quantizes each layer's input from its own min/max at inference time (no calibration).
 What the fields mean for the numbers (integer ranges, placement of activation quantizers)
@@ -54,6 +66,12 @@ RUNTIMES = ("onnxruntime",)  # evaluation.runtime: where the exported model is r
 BACKENDS = ("torch", "onnxruntime")  # evaluation.backend: what runs the simulated model (same numbers, see ptq_core.simulation)
 
 
+# Largest weights.group_size any config may name: 2**16. The longest row of a registered model is
+# 25,088 (VGG's first Linear, 512 x 7 x 7); a larger group only pads rows, so the bound keeps a mistyped
+# 10**9 from allocating rows x group_size floats, and gives the dashboard's Group size box its maximum.
+MAX_GROUP_SIZE = 65536
+
+
 def _fail(path: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{path}: got {value!r}; allowed: {allowed}")
 
@@ -86,8 +104,15 @@ def _check_percentile(path: str, value: Any) -> float:
     return float(value)
 
 
+_JSON_KINDS = ((list, "a JSON array"), (str, "a JSON string"), (bool, "a JSON boolean"), (int, "a JSON number"),
+               (float, "a JSON number"), (type(None), "null"))
+
+
 def _check_keys(path: str, data: Any, allowed: tuple[str, ...]) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
+        if not path:  # the whole config: say what it is, not its (possibly huge) value
+            kind = next((name for t, name in _JSON_KINDS if isinstance(data, t)), type(data).__name__)
+            raise ConfigError(f"config: got {kind}; allowed: a JSON object with keys {', '.join(allowed)}")
         raise _fail(path, data, "a JSON object with keys " + ", ".join(allowed))
     unknown = sorted(set(data) - set(allowed))
     if unknown:
@@ -107,7 +132,7 @@ class WeightQuant:
     bits: int = 8  # INT8 is the deployment default; 4 and below need per-channel or per-group
     scheme: str = "symmetric"  # weights are centred on zero; symmetric keeps zero_point = 0
     granularity: str = "per_channel"  # one range per output channel: the standard for INT8 weights
-    group_size: int | None = None  # required for per_group: elements of the input dimension sharing a range
+    group_size: int | None = None  # required for per_group: elements of the input dimension sharing a range (ignored otherwise)
     clipping: str = "minmax"  # weights are all known: min-max loses no outliers
     percentile: float = 99.99  # used when clipping == "percentile"
 
@@ -116,7 +141,7 @@ class WeightQuant:
         _check_choice(f"{path}.scheme", self.scheme, SCHEMES)
         _check_choice(f"{path}.granularity", self.granularity, WEIGHT_GRANULARITIES)
         if self.group_size is not None:
-            _check_int(f"{path}.group_size", self.group_size, 1)
+            _check_int(f"{path}.group_size", self.group_size, 1, MAX_GROUP_SIZE)
         if self.granularity == "per_group" and self.group_size is None:
             raise ConfigError(f"{path}.group_size: required when granularity is per_group; allowed: a positive integer, e.g. 32, 64, 128")
         _check_choice(f"{path}.clipping", self.clipping, WEIGHT_CLIPPING)
@@ -401,14 +426,24 @@ def set_field(config: QuantConfig, dotted: str, value: Any) -> QuantConfig:
 
     Used by sweeps (``--grid weights.bits=8,4``) and the dashboard's controls.
     """
+    return set_fields(config, {dotted: value})
+
+
+def set_fields(config: QuantConfig, changes: Mapping[str, Any]) -> QuantConfig:
+    """Return ``config`` with several dotted fields set together, validated once all are set.
+
+    Together, because one field may need another: ``weights.granularity=per_group`` is valid only
+    with ``weights.group_size`` set in the same step.
+    """
     data = config.to_dict()
-    node: Any = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-            raise ConfigError(f"{dotted}: no such config field; allowed: top-level fields {', '.join(data)} and their sub-fields")
-        node = node[part]
-    if parts[-1] not in node and not (dotted.startswith("overrides.") or parts[-1] in ("group_size",)):
-        raise ConfigError(f"{dotted}: no such config field; allowed fields here: {', '.join(node)}")
-    node[parts[-1]] = value
+    for dotted, value in changes.items():
+        node: Any = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"{dotted}: no such config field; allowed: top-level fields {', '.join(data)} and their sub-fields")
+            node = node[part]
+        if parts[-1] not in node and not (dotted.startswith("overrides.") or parts[-1] in ("group_size",)):
+            raise ConfigError(f"{dotted}: no such config field; allowed fields here: {', '.join(node)}")
+        node[parts[-1]] = value
     return QuantConfig.from_dict(data)

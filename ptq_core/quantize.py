@@ -3,7 +3,11 @@
 ``make_plan`` decides every scale and zero point without running the model: weight ranges
 come from the weights themselves, static activation ranges from the calibration statistics
 (:mod:`ptq_core.observers`), so changing bits, scheme, granularity or clipping is instant.
-``build_quantized_model`` returns a NEW ``GraphModule`` (the prepared model is never touched)
+Settings that would change nothing are not dropped silently: ``make_plan`` lists them in
+``QuantPlan.warnings`` (an override on a layer kept in float or on a point without a quantizer,
+dynamic ``per_token`` on a conv input, a ``group_size`` that no per_group layer uses or that covers
+whole rows). A group size longer than every row it applies to is a ConfigError (rule in
+:mod:`ptq_core.config`). ``build_quantized_model`` returns a NEW ``GraphModule`` (the prepared model is never touched)
 whose weights are replaced by their fake-quantized values and whose activation points carry
 fake-quantize modules, placed as :mod:`ptq_core.graph` documents.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +126,11 @@ class QuantPlan:
 
 
 def check_names(prepared: PreparedModel, config: QuantConfig) -> None:
-    """keep_float and overrides must name layers or activation points of this model."""
+    """keep_float and overrides must name layers or activation points of this model; group sizes must fit it.
+
+    Everything about ``config`` that can be checked against the model without statistics: what a
+    sweep checks for every config before running the first.
+    """
     layers = prepared.layer_names()
     units = {u.name for u in prepared.units}
     points = {p.name for p in prepared.points}
@@ -133,6 +142,11 @@ def check_names(prepared: PreparedModel, config: QuantConfig) -> None:
             raise ConfigError(f"overrides.{name}.weights: no Conv/Linear layer named {name!r}; allowed: {', '.join(layers[:60])}")
         if ov.activations and name not in points:
             raise ConfigError(f"overrides.{name}.activations: no activation point named {name!r}; allowed: {', '.join(sorted(points)[:60])}")
+    _check_group_sizes(prepared, config, _resolved_weights(prepared, config))
+
+
+def _resolved_weights(prepared: PreparedModel, config: QuantConfig) -> dict[str, WeightQuant | None]:
+    return {u.name: config.weight_quant_for(u.name) for u in prepared.units if u.has_weights}
 
 
 def active_points(prepared: PreparedModel, config: QuantConfig) -> dict[str, ActivationQuant]:
@@ -159,6 +173,103 @@ def active_points(prepared: PreparedModel, config: QuantConfig) -> dict[str, Act
     return out
 
 
+_LISTED = 8  # names listed in one warning before "and N more"
+
+
+def _listed(items: list[str]) -> str:
+    more = f" and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
+    return ", ".join(items[:_LISTED]) + more
+
+
+def _group_size_source(config: QuantConfig, layer: str) -> str:
+    """The config field a layer's group size comes from."""
+    ov = config.overrides.get(layer)
+    return f"overrides.{layer}.weights.group_size" if ov is not None and "group_size" in ov.weights else "weights.group_size"
+
+
+def _check_group_sizes(prepared: PreparedModel, config: QuantConfig, resolved: dict[str, WeightQuant | None]) -> list[str]:
+    """The group-size rule of :mod:`ptq_core.config`, checked before any weight is reshaped into groups.
+
+    Per field that sets a group size: longer than the longest row of the per_group layers it applies
+    to -> ConfigError naming that layer and its row length; as long as some rows -> a warning naming
+    those layers (one group per row is per_channel). A group size nothing uses -> a warning.
+    """
+    by_source: dict[str, list[tuple[str, int, int]]] = {}  # field -> [(layer, row length, group size)]
+    warnings: list[str] = []
+    for unit in prepared.units:
+        wq = resolved.get(unit.name)
+        if wq is None or wq.granularity != "per_group":
+            continue
+        assert wq.group_size is not None
+        row = math.prod(prepared.weight(unit).shape[1:])
+        by_source.setdefault(_group_size_source(config, unit.name), []).append((unit.name, row, wq.group_size))
+    for source, rows in by_source.items():
+        group = rows[0][2]
+        layer, longest, _ = max(rows, key=lambda r: r[1])
+        if group > longest:
+            raise ConfigError(
+                f"{source}: got {group}; allowed: 1 to {longest} for this model, the longest row among the per_group "
+                f"layers it applies to ({layer}: {longest} weights per output channel); a group longer than every row "
+                "is per_channel quantization, choose granularity per_channel for that"
+            )
+        whole = [f"{name} ({row})" for name, row, _ in rows if row <= group]
+        if whole:
+            warnings.append(
+                f"{source}={group} is at least the row length of {len(whole)} layer(s): {_listed(whole)}; each of "
+                "their rows is one group, the same numbers as per_channel"
+            )
+    w = config.weights
+    if w.group_size is not None and "weights.group_size" not in by_source:
+        warnings.append(
+            f"weights.group_size={w.group_size} is ignored: no layer is quantized per_group (granularity is "
+            f"{w.granularity}; group_size applies to per_group only)"
+        )
+    for name, ov in config.overrides.items():
+        wq = resolved.get(name)
+        if "group_size" in ov.weights and wq is not None and wq.granularity != "per_group":
+            warnings.append(
+                f"overrides.{name}.weights.group_size={ov.weights['group_size']} is ignored: layer {name} is "
+                f"quantized {wq.granularity} (group_size applies to per_group only)"
+            )
+    return warnings
+
+
+def _override_warnings(prepared: PreparedModel, config: QuantConfig, active: dict[str, ActivationQuant]) -> list[str]:
+    """Overrides and choices that change nothing in this model: said, not dropped silently."""
+    warnings: list[str] = []
+    dynamic = config.activations is not None and config.activations.mode == "dynamic"
+    for name, ov in config.overrides.items():
+        if ov.weights and name in config.keep_float:
+            warnings.append(
+                f"overrides.{name}.weights: layer {name} is in keep_float, so its weights stay float; the override "
+                "changes nothing"
+            )
+        if ov.activations and name not in active:
+            if name in config.keep_float:
+                why = f"layer {name} is in keep_float, so its output stays float"
+            elif dynamic:
+                why = "dynamic mode quantizes only the inputs of quantized Conv/Linear layers"
+            else:
+                why = "no quantized layer reads or produces it"
+            warnings.append(f"overrides.{name}.activations: {name} has no activation quantizer ({why}); the override "
+                            "changes nothing")
+    linear_inputs = {i for u in prepared.units if u.kind == "linear" for i in u.inputs}
+    conv_inputs = {i for u in prepared.units if u.kind == "conv" for i in u.inputs}
+    fallback: dict[str, list[str]] = {}
+    for name, aq in active.items():
+        if aq.mode == "dynamic" and aq.granularity == "per_token" and (name not in linear_inputs or name in conv_inputs):
+            own = config.overrides.get(name)
+            source = (f"overrides.{name}.activations.granularity" if own is not None and "granularity" in own.activations
+                      else "activations.granularity")
+            fallback.setdefault(source, []).append(name)
+    for source, names in fallback.items():
+        warnings.append(
+            f"{source}: per_token applies to Linear inputs only (a conv input has no token rows); {len(names)} "
+            f"conv input(s) use per_tensor: {_listed(names)}"
+        )
+    return warnings
+
+
 def _weight_key(unit: Unit, wq: WeightQuant) -> tuple[Any, ...]:
     return (unit.module, dataclasses.astuple(wq))
 
@@ -177,11 +288,15 @@ def make_plan(
     """
     check_names(prepared, config)
     cache = cache if cache is not None else {}
+    resolved = _resolved_weights(prepared, config)
+    warnings = _check_group_sizes(prepared, config, resolved)
     layers: dict[str, LayerQuant] = {}
     for unit in prepared.units:
         if not unit.has_weights:
             continue
-        wq = config.weight_quant_for(unit.name)
+        wq = resolved[unit.name]
+        if wq is not None and wq.granularity != "per_group" and wq.group_size is not None:
+            wq = dataclasses.replace(wq, group_size=None)  # ignored (warned above): not echoed per layer
         if wq is None:
             layers[unit.name] = LayerQuant(unit=unit, quant=None)
             continue
@@ -199,7 +314,9 @@ def make_plan(
     points: dict[str, PointQuant] = {}
     linear_inputs = {i for u in prepared.units if u.kind == "linear" for i in u.inputs}
     conv_inputs = {i for u in prepared.units if u.kind == "conv" for i in u.inputs}
-    for name, aq in active_points(prepared, config).items():
+    active = active_points(prepared, config)
+    warnings.extend(_override_warnings(prepared, config, active))
+    for name, aq in active.items():
         if aq.mode == "dynamic":
             per_token = aq.granularity == "per_token" and name in linear_inputs and name not in conv_inputs
             qmin, qmax = int_range(aq.bits, aq.scheme)
@@ -217,7 +334,7 @@ def make_plan(
         lo, hi, scale, zp, err = stats.ranges[akey]
         qmin, qmax = int_range(aq.bits, aq.scheme)
         points[name] = PointQuant(name, aq, "per_tensor", lo, hi, scale, zp, qmin, qmax, err)
-    return QuantPlan(mode=config.mode, layers=layers, points=points)
+    return QuantPlan(mode=config.mode, layers=layers, points=points, warnings=warnings)
 
 
 def _module_name(prefix: str, name: str) -> str:
