@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import QuantConfig
-from .errors import PTQError
-from .sweep import expand_grid, parse_grid
+from .errors import OutputError, PTQError
+from .sweep import expand_grid, parse_grid, source_key
 
 EXIT_USER_ERROR = 2
 
@@ -51,10 +51,40 @@ def _write(text: str, output: str | None) -> None:
         Path(output).write_text(text + "\n", encoding="utf-8")
 
 
+def _check_output(output: str | None, flag: str) -> None:
+    """Fail now, before anything is computed, when ``output`` cannot be written; missing folders are created.
+
+    A run's results are only worth computing if they can be kept: a folder, a read-only place or an
+    uncreatable parent is an OutputError naming the flag and the path. Missing parent folders are
+    created, as ``export`` does; the probe file is removed again if it did not exist.
+    """
+    if output is None or output == "-":
+        return
+    out = Path(output)
+    if out.is_dir():
+        raise OutputError(f"{flag}: {output!r} is a folder; allowed: a file path (created, or replaced if it exists)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{flag}: cannot create the folder {str(out.parent)!r} for {output!r} ({exc.strerror}); allowed: a path "
+            "whose folders exist or can be created"
+        ) from None
+    existed = out.exists()
+    try:
+        with out.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{flag}: cannot write {output!r} ({exc.strerror}); allowed: a file in a writable folder") from None
+    if not existed:
+        out.unlink(missing_ok=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
     config = QuantConfig.load(args.config)
+    _check_output(args.output, "--output")
     result = run(config, on_progress=_Progress(args.quiet))
     _write(result.to_json(), args.output)
     if not args.quiet:
@@ -72,24 +102,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .pipeline import Explorer
+    from .quantize import check_names
 
     base = QuantConfig.load(args.config)
+    out = Path(args.output)
+    json_path = out.with_suffix(".json")
+    if json_path == out:
+        raise OutputError(f"--output: got {args.output!r}; allowed: a .csv path (the full Results go next to it as .json)")
+    _check_output(str(out), "--output")
+    _check_output(str(json_path), "--output (its .json)")
+    # Every value of the grid is checked before the first config runs: fields and model/data names by
+    # expand_grid, layer names and group sizes against each model by check_names.
     configs = expand_grid(base, parse_grid(args.grid))
-    explorer = Explorer.for_config(base)
+    explorers: dict[tuple[str, str], Explorer] = {}
+    for cfg in configs:
+        key = source_key(cfg)
+        if key not in explorers:
+            explorers[key] = Explorer.for_config(cfg)
+        check_names(explorers[key].prepared(cfg.fold_batchnorm), cfg)
     rows, results = [], []
     for i, cfg in enumerate(configs):
-        if cfg.model != base.model or cfg.dataset != base.dataset:
-            explorer = Explorer.for_config(cfg)
-        result = explorer.evaluate(cfg, on_progress=_Progress(args.quiet, f"[{i + 1}/{len(configs)}] "))
+        result = explorers[source_key(cfg)].evaluate(cfg, on_progress=_Progress(args.quiet, f"[{i + 1}/{len(configs)}] "))
         rows.append(result.summary_row())
         results.append(result.to_dict())
-    out = Path(args.output)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        # Written after every config, so a failure later keeps what is done.
+        with out.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        json_path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     if not args.quiet:
         sys.stderr.write(f"{len(rows)} configurations -> {out} and {json_path}\n")
     return 0
@@ -100,6 +141,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .pipeline import Explorer
 
     config = QuantConfig.load(args.config)
+    _check_output(args.output, "--output")
+    _check_output(args.report, "--report")
     explorer = Explorer.for_config(config)
     report = explorer.export_onnx(config, args.output, opset=args.opset, on_progress=_Progress(args.quiet))
     if args.report:

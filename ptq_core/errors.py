@@ -32,3 +32,7 @@ class CalibrationError(PTQError):
 
 class ExportError(PTQError):
     """The quantized model cannot be exported or run by the target runtime."""
+
+
+class OutputError(PTQError):
+    """An output file cannot be written where it was asked for (a missing, read-only or occupied path)."""

@@ -6,6 +6,11 @@
 
 Calibration statistics are shared by every config with the same calibration subset, so a
 sweep over bits, granularity or clipping calibrates once.
+
+Every value of a grid is checked before anything runs: :func:`expand_grid` validates each
+config's fields and resolves every model and data-set name it names (``model=digits_cnn,typo``
+fails at once, naming ``typo`` and what is registered), so a sweep never stops after hours on the
+last value.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .config import QuantConfig, set_field
+from .config import QuantConfig, set_fields
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -46,15 +51,44 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[Any]]]:
 
 
 def expand_grid(base: QuantConfig, grid: Sequence[tuple[str, Sequence[Any]]]) -> list[QuantConfig]:
-    """Every combination of the grid's values applied to ``base``, each validated, in row-major order."""
+    """Every combination of the grid's values applied to ``base``, each validated, in row-major order.
+
+    Validated means its fields, set together (:func:`~ptq_core.config.set_fields`) and its model and data-set
+    names (:func:`check_sources`); what needs the model itself (layer names, group sizes) is
+    checked by :func:`ptq_core.quantize.check_names`.
+    """
     configs = []
     keys = [k for k, _ in grid]
     for combo in itertools.product(*(v for _, v in grid)):
-        cfg = base
-        for key, value in zip(keys, combo, strict=True):
-            cfg = set_field(cfg, key, value)
-        configs.append(cfg)
+        configs.append(set_fields(base, dict(zip(keys, combo, strict=True))))
+    check_sources(configs)
     return configs
+
+
+def source_key(config: QuantConfig) -> tuple[str, str]:
+    """What picks the Explorer of a config: its model and data-set specs, as canonical JSON."""
+    return json.dumps(config.model, sort_keys=True), json.dumps(config.dataset, sort_keys=True)
+
+
+def check_sources(configs: Sequence[QuantConfig]) -> None:
+    """Resolve every distinct model and data-set spec of ``configs`` (files checked, nothing loaded).
+
+    Raises the registry's ModelError/DataError ("model: unknown model 'x'; available: ...") at the
+    first spec that does not resolve.
+    """
+    from .data import check_dataset_spec  # the registries pull in the model zoo; imported when a sweep needs them
+    from .models import get_model_entry
+
+    models: dict[str, Any] = {}
+    datasets: dict[str, Any] = {}
+    for cfg in configs:
+        model_key, data_key = source_key(cfg)
+        models.setdefault(model_key, cfg.model)
+        datasets.setdefault(data_key, cfg.dataset)
+    for spec in models.values():
+        get_model_entry(spec)
+    for spec in datasets.values():
+        check_dataset_spec(spec)
 
 
 def run_sweep(

@@ -43,11 +43,13 @@ __all__ = [
     "Dataset",
     "TensorSamples",
     "available_datasets",
+    "check_dataset_spec",
     "dataset_description",
     "dataset_fingerprint",
     "load_dataset",
     "register_dataset",
     "select_calibration",
+    "unregister_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,13 @@ def register_dataset(name: str, loader: Callable[..., Dataset], description: str
     _REGISTRY[name] = _Registered(loader=loader, description=description)
 
 
+def unregister_dataset(name: str) -> None:
+    """Forget the data set registered as ``name`` (tests, plug-ins that go away); DataError if there is none."""
+    if name not in _REGISTRY:
+        raise DataError(f"dataset: {name!r} is not registered; registered: {', '.join(available_datasets())}")
+    del _REGISTRY[name]
+
+
 def available_datasets() -> list[str]:
     """Registered data set names, sorted."""
     return sorted(_REGISTRY)
@@ -157,6 +166,19 @@ def load_dataset(spec: str | dict[str, Any], *, transform: Transform | None = No
     ``transform`` is applied to every ``x`` of both splits (e.g. a model's preprocessing).
     Unknown names, kinds or options raise :class:`~ptq_core.errors.DataError`.
     """
+    entry, options = _resolve(spec)
+    return entry.loader(**options, transform=transform)
+
+
+def check_dataset_spec(spec: Any) -> None:
+    """DataError unless ``spec`` names a registered data set with options its loader takes; loads nothing.
+
+    What a sweep checks for every data set of its grid before running the first config.
+    """
+    _resolve(spec)
+
+
+def _resolve(spec: Any) -> tuple[_Registered, dict[str, Any]]:
     if isinstance(spec, str):
         name, options, path = spec, {}, "dataset"
     elif isinstance(spec, dict) and isinstance(spec.get("kind"), str):
@@ -168,9 +190,8 @@ def load_dataset(spec: str | dict[str, Any], *, transform: Transform | None = No
             'or an object with a "kind" key'
         )
     entry = _lookup(name, path)
-    kwargs = {**options, "transform": transform}
     try:
-        inspect.signature(entry.loader).bind(**kwargs)
+        inspect.signature(entry.loader).bind(**options, transform=None)
     except TypeError:
         params = [p for p in inspect.signature(entry.loader).parameters if p != "transform"]
         unknown = sorted(set(options) - set(params))
@@ -178,7 +199,7 @@ def load_dataset(spec: str | dict[str, Any], *, transform: Transform | None = No
             f"dataset: options {unknown or sorted(options)} are not accepted by kind {name!r}; "
             f"allowed options: {', '.join(params) or 'none'}"
         ) from None
-    return entry.loader(**kwargs)
+    return entry, options
 
 
 def select_calibration(

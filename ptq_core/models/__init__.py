@@ -47,6 +47,7 @@ __all__ = [
     "load_model",
     "register_model",
     "register_model_kind",
+    "unregister_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,13 @@ def register_model(entry: ModelEntry) -> None:
     if entry.name in _MODELS:
         log.debug("model %r registered again; replacing the previous entry", entry.name)
     _MODELS[entry.name] = entry
+
+
+def unregister_model(name: str) -> None:
+    """Forget the model registered as ``name`` (tests, plug-ins that go away); ModelError if there is none."""
+    if name not in _MODELS:
+        raise ModelError(f"model: {name!r} is not registered; registered: {', '.join(available_models())}")
+    del _MODELS[name]
 
 
 def register_model_kind(kind: str, resolver: ModelKindResolver) -> None:
