@@ -64,6 +64,14 @@ _PICKLE_REFUSED = (
     "containers); allowed: files of plain tensors"
 )
 
+# What a model file may be, said in every "not a model file" message.
+ACCEPTED = (
+    "a TorchScript module (torch.jit.save), a torch.export program (.pt2, torch.export.save) or a state dict "
+    "(torch.save(model.state_dict(), path))"
+)
+# torch.save's legacy (non-zip) format starts with the pickled magic number, at the protocol it was saved with.
+_LEGACY_HEADERS = tuple(pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=p) for p in range(6))
+
 Lookup = Callable[[Any], ModelEntry]
 
 
@@ -76,6 +84,33 @@ def _refused_pickle(exc: pickle.UnpicklingError) -> bool:
     return "Unsupported global" in str(exc)
 
 
+def _torch_says(exc: BaseException) -> str:
+    """`` (torch: <first line>)`` for a RuntimeError torch raised about the model (a shape, an op), else nothing.
+
+    Other exception types out of torch's loaders (IndexError, EOFError, KeyError ...) are the
+    loader's internals meeting bad bytes: they tell a user nothing, so they go to the debug log only.
+    """
+    log.debug("model loading failed", exc_info=exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f" (torch: {text[:300]})" if type(exc) is RuntimeError and text else ""
+
+
+def check_finite_state(model: nn.Module, path: Path) -> None:
+    """ModelError naming the first parameter or buffer (``bn2.running_var``) holding NaN or Inf.
+
+    Checked on the module as loaded, before BatchNorm is folded into a conv: after folding, a NaN
+    running variance would show up as the conv's weight, which is finite in the file.
+    """
+    tensors = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_floating_point())]
+    for name, tensor in tensors:
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelError(
+                f"model.path: {path.name!r}: {name} contains NaN or Inf ({bad} of {tensor.numel()} values); "
+                "allowed: finite weights and buffers only"
+            )
+
+
 def check_model_file(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> Path:
     """``path`` as a Path if it is a readable file no larger than ``max_bytes`` (also once unzipped)."""
     p = Path(path)
@@ -84,7 +119,11 @@ def check_model_file(path: str | os.PathLike[str], *, max_bytes: int | None = No
         raise ModelError(f"model.path: {str(p)!r} does not exist")
     if not p.is_file():
         raise ModelError(f"model.path: {str(p)!r} is not a file; allowed: a .pt/.pth/.pt2 model file")
+    if not os.access(p, os.R_OK):
+        raise ModelError(f"model.path: {str(p)!r} cannot be read (permission denied); allowed: a readable model file")
     size = p.stat().st_size
+    if size == 0:
+        raise ModelError(f"model.path: {str(p)!r} is empty (0 bytes); allowed: {ACCEPTED}")
     if size > limit:
         raise ModelError(
             f"model.path: {str(p)!r} is {_mib(size)}; allowed: files up to {_mib(limit)} (set PTQ_MAX_MODEL_MB to change)"
@@ -105,9 +144,23 @@ def check_model_file(path: str | os.PathLike[str], *, max_bytes: int | None = No
 def detect_format(path: Path) -> str:
     """``torchscript``, ``export`` or ``state_dict`` from the file's zip layout; ModelError if none fits."""
     if not zipfile.is_zipfile(path):
-        # Only torch.save's legacy (pre-1.6) format is not a zip: treat it as a state dict and let
-        # the weights-only loader decide.
-        return "state_dict"
+        # Only torch.save's legacy (pre-1.6) format is not a zip: a state dict, if it starts as one does.
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(max(map(len, _LEGACY_HEADERS)))
+        except OSError as exc:
+            raise ModelError(f"model.path: {str(path)!r} cannot be read ({exc.strerror})") from None
+        if head.startswith(_LEGACY_HEADERS):
+            return "state_dict"
+        if head.startswith(b"PK\x03\x04"):  # a zip's first entry, but no directory at the end: cut short
+            raise ModelError(
+                f"model.path: {str(path)!r} is a truncated or corrupt zip archive (its directory is missing: was the "
+                f"copy or upload cut short?); allowed: a complete model file: {ACCEPTED}"
+            )
+        raise ModelError(
+            f"model.path: {str(path)!r} is not a model file (neither a zip archive written by torch nor a torch.save "
+            f"pickle); allowed: {ACCEPTED}"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -121,8 +174,8 @@ def detect_format(path: Path) -> str:
     if "data.pkl" in tails:
         return "state_dict"
     raise ModelError(
-        f"model.path: {str(path)!r} is a zip archive but not a TorchScript module, torch.export program or "
-        "torch.save state dict; allowed: one of those"
+        f"model.path: {str(path)!r} is a zip archive but not a model file (not a TorchScript module, torch.export "
+        f"program or torch.save state dict); allowed: {ACCEPTED}"
     )
 
 
@@ -166,11 +219,16 @@ def load_exported_program(path: Path) -> torch.export.ExportedProgram:
     except pickle.UnpicklingError as exc:
         if _refused_pickle(exc):
             raise ModelError(f"model.path: {str(path)!r} {_PICKLE_REFUSED}") from None
-        raise ModelError(f"model.path: {str(path)!r} is corrupt ({str(exc).splitlines()[0][:200]})") from None
+        _torch_says(exc)
+        raise ModelError(
+            f"model.path: {str(path)!r} cannot be loaded as a torch.export program: it is truncated or corrupt; "
+            "allowed: a complete .pt2 file written by torch.export.save"
+        ) from None
     except Exception as exc:  # torch raises many types for a bad archive; all mean "cannot load"
         raise ModelError(
-            f"model.path: {str(path)!r} cannot be loaded as a torch.export program ({type(exc).__name__}: "
-            f"{str(exc)[:300]}); allowed: a .pt2 file written by torch.export.save"
+            f"model.path: {str(path)!r} cannot be loaded as a torch.export program: it is truncated, corrupt or "
+            f"written by an incompatible torch version (this is torch {torch.__version__}){_torch_says(exc)}; "
+            "allowed: a complete .pt2 file written by torch.export.save"
         ) from None
 
 
@@ -188,8 +246,9 @@ def _torchscript_to_program(path: Path, input_shape: tuple[int, ...]) -> torch.e
             scripted = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelError(
-            f"model.path: {str(path)!r} cannot be loaded as TorchScript ({type(exc).__name__}: {str(exc)[:300]}); "
-            "allowed: a file written by torch.jit.save"
+            f"model.path: {str(path)!r} cannot be loaded as TorchScript: it is truncated, corrupt or holds code this "
+            f"torch ({torch.__version__}) cannot compile{_torch_says(exc)}; allowed: a complete file written by "
+            "torch.jit.save"
         ) from None
     scripted.eval()
     # Batch 2, not 1: export specialises a dimension of size 1, which would fix the batch size.
@@ -205,9 +264,9 @@ def _torchscript_to_program(path: Path, input_shape: tuple[int, ...]) -> torch.e
     except Exception as exc:
         raise ModelError(
             f"model.path: the TorchScript module {path.name!r} cannot be converted to a torch.export program with "
-            f"an input of shape {[2, *input_shape]} ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
-            "check input_shape, or provide the model as format export (.pt2, torch.export.save) or as a state_dict "
-            "with its architecture"
+            f"an input of shape {[2, *input_shape]}{_torch_says(exc)}; allowed: the input_shape of one sample the "
+            "module takes, or the model as format export (.pt2, torch.export.save) or as a state_dict with its "
+            "architecture"
         ) from None
     finally:
         export_log.setLevel(level)
@@ -250,7 +309,7 @@ def _verify_lift(
         except Exception as exc:
             raise ModelError(
                 f"model.path: {path.name!r} was exported for batch size {batch} and does not run at {other} once "
-                f"lifted ({type(exc).__name__}: {str(exc)[:200]}); export it with a dynamic batch dimension, e.g. "
+                f"lifted{_torch_says(exc)}; allowed: a program exported with a dynamic batch dimension, e.g. "
                 'torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})'
             ) from None
 
@@ -261,7 +320,11 @@ def load_program_module(path: Path, fmt: str, input_shape: tuple[int, ...]) -> t
 
     ep = _torchscript_to_program(path, input_shape) if fmt == "torchscript" else load_exported_program(path)
     batch, shape = _program_input(ep, input_shape)
-    gm, report = lift(ep)
+    try:
+        gm, report = lift(ep)
+    except ModelError as exc:
+        raise ModelError(f"model.path: {path.name!r}: {exc}") from None
+    check_finite_state(gm, path)  # before comparing outputs: NaN never compares equal
     _verify_lift(ep.module(), gm, batch, shape, path)
     info = {"input_shape": list(shape), "kept_ops": report.kept_ops, "batch_rewrites": report.batch_rewrites}
     return gm.eval(), info
@@ -296,15 +359,16 @@ def load_state_dict_into(path: Path, architecture: str, lookup: Lookup) -> nn.Mo
     except pickle.UnpicklingError as exc:
         if _refused_pickle(exc):
             raise ModelError(f"model.path: {str(path)!r} {_PICKLE_REFUSED}") from None
+        _torch_says(exc)  # logged only: the unpickler's wording is about its own options, not the file
         raise ModelError(
-            f"model.path: {str(path)!r} cannot be loaded as a state dict ({str(exc).splitlines()[0][:200]}); "
-            "allowed: torch.save(model.state_dict(), path)"
+            f"model.path: {str(path)!r} cannot be loaded as a state dict: it is truncated or corrupt; allowed: a "
+            "complete file written by torch.save(model.state_dict(), path), holding tensors only"
         ) from None
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, zip errors: all "not a state dict"
+    except Exception as exc:  # RuntimeError, EOFError, IndexError, zip errors: all "not a readable state dict"
+        _torch_says(exc)
         raise ModelError(
-            f"model.path: {str(path)!r} cannot be loaded as a state dict ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); allowed: torch.save(model.state_dict(), path) "
-            "holding tensors only"
+            f"model.path: {str(path)!r} cannot be loaded as a state dict: it is truncated or corrupt; allowed: a "
+            "complete file written by torch.save(model.state_dict(), path), holding tensors only"
         ) from None
     state = _unwrap_state(obj, path)
     model = entry.architecture()
@@ -397,7 +461,9 @@ def resolve_file(spec: dict[str, Any], lookup: Lookup) -> ModelEntry:
         # Read from the file on every call (a NEW module each time, no second copy kept in memory).
         if detected == "state_dict":
             assert isinstance(arch_name, str)
-            return load_state_dict_into(path, arch_name, lookup)
+            module = load_state_dict_into(path, arch_name, lookup)
+            check_finite_state(module, path)
+            return module
         module, info = load_program_module(path, detected, input_shape)
         log.info("lifted %s: %s", path.name, info)
         return module
