@@ -129,8 +129,8 @@ def load_image_folder_dataset(
     """The data set of an ``image_folder`` spec (see the module docstring).
 
     Raises:
-        DataError: no path, a bad option, a folder that cannot be read or holds fewer than two
-            images, a ``num_calibration`` that leaves no evaluation image, or a model without
+        DataError: no path, a bad option, a folder that cannot be read, holds fewer than two
+            images or an image that does not decode, a ``num_calibration`` that leaves no evaluation image, or a model without
             image preprocessing.
     """
     if path is None:
@@ -148,6 +148,7 @@ def load_image_folder_dataset(
         )
     root = Path(path)
     base, labels, class_names = load_image_folder(root, transform, max_images=max_images)
+    base.check_images()  # all or nothing: a corrupt file fails the load, not the first evaluation
     n = len(base)
     if n < 2:
         raise DataError(f"dataset.path: {path!r} holds {n} image; allowed: at least 2 (calibration and evaluation)")
