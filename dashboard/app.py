@@ -36,6 +36,7 @@ def main() -> None:
         ],
         "Decide": [
             st.Page(PAGES / "compare.py", title="Compare and sweep", icon=":material/compare:"),
+            st.Page(PAGES / "sensitivity.py", title="Sensitivity", icon=":material/troubleshoot:"),
             st.Page(PAGES / "calibration_check.py", title="Calibration check", icon=":material/target:"),
             st.Page(PAGES / "export.py", title="Export / import", icon=":material/save:"),
         ],

@@ -403,3 +403,49 @@ def histogram_with_clip(values: np.ndarray, lo: float, hi: float) -> go.Figure:
         fig.add_vline(x=xv, line={"color": QUANT_COLOR, "width": 3})
     return _layout(fig, "The data and your clip range", "Value", "Count (log scale)", yaxis_type="log", bargap=0,
                    height=320)
+
+
+# -- Sensitivity ------------------------------------------------------------------------------------
+def sensitivity_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """Agreement lost when only the layer is quantized (measured), most damaging at the top; unmeasured rows show
+    the proxy's shortfall instead, greyed."""
+    names = [r["name"] for r in rows][::-1]
+    measured = [100 * (1 - r["only"]["agreement"]) if r.get("only") else None for r in rows][::-1]
+    spared = [100 * (1 - r["all_but"]["agreement"]) if r.get("all_but") else None for r in rows][::-1]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(y=names, x=measured, orientation="h", name="only this layer quantized", marker_color=QUANT_COLOR,
+                         hovertemplate="%{y}: %{x:.2f} points of agreement lost<extra>only this layer</extra>"))
+    fig.add_trace(go.Bar(y=names, x=spared, orientation="h", name="every layer but this one", marker_color=FP32_COLOR,
+                         hovertemplate="%{y}: %{x:.2f} points lost with this layer spared<extra>all but this one</extra>"))
+    return _layout(fig, "Agreement lost (points) when only this layer is quantized, and when it alone is spared",
+                   "agreement with FP32 lost (points)", "", height=max(320, 18 * len(rows) + 120), barmode="group")
+
+
+def proxy_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """The proxy, before anything is measured: each layer's own SQNR at these bits (lower is worse), worst at the top."""
+    ordered = sorted((r for r in rows if r.get("proxy_db") is not None), key=lambda r: r["proxy_db"])
+    names = [r["name"] for r in ordered][::-1]
+    fig = go.Figure(go.Bar(y=names, x=[r["proxy_db"] for r in ordered][::-1], orientation="h", marker_color=NEUTRAL_COLOR,
+                           hovertemplate="%{y}: %{x:.1f} dB<extra>proxy</extra>"))
+    return _layout(fig, "Proxy (no model run): the lower of each layer's weight SQNR and its output quantizer's "
+                   "expected SQNR", "SQNR (dB), lower is worse", "", height=max(320, 14 * len(ordered) + 120))
+
+
+def search_scatter(points: Sequence[dict[str, Any]], int8_bytes: int, best_label: str | None) -> go.Figure:
+    """Every configuration the search evaluated: weight bytes (% of all-INT8) against agreement; frontier joined."""
+    xs = [100 * p["weight_bytes"] / max(int8_bytes, 1) for p in points]
+    ys = [100 * p["agreement"] for p in points]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="evaluated", text=[p["label"] for p in points],
+                             marker={"color": [QUANT_COLOR if p["meets"] else NEUTRAL_COLOR for p in points], "size": 8},
+                             hovertemplate="%{text}<br>%{x:.1f}% of all-INT8, agreement %{y:.2f}%<extra></extra>"))
+    front = [i for i in pareto_front(xs, ys)]
+    fig.add_trace(go.Scatter(x=[xs[i] for i in front], y=[ys[i] for i in front], mode="lines", name="frontier",
+                             line={"color": QUANT_COLOR, "dash": "dot"}, hoverinfo="skip"))
+    if best_label is not None:
+        best = next((i for i, p in enumerate(points) if p["label"] == best_label), None)
+        if best is not None:
+            fig.add_trace(go.Scatter(x=[xs[best]], y=[ys[best]], mode="markers", name="answer",
+                                     marker={"symbol": "star", "size": 16, "color": FLAG_COLOR}, hoverinfo="skip"))
+    return _layout(fig, "Mixed-precision search: every configuration evaluated (orange: meets the target)",
+                   "weight bytes (% of the all-INT8 model)", "agreement with FP32 (%)")

@@ -54,11 +54,14 @@ from ptq_core.allocator import tune_malloc
 from ptq_core.calibration_check import check_calibration
 from ptq_core.config import ACTIVATION_CLIPPING, QuantConfig
 from ptq_core.errors import ExportError, PTQError
+from ptq_core.fanout import SerialRunner
 from ptq_core.pipeline import Explorer, weight_details
 from ptq_core.primitives import dequantize
 from ptq_core.progress import ProgressFn
 from ptq_core.quantize import check_names
 from ptq_core.ranges import activation_range, range_error, weight_qparams
+from ptq_core.search import Candidates, Target, search
+from ptq_core.sensitivity import proxy, sensitivity
 
 from . import labels, state, uploads
 
@@ -480,3 +483,90 @@ def onnx_export(config_json: str) -> dict[str, Any]:
     info = report.to_dict()
     del info["path"]  # a deleted temporary file
     return {"onnx": data, "report": info, "seconds": time.perf_counter() - start, "calibration_reused": reused}
+
+
+# -- sensitivity and mixed-precision search (the Sensitivity page) --------------------------------------
+@st.cache_data(max_entries=MAX_VIEWS, show_spinner=False)
+def sensitivity_proxy(config_json: str) -> list[dict[str, Any]]:
+    """Every unit's proxy SQNR, weight bytes and hints (:func:`ptq_core.sensitivity.proxy`): no model run."""
+    config = QuantConfig.from_json(config_json)
+    return [dataclasses.asdict(r) for r in proxy(explorer_for(config), config)]
+
+
+@st.cache_resource
+def _sensitivity_store() -> dict[str, dict[str, Any]]:
+    return {}  # config JSON -> a complete sensitivity report (server-wide: every session's measurements are shared)
+
+
+def stored_sensitivity(config_json: str) -> dict[str, Any] | None:
+    found = _sensitivity_store().get(config_json)
+    return copy.deepcopy(found) if found is not None else None
+
+
+def partial_sensitivity(config_json: str) -> list[dict[str, Any]] | None:
+    """Rows this session measured before a control change stopped the run (most damaging first), or None."""
+    rows = st.session_state.get("sens_partial", {}).get(config_json)
+    return rank_rows(rows) if rows else None
+
+
+def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (r["only"]["agreement"], -r["only"]["kl_divergence"]))
+
+
+def seconds_per_evaluation(config: QuantConfig) -> float | None:
+    """How long one whole evaluation of this model takes here, from the last one measured (None: not yet)."""
+    rate = result_store().seconds_per_sample.get(_speed_key(config))
+    if rate is None:
+        return None
+    return rate * len(explorer_for(config).evaluation_indices(config.evaluation)) + 0.5  # + export/session, roughly
+
+
+def measure_sensitivity(config_json: str) -> dict[str, Any] | None:
+    """Measure every layer (:func:`ptq_core.sensitivity.sensitivity`), drawing progress; rows are kept as they arrive."""
+    config = QuantConfig.from_json(config_json)
+    explorer = explorer_for(config)
+    partial: dict[str, list[dict[str, Any]]] = st.session_state.setdefault("sens_partial", {})
+    partial[config_json] = []
+    try:
+        with _progress("Sensitivity") as on_progress:
+            report = sensitivity(explorer, config, runner=SerialRunner(explorer), on_progress=on_progress,
+                                 on_row=lambda row: partial[config_json].append(dataclasses.asdict(row)))
+    except PTQError as exc:
+        st.error(f"Sensitivity could not be measured: {exc}")
+        return None
+    data = report.to_dict()
+    _sensitivity_store()[config_json] = data
+    partial.pop(config_json, None)
+    st.session_state["sens_run_for"] = None
+    return data
+
+
+class _Recording:
+    """A runner that also puts every Result it gets into this session's history (the Overview scatter)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name = inner, inner.name
+
+    def evaluate_many(self, configs: Any, on_result: Any = None) -> list[Any]:
+        def record(i: int, result: Any) -> None:
+            state.remember(result.to_dict(), source="search")
+            if on_result is not None:
+                on_result(i, result)
+
+        return self.inner.evaluate_many(configs, on_result=record)  # type: ignore[no-any-return]
+
+
+def run_search(config_json: str, kind: str, value: float, bits: tuple[int, ...], allow_float: bool) -> dict[str, Any]:
+    """:func:`ptq_core.search.search` for the page: points reach ``search_points`` as measured; a PTQError is returned."""
+    config = QuantConfig.from_json(config_json)
+    explorer = explorer_for(config)
+    points: list[dict[str, Any]] = st.session_state.setdefault("search_points", [])
+    try:
+        with _progress("Search") as on_progress:
+            result = search(explorer, config, Target(**{kind: value}), Candidates(tuple(bits), allow_float),
+                            runner=_Recording(SerialRunner(explorer)), on_progress=on_progress,
+                            on_point=lambda p: points.append(dataclasses.asdict(p)))
+    except PTQError as exc:
+        return {"error": f"The search could not run: {exc}"}
+    st.session_state["search_int8"] = result.int8_weight_bytes
+    return result.to_dict()

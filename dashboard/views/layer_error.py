@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, labels, resources, state
+from dashboard import actions, charts, labels, resources
 
 NUM_WORST = 3  # layers flagged: enough to act on, few enough to read
 
@@ -39,25 +39,6 @@ def layer_table(layers: list[dict[str, Any]], flagged: list[str]) -> pd.DataFram
     } for i, r in enumerate(layers)])
 
 
-def _keep_float(name: str) -> None:
-    keep = list(st.session_state["sb_keep_float"])
-    if name not in keep:
-        st.session_state["sb_keep_float"] = [*keep, name]
-    state.flash("success", f"{name} is now kept in float; the model was re-run.")
-
-
-def _give_8_bits(name: str, input_point: str | None) -> None:
-    overrides = {k: dict(v) for k, v in st.session_state["cfg_overrides"].items()}
-    entry = overrides.setdefault(name, {})
-    entry["weights"] = {**entry.get("weights", {}), "bits": 8}
-    if input_point is not None and st.session_state["sb_a_mode"] != state.WEIGHT_ONLY:
-        point = overrides.setdefault(input_point, {})
-        point["activations"] = {**point.get("activations", {}), "bits": 8}
-    st.session_state["cfg_overrides"] = overrides
-    state.flash("success", f"{name} now has 8-bit weights" + (f" and an 8-bit input ({input_point})" if input_point else "")
-                + "; the model was re-run.")
-
-
 def render() -> None:
     st.title("Layer error")
     config, result = resources.current_result(layers=True)
@@ -78,10 +59,10 @@ def render() -> None:
         c1.markdown(f"⚠ **{name}** ({row['kind']}): weights {labels.db(row.get('weight_sqnr_db'))} at "
                     f"{labels.bits(row.get('weight_bits'))}, input {labels.db(row.get('input_sqnr_db'))} at "
                     f"{labels.bits(row.get('input_bits'))}, output {labels.db(row.get('output_sqnr_db'))}")
-        c2.button("Keep in float", key=f"le_float_{name}", on_click=_keep_float, args=(name,), width="stretch")
+        c2.button("Keep in float", key=f"le_float_{name}", on_click=actions.keep_float, args=(name,), width="stretch")
         at_8 = row.get("weight_bits") == 8 and row.get("input_bits") in (8, None)
         input_point = row["input_points"][0] if row.get("input_bits") is not None else None
-        c3.button("Give it 8 bits", key=f"le_8bit_{name}", on_click=_give_8_bits, args=(name, input_point),
+        c3.button("Give it 8 bits", key=f"le_8bit_{name}", on_click=actions.give_8_bits, args=(name, input_point),
                   disabled=at_8, width="stretch", help="Already 8 bits" if at_8 else "8-bit weights and input")
 
     st.subheader("All layers (click a column to sort)")

@@ -1,0 +1,31 @@
+"""One-click fixes shared by pages: callbacks that change the sidebar's controls (keep a layer in float, give it 8 bits).
+
+Callbacks, so they run before the sidebar is drawn in the next run (Streamlit only lets a widget's
+value be set before that widget is drawn). Each says what it did in the next run's flash message.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from . import state
+
+
+def keep_float(name: str) -> None:
+    keep = list(st.session_state["sb_keep_float"])
+    if name not in keep:
+        st.session_state["sb_keep_float"] = [*keep, name]
+    state.flash("success", f"{name} is now kept in float; the model was re-run.")
+
+
+def give_8_bits(name: str, input_point: str | None) -> None:
+    """8-bit weights for ``name`` and, when activations are quantized, an 8-bit input (``input_point``)."""
+    overrides = {k: dict(v) for k, v in st.session_state["cfg_overrides"].items()}
+    entry = overrides.setdefault(name, {})
+    entry["weights"] = {**entry.get("weights", {}), "bits": 8}
+    if input_point is not None and st.session_state["sb_a_mode"] != state.WEIGHT_ONLY:
+        point = overrides.setdefault(input_point, {})
+        point["activations"] = {**point.get("activations", {}), "bits": 8}
+    st.session_state["cfg_overrides"] = overrides
+    state.flash("success", f"{name} now has 8-bit weights" + (f" and an 8-bit input ({input_point})" if input_point else "")
+                + "; the model was re-run.")

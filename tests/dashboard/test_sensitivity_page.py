@@ -1,0 +1,47 @@
+"""The Sensitivity page: proxy at once, the engine's measured rows on request, a search whose answer applies to the sidebar."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard import state
+from ptq_core.config import QuantConfig
+from ptq_core.pipeline import Explorer
+from ptq_core.search import Candidates, Target, search
+from ptq_core.sensitivity import sensitivity
+from tests.dashboard.helpers import chart_specs, new_app, open_page, problems
+
+
+def test_proxy_first_then_the_measured_rows(explorer: Explorer) -> None:
+    at = open_page(new_app().run(), "sensitivity")
+    assert not problems(at)
+    assert any(s["layout"]["title"]["text"].startswith("Proxy (no model run)") for s in chart_specs(at))
+    at.button(key="sens_measure").click().run()
+    assert not problems(at)
+    report = sensitivity(explorer, state.default_config())
+    table = at.dataframe[0].value
+    assert list(table["layer"]) == [r.name for r in report.layers]  # the engine's ranking
+    first = report.layers[0]
+    assert table["agreement lost, only this layer (pts)"].iloc[0] == pytest.approx(100 * (1 - first.only.agreement))
+    assert any(s["layout"]["title"]["text"].startswith("Agreement lost") for s in chart_specs(at))
+    # measured once per config for the whole server: a new session sees the rows at once
+    again = open_page(new_app().run(), "sensitivity")
+    assert again.dataframe[0].value["layer"].tolist() == table["layer"].tolist()
+    assert not [b for b in again.button if b.key == "sens_measure"]
+
+
+def test_a_search_answer_lands_on_the_scatter_and_applies(explorer: Explorer) -> None:
+    at = open_page(new_app().run(), "sensitivity")
+    at.selectbox(key="search_kind").set_value("min_agreement")
+    at.number_input(key="search_value").set_value(99.5)
+    at.multiselect(key="search_bits").set_value([8, 4])
+    at.button(key="search_run").click().run()
+    assert not problems(at)
+    engine = search(explorer, state.default_config(), Target(min_agreement=99.5), Candidates((8, 4)))
+    assert [s.value for s in at.success] == [engine.message]
+    assert len(at.session_state["history"]) >= len(engine.points)  # every evaluated point is restorable
+    at.button(key="search_apply").click().run()
+    assert not problems(at)
+    best = QuantConfig.from_dict(engine.best.config)  # the sidebar now holds the answer: it is what the page exports
+    open_page(at, "export")
+    assert QuantConfig.from_json(at.code[0].value) == best
