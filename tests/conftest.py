@@ -7,17 +7,22 @@
 * ``one_torch_thread``: ops on one thread, as the dashboard and ``python -m ptq_core`` run them
   (reference numbers computed the same way); undone afterwards.
 * ``cnn`` / ``mlp``: one Explorer of each digits model per test module.
+* ``registry``: models and data sets registered for one test through the public API
+  (``register_model``/``unregister_model``, ``register_dataset``/``unregister_dataset``), never by
+  touching the registries' private dicts.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
+from ptq_core.data import Dataset, available_datasets, register_dataset, unregister_dataset
 from ptq_core.diskcache import CACHE_DIR_ENV, reset_default_cache
+from ptq_core.models import ModelEntry, available_models, register_model, unregister_model
 from ptq_core.pipeline import Explorer
 
 
@@ -50,3 +55,43 @@ def cnn() -> Explorer:
 @pytest.fixture(scope="module")
 def mlp() -> Explorer:
     return Explorer("digits_mlp", "digits")
+
+
+class Registrations:
+    """Models and data sets registered by one test through the public registry API, all unregistered afterwards."""
+
+    def __init__(self) -> None:
+        self.models: list[str] = []
+        self.datasets: list[str] = []
+
+    def model(self, entry: ModelEntry) -> ModelEntry:
+        register_model(entry)
+        self.models.append(entry.name)
+        return entry
+
+    def dataset(self, name: str, loader: Callable[..., Dataset], description: str = "registered by a test") -> str:
+        register_dataset(name, loader, description)
+        self.datasets.append(name)
+        return name
+
+    def undo(self) -> None:
+        for name in dict.fromkeys(self.models):
+            if name in available_models():
+                unregister_model(name)
+        for name in dict.fromkeys(self.datasets):
+            if name in available_datasets():
+                unregister_dataset(name)
+
+
+@pytest.fixture
+def registry() -> Iterator[Registrations]:
+    """``registry.model(ModelEntry(...))`` / ``registry.dataset(name, loader)``: registered for this test only.
+
+    Unregistered after the test even when it fails, so no test sees another's models (and a name a
+    test replaces must be one of its own: re-registering a built-in would remove it afterwards).
+    """
+    registrations = Registrations()
+    try:
+        yield registrations
+    finally:
+        registrations.undo()

@@ -15,7 +15,7 @@ import json
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -24,13 +24,15 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from dashboard import labels, resources, state, uploads
-from ptq_core import models
 from ptq_core.config import QuantConfig
 from ptq_core.errors import DataError
 from ptq_core.models import load_model
 from ptq_core.models.entry import ModelEntry
 from ptq_core.pipeline import Explorer
 from tests.dashboard.helpers import metric, new_app, open_page, problems
+
+if TYPE_CHECKING:
+    from tests.conftest import Registrations
 
 TS_DIGITS = {"format": "torchscript", "input_shape": [1, 8, 8], "preprocessing": "none"}
 TINY_IMAGE = {"format": "torchscript", "input_shape": [3, 224, 224], "preprocessing": "imagenet"}
@@ -326,25 +328,22 @@ def test_images_for_a_model_without_image_preprocessing_are_refused(env: dict[st
     _refused(_load(at), before, "no image preprocessing")
 
 
-def test_layers_the_engine_cannot_quantize_are_listed_and_random_weights_said() -> None:
+def test_layers_the_engine_cannot_quantize_are_listed_and_random_weights_said(registry: Registrations) -> None:
     def build() -> nn.Module:
         torch.manual_seed(0)
         return GroupNormDigits().eval()
 
-    models.register_model(ModelEntry(name="test_groupnorm", description="digits with a GroupNorm, untrained",
-                                     default_dataset="digits", build=build, pretrained=False))
-    try:
-        at = new_app().run()
-        at.selectbox(key="src_m_name").set_value("test_groupnorm").run()
-        _load(at)
-        assert not problems(at)
-        assert [i.value for i in at.sidebar.info] == [
-            "ptq_core does not quantize these layers with weights; they stay in float: norm"]
-        assert any("**Random weights**" in c.value for c in at.sidebar.caption)
-        assert metric(at, "FP32 top-1") == "n/a"
-        assert any(i.value.endswith("stay in float (their size and error count as FP32): norm") for i in at.info)
-    finally:
-        models._MODELS.pop("test_groupnorm", None)  # the registry has no unregister
+    registry.model(ModelEntry(name="test_groupnorm", description="digits with a GroupNorm, untrained",
+                              default_dataset="digits", build=build, pretrained=False))
+    at = new_app().run()
+    at.selectbox(key="src_m_name").set_value("test_groupnorm").run()
+    _load(at)
+    assert not problems(at)
+    assert [i.value for i in at.sidebar.info] == [
+        "ptq_core does not quantize these layers with weights; they stay in float: norm"]
+    assert any("**Random weights**" in c.value for c in at.sidebar.caption)
+    assert metric(at, "FP32 top-1") == "n/a"
+    assert any(i.value.endswith("stay in float (their size and error count as FP32): norm") for i in at.info)
 
 
 def test_sessions_do_not_see_each_others_sources(env: dict[str, Path]) -> None:
