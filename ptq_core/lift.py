@@ -185,7 +185,10 @@ class _Lifter:
                 return self._attr(value.name)
             mapped = self.env[value.name]
             if isinstance(mapped, _TupleResult):
-                raise ModelError(f"lift: the tuple result of {value.name} is used whole; only element 0 is supported")
+                raise ModelError(
+                    f"the program uses the whole tuple result of {value.name}; allowed: programs that use only element "
+                    "0 of an op returning several tensors (e.g. the values of max(dim), not the indices)"
+                )
             return mapped
         if isinstance(value, list | tuple):
             return type(value)(self._map(v) for v in value)
@@ -306,7 +309,8 @@ class _Lifter:
             if target is operator.getitem and isinstance(source, _TupleResult):
                 if node.args[1] != 0:
                     raise ModelError(
-                        f"lift: element {node.args[1]} of {node.args[0]} is used; only element 0 is supported"
+                        f"the program uses element {node.args[1]} of {node.args[0]}; allowed: programs that use only "
+                        "element 0 of an op returning several tensors (e.g. the values of max(dim), not the indices)"
                     )
                 return source.node
             return self.graph.call_function(target, self._map(node.args), self._map(node.kwargs))  # type: ignore[arg-type]
@@ -318,7 +322,7 @@ class _Lifter:
         if name in _DROPPED:
             return None
         if a.get("training") is True or (name in _IDENTITY and a.get("train") is True):
-            raise ModelError(f"the exported program runs {name} in training mode; export the model after model.eval()")
+            raise ModelError(f"the exported program runs {name} in training mode; allowed: a model exported after model.eval()")
         if name in _IDENTITY:
             return self._map(first)
         if name in ("conv1d", "conv2d", "convolution", "_convolution"):
@@ -410,11 +414,16 @@ class _Lifter:
                 spec.kind not in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
                 or spec.target is None
             ):
-                raise ModelError(f"the exported program takes a {spec.kind.name} input ({spec.target}); not supported")
+                raise ModelError(
+                    f"the exported program takes a {spec.kind.name} input ({spec.target}); allowed: parameters, "
+                    "buffers, constants and one tensor input"
+                )
             store = self.ep.state_dict if spec.target in self.ep.state_dict else self.ep.constants
             value = store.get(spec.target)
             if not isinstance(value, torch.Tensor):
-                raise ModelError(f"the exported program's {spec.target!r} is a {type(value).__name__}, not a tensor")
+                raise ModelError(
+                    f"the exported program's {spec.target!r} is a {type(value).__name__}; allowed: tensors only"
+                )
             self.tensors[str(arg_name)] = value
             self.fqn[str(arg_name)] = spec.target
         if len(user_inputs) != 1:
@@ -445,7 +454,10 @@ class _Lifter:
                     raise ModelError(f"the model returns {len(user)} outputs; allowed: exactly one (the logits)")
                 output_value = self._map(user[0])
             else:
-                raise ModelError(f"the exported program holds a {node.op} node ({node.name}); not supported")
+                raise ModelError(
+                    f"the exported program holds a {node.op} node ({node.name}); allowed: placeholders, calls of "
+                    "functions and one output"
+                )
         self.graph.output(output_value)
         gm = torch.fx.GraphModule(self.root, self.graph, class_name="LiftedModel")
         gm.graph.eliminate_dead_code()

@@ -220,10 +220,9 @@ def _check_group_sizes(prepared: PreparedModel, config: QuantConfig, resolved: d
             )
     w = config.weights
     if w.group_size is not None and "weights.group_size" not in by_source:
-        warnings.append(
-            f"weights.group_size={w.group_size} is ignored: no layer is quantized per_group (granularity is "
-            f"{w.granularity}; group_size applies to per_group only)"
-        )
+        why = (f"granularity is {w.granularity}; group_size applies to per_group only" if w.granularity != "per_group"
+               else "every per_group layer is in keep_float or has its own group size")
+        warnings.append(f"weights.group_size={w.group_size} is ignored: no layer is quantized per_group with it ({why})")
     for name, ov in config.overrides.items():
         wq = resolved.get(name)
         if "group_size" in ov.weights and wq is not None and wq.granularity != "per_group":

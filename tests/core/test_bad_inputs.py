@@ -104,9 +104,16 @@ def test_an_override_group_longer_than_its_layer_names_the_override(cnn: Explore
 
 def test_a_group_size_with_per_channel_is_ignored_and_said(cnn: Explorer) -> None:
     plan = cnn.plan(QuantConfig.from_dict({"weights": {"granularity": "per_channel", "group_size": 32}}))
-    assert plan.warnings == ["weights.group_size=32 is ignored: no layer is quantized per_group (granularity is "
-                             "per_channel; group_size applies to per_group only)"]
+    assert plan.warnings == ["weights.group_size=32 is ignored: no layer is quantized per_group with it (granularity "
+                             "is per_channel; group_size applies to per_group only)"]
     assert all(lq.quant is not None and lq.quant.group_size is None for lq in plan.layers.values())  # not echoed
+
+
+def test_a_group_size_whose_layers_are_all_float_is_said_to_be_ignored(cnn: Explorer) -> None:
+    plan = cnn.plan(QuantConfig.from_dict({"weights": {"granularity": "per_group", "group_size": 16},
+                                           "keep_float": list(ROWS)}))
+    assert plan.warnings == ["weights.group_size=16 is ignored: no layer is quantized per_group with it (every "
+                             "per_group layer is in keep_float or has its own group size)"]
 
 
 def test_a_group_size_used_only_by_an_override_is_not_called_ignored(cnn: Explorer) -> None:
@@ -350,6 +357,14 @@ def test_a_corrupt_exported_program_names_no_internal_cause(tmp_path: Path) -> N
     assert message.startswith(f"model.path: '{bad}' cannot be loaded as a torch.export program: it is truncated, corrupt")
     assert message.endswith("allowed: a complete .pt2 file written by torch.export.save")
     assert "Error:" not in message
+
+
+def test_a_program_exported_in_training_mode_names_the_file_and_what_is_allowed(tmp_path: Path) -> None:
+    model = load_model("digits_cnn").train()  # BatchNorm updates its statistics: not a program to quantize
+    path = tmp_path / "train.pt2"
+    torch.export.save(torch.export.export(model, (torch.rand(2, 1, 8, 8),)), str(path))
+    with pytest.raises(ModelError, match=r"^model\.path: 'train\.pt2': the exported program .*; allowed: .*model\.eval\(\)"):
+        load_model({"kind": "file", "path": str(path), "preprocessing": "none"})
 
 
 def test_all_zero_weights_run_and_ties_go_to_the_first_class(registry: Registrations) -> None:
