@@ -1,10 +1,15 @@
-"""Command line: ``python -m ptq_core run | sweep | export | list``.
+"""Command line: ``python -m ptq_core run | sweep | export | sensitivity | search | list``.
 
     python -m ptq_core run --config assets/configs/w8a8.json --output result.json
     python -m ptq_core sweep --config assets/configs/w8a8.json \\
         --grid weights.bits=8,4 weights.granularity=per_tensor,per_channel --output table.csv
     python -m ptq_core export --config assets/configs/w8a8.json --output model.onnx
+    python -m ptq_core sensitivity --config C.json --output S.json
+    python -m ptq_core search --config C.json --max-drop 1.0 --weight-bits 8,4 --output best.json --frontier f.csv
     python -m ptq_core list
+
+``sensitivity`` and ``search`` fan their evaluations out on Ray by default (:mod:`ptq_core.fanout`);
+``--runner serial`` keeps them in this process.
 
 A bad config, model or data set prints one line naming the field and what is allowed, and
 exits with status 2 (no traceback). Progress goes to stderr, results to files (or stdout).
@@ -19,10 +24,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import QuantConfig
-from .errors import OutputError, PTQError
+from .errors import ConfigError, OutputError, PTQError
 from .sweep import expand_grid, parse_grid, source_key
+
+if TYPE_CHECKING:
+    from .fanout import Runner
 
 EXIT_USER_ERROR = 2
 
@@ -169,6 +178,71 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runner(explorer: Any, args: argparse.Namespace) -> Runner:
+    from .fanout import make_runner
+
+    return make_runner(explorer, args.runner, address=args.ray_address)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"weight-bits: got {text!r}; allowed: comma-separated widths from 2 to 8, e.g. 8,6,4") from None
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .pipeline import Explorer
+    from .sensitivity import sensitivity
+
+    config = QuantConfig.load(args.config)
+    _check_output(args.output, "--output")
+    explorer = Explorer.for_config(config)
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
+    report = sensitivity(explorer, config, runner=_runner(explorer, args), layers=layers,
+                         candidate_bits=_widths(args.weight_bits), on_progress=_Progress(args.quiet))
+    _write(json.dumps(report.to_dict(), indent=2), args.output)
+    if not args.quiet:
+        top = ", ".join(r.name for r in report.layers[:5])
+        sys.stderr.write(f"{len(report.layers)} layers in {report.seconds:.0f} s ({report.runner}); most sensitive: {top}\n")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .pipeline import Explorer
+    from .search import Candidates, Target, search
+
+    config = QuantConfig.load(args.config)
+    target = Target(max_drop=args.max_drop, min_agreement=args.min_agreement, max_kl=args.max_kl)
+    candidates = Candidates(_widths(args.weight_bits), allow_float=args.allow_float)
+    candidates.validate()
+    target.validate()
+    _check_output(args.output, "--output")
+    _check_output(args.frontier, "--frontier")
+    explorer = Explorer.for_config(config)
+    result = search(explorer, config, target, candidates, runner=_runner(explorer, args), on_progress=_Progress(args.quiet))
+    _write(json.dumps(result.best.config, indent=2), args.output)
+    if args.frontier:
+        with open(args.frontier, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["label", "weight_bytes", "share_of_int8", "agreement", "kl_divergence", "quant_top1", "meets",
+                             "frontier"])
+            for p in result.points:
+                writer.writerow([p.label, p.weight_bytes, f"{p.weight_bytes / result.int8_weight_bytes:.4f}", p.agreement,
+                                 p.kl_divergence, p.quant_top1, p.meets, p.frontier])
+    sys.stderr.write(f"search: {result.message} ({len(result.points)} evaluations, {result.seconds:.0f} s, {result.runner})\n")
+    return 0
+
+
+def _fanout_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-bits", default="8,6,4", help="candidate weight widths per layer, e.g. 8,6,4 (2 to 8)")
+    p.add_argument("--runner", default="ray", choices=["ray", "serial"],
+                   help="ray: evaluations fanned out on Ray (started inside this process unless RAY_ADDRESS or "
+                        "--ray-address names a cluster); serial: one after the other in this process")
+    p.add_argument("--ray-address", default=None, help="a Ray cluster's HOST:PORT (default: the RAY_ADDRESS variable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ptq_core",
@@ -202,6 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_export.add_argument("--report", default=None, help="also write the export report (kernels, fallbacks, qparams) as JSON")
     p_export.add_argument("--quiet", action="store_true", help="no progress bar or fallback details on stderr")
     p_export.set_defaults(func=cmd_export)
+
+    p_sens = sub.add_parser("sensitivity", help="each layer quantized alone and spared: which layers hurt, ranked")
+    p_sens.add_argument("--config", required=True, help="QuantConfig JSON file: the settings every layer is measured at")
+    p_sens.add_argument("--output", default=None, help="where to write the report JSON, one row per layer (default: stdout)")
+    p_sens.add_argument("--layers", default=None, help="comma-separated layer names (default: every layer)")
+    _fanout_options(p_sens)
+    p_sens.set_defaults(func=cmd_sensitivity)
+
+    p_search = sub.add_parser("search", help="the smallest per-layer weight widths that meet an accuracy target")
+    p_search.add_argument("--config", required=True, help="QuantConfig JSON file: the settings the search starts from")
+    p_search.add_argument("--output", required=True, help="where to write the answer, an ordinary QuantConfig JSON")
+    p_search.add_argument("--max-drop", type=float, default=None, help="top-1 at most this many points below FP32")
+    p_search.add_argument("--min-agreement", type=float, default=None, help="agreement with FP32 at least this percent")
+    p_search.add_argument("--max-kl", type=float, default=None, help="mean output KL from FP32 at most this (nats)")
+    p_search.add_argument("--allow-float", action="store_true",
+                          help="layers may stay in float when even the widest width misses the target")
+    p_search.add_argument("--frontier", default=None, help="also write every evaluated point as CSV (frontier marked)")
+    _fanout_options(p_search)
+    p_search.set_defaults(func=cmd_search)
 
     p_list = sub.add_parser("list", help="list the registered models and data sets")
     p_list.set_defaults(func=cmd_list)

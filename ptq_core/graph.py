@@ -318,6 +318,10 @@ def fold_batchnorm(gm: torch.fx.GraphModule) -> dict[str, str]:
 
 def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) -> PreparedModel:
     """Trace, fold BatchNorm, and find the units and candidate activation points of ``model``."""
+    # Checked before folding: a NaN in a BatchNorm buffer would otherwise surface as the conv's folded weight.
+    for tname, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelError(f"model: {tname} contains NaN or Inf; allowed: finite weights and buffers only")
     gm = trace(model, example)
     folded = fold_batchnorm(gm) if fold_bn else {}
     conv_to_bn = {v: k for k, v in folded.items()}
@@ -327,8 +331,9 @@ def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) ->
     for name, mod in modules.items():
         if isinstance(mod, COMPUTE_MODULES):
             for pname, param in mod.named_parameters(recurse=False):
-                if not torch.isfinite(param).all():
-                    raise ModelError(f"layer {name}: {pname} contains NaN or Inf; allowed: finite weights only")
+                if not torch.isfinite(param).all():  # finite before folding: a BatchNorm with a negative variance
+                    raise ModelError(f"layer {name}: {pname} contains NaN or Inf once its BatchNorm is folded in; "
+                                     "allowed: BatchNorm statistics with a positive variance")
 
     units: list[Unit] = []
     unit_of_output: dict[str, Unit] = {}

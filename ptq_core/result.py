@@ -7,7 +7,8 @@ Top-level keys (all always present):
   ``dataset``     name, split sizes, calibration indices, whether it is labeled
   ``metrics``     fp32_top1, quant_top1 (and top-5 when there are more than 5 classes),
                   agreement (top-1 agreement with FP32), kl_divergence (mean, nats)
-  ``size``        fp32_bytes, quant_bytes, compression_ratio, per-layer breakdown
+  ``size``        fp32_bytes (the BN-folded FP32 model), fp32_unfolded_bytes, quant_bytes, compression_ratio,
+                  per-layer breakdown
   ``layers``      per Conv/Linear layer in network order: weight_mse, weight_sqnr_db,
                   input_sqnr_db, output_sqnr_db (accumulated, vs FP32), ranges, clip fractions
   ``activations`` per activation quantizer: range, scale, zero point, expected error

@@ -102,3 +102,65 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "digits_cnn" in out and "digits_mlp" in out and "digits" in out
+
+
+def _w8a8(tmp_path: Path) -> Path:
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps({"evaluation": {"runtime": None, "backend": "onnxruntime"}}))
+    return path
+
+
+def test_sensitivity_writes_one_ranked_row_per_layer(tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    assert main(["sensitivity", "--config", str(_w8a8(tmp_path)), "--output", str(out), "--runner", "serial",
+                 "--weight-bits", "8,4", "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    names = {r["name"] for r in report["layers"]}
+    assert names == {"conv1", "conv2", "conv3", "block.dw", "block.pw", "add", "avgpool", "fc1", "fc2"}
+    assert all(r["only"] is not None and r["all_but"] is not None for r in report["layers"])
+    fc1 = next(r for r in report["layers"] if r["name"] == "fc1")
+    assert fc1["weight_bytes"] == {"8": 2048 + 128, "4": 1024 + 128}  # codes + 32 float32 scales
+    assert report["runner"] == "serial"
+
+
+def test_search_writes_a_config_that_reproduces_and_the_frontier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    best, frontier = tmp_path / "best.json", tmp_path / "f.csv"
+    assert main(["search", "--config", str(_w8a8(tmp_path)), "--min-agreement", "99.5", "--weight-bits", "8,4",
+                 "--runner", "serial", "--output", str(best), "--frontier", str(frontier), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "search: met (agreement >= 99.5%)" in err
+    result = tmp_path / "r.json"
+    assert main(["run", "--config", str(best), "--output", str(result), "--quiet"]) == 0
+    assert json.loads(result.read_text())["metrics"]["agreement"] >= 0.995
+    rows = list(csv.DictReader(frontier.open()))
+    assert rows[0]["label"] == "every layer at 8 bits" and any(r["frontier"] == "True" for r in rows)
+
+
+def test_search_that_cannot_meet_the_target_still_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    best = tmp_path / "best.json"
+    assert main(["search", "--config", str(_w8a8(tmp_path)), "--max-kl", "1e-9", "--runner", "serial",
+                 "--output", str(best), "--quiet"]) == 0
+    assert "search: NOT met (KL <= 1e-09)" in capsys.readouterr().err
+    QuantConfig.from_json(best.read_text())  # the closest configuration, as an ordinary config
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "target: none given; allowed: --max-drop"),
+    (["--max-drop", "-2"], "max-drop: got -2.0; allowed: a number from 0 to 100"),
+    (["--max-drop", "1", "--weight-bits", "8,x"], "weight-bits: got '8,x'; allowed: comma-separated widths"),
+    (["--max-drop", "1", "--weight-bits", "8,9"], "weight-bits: got 9; allowed: widths from 2 to 8"),
+    (["--max-drop", "1", "--weight-bits", ""], "weight-bits: got an empty set"),
+    (["--max-drop", "1", "--runner", "ray", "--ray-address", "127.0.0.1:9"], "ray address: cannot reach a Ray cluster at "
+                                                                              "'127.0.0.1:9'"),
+])
+def test_search_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                                    message: str) -> None:
+    code = main(["search", "--config", str(_w8a8(tmp_path)), "--output", str(tmp_path / "b.json"), "--quiet", *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()  # nothing written when nothing was searched
+
+
+def test_sensitivity_names_an_unknown_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sensitivity", "--config", str(_w8a8(tmp_path)), "--layers", "conv9", "--runner", "serial", "--quiet"]) == 2
+    assert "layers: no layer named 'conv9'; allowed: conv1," in capsys.readouterr().err

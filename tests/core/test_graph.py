@@ -111,11 +111,21 @@ def test_torchvision_resnet18_adds_and_downsample() -> None:
     assert all(u.fused_activation == "relu" for u in prepared.units if u.kind == "add")
 
 
-def test_non_finite_weights_name_the_layer() -> None:
+def test_non_finite_weights_and_buffers_are_named() -> None:
     net = _net()
     with torch.no_grad():
         net.conv2.weight[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ModelError, match="layer conv2: weight contains NaN or Inf"):
+    with pytest.raises(ModelError, match=r"^model: conv2\.weight contains NaN or Inf"):
+        prepare(net, torch.randn(1, 3, 16, 16))
+    net = _net()
+    with torch.no_grad():
+        net.bn1.running_var[0] = float("nan")  # the weights are finite: the buffer is named, not conv1
+    with pytest.raises(ModelError, match=r"^model: bn1\.running_var contains NaN or Inf"):
+        prepare(net, torch.randn(1, 3, 16, 16))
+    net = _net()
+    with torch.no_grad():
+        net.bn1.running_var[0] = -1.0  # finite, but folding takes its square root
+    with pytest.raises(ModelError, match=r"^layer conv1: weight contains NaN or Inf once its BatchNorm is folded in"):
         prepare(net, torch.randn(1, 3, 16, 16))
 
 

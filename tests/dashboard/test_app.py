@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from dashboard import labels, state
-from ptq_core import models
 from ptq_core.calibration_check import check_calibration
 from ptq_core.config import Evaluation, QuantConfig, set_field
 from ptq_core.models.digits import DigitsCNN
@@ -301,23 +300,20 @@ def test_learn_page_steps_follow_the_controls() -> None:
     assert any("'two' is not a number" in e.value for e in at.error) and not at.exception
 
 
-def test_random_weights_are_labeled() -> None:
+def test_random_weights_are_labeled(registry) -> None:  # type: ignore[no-untyped-def]
     def build() -> torch.nn.Module:
         torch.manual_seed(0)
         return DigitsCNN().eval()
 
-    models.register_model(ModelEntry(name="test_random_cnn", description="digits CNN, untrained",
-                                     default_dataset="digits", build=build, pretrained=False))
-    try:
-        at = new_app().run()
-        at.selectbox(key="src_m_name").set_value("test_random_cnn").run()
-        at.button(key="src_load").click().run()  # the model picker applies on Load, once the model loads
-        assert not at.exception
-        assert any("random weights" in w.value for w in at.warning)
-        assert "random weights" in at.markdown[0].value
-        assert "random weights" in at.selectbox(key="src_m_name").format_func("test_random_cnn")
-    finally:
-        models._MODELS.pop("test_random_cnn", None)  # the registry has no unregister; keep other tests unaffected
+    registry.model(ModelEntry(name="test_random_cnn", description="digits CNN, untrained", default_dataset="digits",
+                              build=build, pretrained=False))
+    at = new_app().run()
+    at.selectbox(key="src_m_name").set_value("test_random_cnn").run()
+    at.button(key="src_load").click().run()  # the model picker applies on Load, once the model loads
+    assert not at.exception
+    assert any("random weights" in w.value for w in at.warning)
+    assert "random weights" in at.markdown[0].value
+    assert "random weights" in at.selectbox(key="src_m_name").format_func("test_random_cnn")
 
 
 def test_two_sessions_do_not_share_state() -> None:
