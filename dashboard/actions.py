@@ -1,14 +1,31 @@
-"""One-click fixes shared by pages: callbacks that change the sidebar's controls (keep a layer in float, give it 8 bits).
+"""Changes to the sidebar's controls shared by pages: apply a whole config, one-click fixes.
 
-Callbacks, so they run before the sidebar is drawn in the next run (Streamlit only lets a widget's
-value be set before that widget is drawn). Each says what it did in the next run's flash message.
+``apply_config`` is the one path by which a config from outside the controls (an imported file,
+pasted JSON, a shared link, a workshop preset) reaches them: checked against its model first, then
+set on every control, or nothing changes. The one-click fixes (keep a layer in float, give it 8
+bits) are callbacks, so they run before the sidebar is drawn in the next run (Streamlit only lets a
+widget's value be set before that widget is drawn). Each says what it did in the next run's flash
+message.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from . import state
+from ptq_core.config import QuantConfig
+
+from . import resources, state
+
+
+def apply_config(config: QuantConfig) -> None:
+    """Check ``config`` against its model and data set, then set every control from it.
+
+    Raises PTQError (the model or data set does not load, a path lies outside the data roots, a
+    layer name does not exist) and then changes nothing. Call it before the sidebar is drawn: from
+    a callback, or from ``app.py`` ahead of the sidebar.
+    """
+    resources.validate_for_model(config)
+    state.apply_config_to_state(config)
 
 
 def keep_float(name: str) -> None:

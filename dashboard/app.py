@@ -16,7 +16,7 @@ if str(HERE.parent) not in sys.path:  # `streamlit run dashboard/app.py` puts da
 
 import streamlit as st  # noqa: E402
 
-from dashboard import resources, sidebar, state  # noqa: E402
+from dashboard import resources, sharing, sidebar, state  # noqa: E402
 
 PAGES = HERE / "views"  # not "pages/": Streamlit treats that name as its legacy multipage folder
 
@@ -26,7 +26,9 @@ def main() -> None:
     resources.configure_torch()
     resources.clear_pending()
     state.init_state()
+    sharing.restore_from_url()  # a shared link sets the controls before they are drawn (once per session)
     sidebar.render()
+    sharing.sync_url()  # the address bar carries the controls' config, so it can be copied at any time
     navigation = st.navigation({
         "Explore": [
             st.Page(PAGES / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
@@ -51,6 +53,7 @@ def main() -> None:
             st.toast(message, icon=":material/check_circle:")
         else:
             {"warning": st.warning, "error": st.error}[kind](message)
+    sharing.show_error()
     navigation.run()
     resources.finish_pending()  # the rest of what the page shows (complete evaluation, runtime check), then redraw
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import labels, resources, state, uploads
+from dashboard import actions, labels, resources, sharing, state, uploads
 from ptq_core.config import QuantConfig
 from ptq_core.errors import PTQError
 from ptq_core.onnx.session import int8_kernel_note
@@ -18,8 +18,7 @@ from ptq_core.onnx.session import int8_kernel_note
 def import_config(text: str) -> QuantConfig:
     """Parse and check an uploaded config against its model; apply it to every control. PTQError changes nothing."""
     config = QuantConfig.from_json(text)
-    resources.validate_for_model(config)
-    state.apply_config_to_state(config)
+    actions.apply_config(config)
     return config
 
 
@@ -181,6 +180,23 @@ def onnx_section(config: QuantConfig, result: dict[str, Any]) -> None:
     st.code(CLI_EXPORT, language="bash", wrap_lines=True)
 
 
+def link_section() -> None:
+    """The controls' config as a link: relative always, full when the request named its host."""
+    st.subheader("Link to this configuration")
+    value = sharing.current_param()
+    if value is None:
+        return
+    relative, full = sharing.links(value)
+    st.caption("Opening the link sets every control to this configuration (the address bar always holds it too). "
+               "It stores only what differs from the defaults, so it stays short; an instructor can prepare one per "
+               "exercise." + ("" if value else " These are the defaults: the plain address opens them."))
+    if full is not None:
+        st.code(full, language=None, wrap_lines=True)
+        st.caption("The same link relative to wherever the dashboard is served (append it to the dashboard's address "
+                   "if the one above is not what your browser shows, e.g. behind a proxy):")
+    st.code(relative, language=None, wrap_lines=True)
+
+
 def render() -> None:
     st.title("Export / import")
     config, result = resources.current_result(runtime=True)
@@ -207,6 +223,7 @@ def render() -> None:
         st.download_button(f"Download session history (CSV, {len(rows)} config{'s' if len(rows) != 1 else ''})", summary_csv(rows),
                            file_name="ptq_session.csv", mime="text/csv", key="io_dl_session", width="stretch")
 
+    link_section()
     onnx_section(config, result)
 
     st.subheader("Import")
