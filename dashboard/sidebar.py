@@ -30,7 +30,7 @@ from ptq_core.config import (
 )
 from ptq_core.errors import PTQError
 
-from . import labels, resources, sources, state
+from . import labels, presets, resources, sources, state
 
 BITS = list(range(MAX_BITS, MIN_BITS - 1, -1))  # 8, 7, ..., 2: INT8 first
 MODES = ["static", "dynamic", state.WEIGHT_ONLY]
@@ -62,6 +62,7 @@ def render() -> None:
     sb = st.sidebar
     sb.title("PTQ Explorer")
     sb.caption("Every control is one field of the config you can export.")
+    presets.render()  # workshop exercises: choosing one sets every control below
 
     sb.subheader("Model and data")
     sources.render()
