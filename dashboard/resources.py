@@ -238,6 +238,16 @@ def evaluate(config_json: str) -> dict[str, Any]:
     return compute(config_json, "main")
 
 
+def most_complete(config_json: str) -> dict[str, Any]:
+    """The most complete Result of a config: with per-layer errors and the runtime check when they were measured.
+
+    Computes the whole evaluation (no probe, no check) when the store no longer holds it; what a
+    report of saved configurations is built from.
+    """
+    found = result_store().get(config_json, "layers")
+    return merged(config_json, found if found is not None else evaluate(config_json))
+
+
 def merged(config_json: str, base: dict[str, Any]) -> dict[str, Any]:
     """``base`` with what other parts of the same config have measured: per-layer errors, the runtime check."""
     store = result_store()

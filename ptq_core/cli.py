@@ -1,4 +1,4 @@
-"""Command line: ``python -m ptq_core run | sweep | export | sensitivity | search | list``.
+"""Command line: ``python -m ptq_core run | sweep | export | sensitivity | search | report | list``.
 
     python -m ptq_core run --config assets/configs/w8a8.json --output result.json
     python -m ptq_core sweep --config assets/configs/w8a8.json \\
@@ -6,6 +6,7 @@
     python -m ptq_core export --config assets/configs/w8a8.json --output model.onnx
     python -m ptq_core sensitivity --config C.json --output S.json
     python -m ptq_core search --config C.json --max-drop 1.0 --weight-bits 8,4 --output best.json --frontier f.csv
+    python -m ptq_core report --results w8.json w4.json --output report.html
     python -m ptq_core list
 
 ``sensitivity`` and ``search`` fan their evaluations out on Ray by default (:mod:`ptq_core.fanout`);
@@ -163,6 +164,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """One self-contained HTML file comparing the given Results (ptq_core.report)."""
+    from .report import build_report, load_results
+
+    entries = load_results(args.results)  # every file checked before anything is written
+    _check_output(args.output, "--output")
+    _write(build_report(entries, title=args.title), args.output)
+    if not args.quiet:
+        sys.stderr.write(f"report of {len(entries)} configuration{'s' if len(entries) != 1 else ''} -> {args.output}\n")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .data import available_datasets
     from .models import available_models, get_model_entry
@@ -295,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_search.add_argument("--frontier", default=None, help="also write every evaluated point as CSV (frontier marked)")
     _fanout_options(p_search)
     p_search.set_defaults(func=cmd_search)
+
+    p_report = sub.add_parser("report", help="one HTML file comparing Results: metrics, charts, configs, versions")
+    p_report.add_argument("--results", nargs="+", required=True, metavar="RESULT.json",
+                          help="Result JSON files (run --output), or the .json list a sweep writes")
+    p_report.add_argument("--output", required=True, help="where to write the .html report (opens offline)")
+    p_report.add_argument("--title", default="PTQ Explorer comparison", help="the report's heading")
+    p_report.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+    p_report.set_defaults(func=cmd_report)
 
     p_list = sub.add_parser("list", help="list the registered models and data sets")
     p_list.set_defaults(func=cmd_list)

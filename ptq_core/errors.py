@@ -36,3 +36,7 @@ class ExportError(PTQError):
 
 class OutputError(PTQError):
     """An output file cannot be written where it was asked for (a missing, read-only or occupied path)."""
+
+
+class ResultFileError(PTQError):
+    """A file given as a Result (``python -m ptq_core run --output``) is missing, unreadable or not a Result."""

@@ -1,4 +1,4 @@
-"""Compare page: saved configurations side by side (rename, delete, restore) and a sweep runner over a grid."""
+"""Compare page: saved configurations side by side (rename, delete, restore, an HTML report) and a sweep runner."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ptq_core.config import (
     QuantConfig,
 )
 from ptq_core.errors import PTQError
+from ptq_core.report import ReportEntry, build_report
 from ptq_core.sweep import expand_grid
 
 BITS = list(range(MAX_BITS, MIN_BITS - 1, -1))
@@ -82,6 +83,7 @@ def saved_section() -> None:
         return
     st.dataframe(comparison_table(entries), hide_index=True, key="cmp_table", column_config=NUMBER_FORMATS)
     st.plotly_chart(charts.compare_bars([e["name"] for e in entries], [e["row"] for e in entries]), key="cmp_bars")
+    report_button(entries)
     names = {e["id"]: e["name"] for e in entries}
     if st.session_state.get("cmp_pick") not in names:
         st.session_state["cmp_pick"] = entries[-1]["id"]
@@ -91,6 +93,28 @@ def saved_section() -> None:
     c3.button("Rename", key="cmp_rename", on_click=_rename, args=(pick,), width="stretch")
     c4.button("Restore", key="cmp_restore", on_click=_restore, args=(pick,), width="stretch")
     c5.button("Delete", key="cmp_delete", on_click=_delete, args=(pick,), width="stretch")
+
+
+def report_entries(entries: list[dict[str, Any]]) -> list[ReportEntry]:
+    """The saved configurations' most complete Results (per-layer output errors where they were measured)."""
+    return [ReportEntry(e["name"], resources.most_complete(e["config_json"])) for e in entries]
+
+
+def report_button(entries: list[dict[str, Any]]) -> None:
+    """Download the comparison as one HTML file (ptq_core.report), built when clicked, not on every run."""
+    try:
+        report = report_entries(entries)
+    except PTQError as exc:
+        st.error(f"The report cannot be built: {exc}")
+        return
+    st.download_button(
+        f"Download report (HTML, {len(entries)} configuration{'s' if len(entries) != 1 else ''})",
+        lambda: build_report(report, title="PTQ Explorer comparison"), file_name="ptq_report.html", mime="text/html",
+        key="cmp_report", on_click="ignore",
+        help="One file that opens offline: the configs, this table, the accuracy-size and per-layer error charts "
+             "(interactive), machine and versions. Per-layer output errors appear for configurations whose Layer "
+             "error page was opened; `python -m ptq_core report --results R1.json R2.json` builds the same from "
+             "Result files.")
 
 
 def sweep_configs(base: QuantConfig, grid: list[tuple[str, list[Any]]], group_size: int) -> list[QuantConfig]:
