@@ -31,6 +31,7 @@ from ptq_core.data.image_dataset import image_folder_spec
 from ptq_core.errors import DataError, PTQError
 from ptq_core.models import available_models, get_model_entry
 from ptq_core.models.files import DEFAULT_INPUT_SHAPE, FORMATS, check_model_file, detect_format
+from ptq_core.paths import MAX_MODEL_MB_ENV, MAX_UPLOAD_MB_ENV, max_model_bytes, max_upload_bytes, upload_max_age_s
 from ptq_core.pipeline import Explorer
 
 from . import labels, resources, state, uploads
@@ -294,6 +295,28 @@ def _load() -> None:
     state.flash("success", f"Loaded {model_label(model_value)} on {data_label(data_value)}." + (f" {fitted}" if fitted else ""))
 
 
+def upload_limit_mb(kind: str) -> tuple[int | None, str]:
+    """(the uploader's own limit in MiB, a sentence saying where it comes from) for ``kind`` model | zip.
+
+    The limit is this server's (``PTQ_MAX_MODEL_MB`` / ``PTQ_MAX_UPLOAD_MB``), capped by Streamlit's
+    ``server.maxUploadSize`` (the repository's ``.streamlit/config.toml`` sets it to the default
+    ``PTQ_MAX_MODEL_MB``): the browser then refuses a larger file before sending it. ``None``
+    (Streamlit's own limit) when an environment variable is not a number; storing the upload says so.
+    """
+    streamlit_mb = int(st.get_option("server.maxUploadSize"))
+    try:
+        ours = min(max_model_bytes(), max_upload_bytes()) if kind == "model" else max_upload_bytes()
+        kept = f" Uploads not repeated for {upload_max_age_s() // 3600} h are removed from the server."
+    except DataError:
+        return None, f"Streamlit accepts files up to {streamlit_mb} MiB (server.maxUploadSize)."
+    envs = f"{MAX_MODEL_MB_ENV} / {MAX_UPLOAD_MB_ENV}" if kind == "model" else MAX_UPLOAD_MB_ENV
+    ours_mb = max(1, ours // (1024 * 1024))
+    if ours_mb <= streamlit_mb:
+        return ours_mb, f"Files up to {ours_mb} MiB ({envs}).{kept}"
+    return streamlit_mb, (f"Files up to {streamlit_mb} MiB: Streamlit's server.maxUploadSize is lower than this server's "
+                          f"{ours_mb} MiB ({envs}); the operator raises it in .streamlit/config.toml.{kept}")
+
+
 def _choose(key: str, value: str) -> Callable[[], None]:
     def callback() -> None:
         st.session_state[key] = value
@@ -316,9 +339,11 @@ def render() -> None:
     with sb.expander("Your own model file", expanded=m_from != "registered"):
         st.text_input("Path on the server", key="src_m_path", on_change=_choose("src_m_from", "path"),
                       help=f"A .pt/.pth/.pt2 file under the data roots: {roots}.")
+        model_mb, model_limit = upload_limit_mb("model")
         st.file_uploader("Upload", key="src_m_upload", on_change=_choose("src_m_from", "upload"),
+                         max_upload_size=model_mb,
                          help="Kept on this server, named by its SHA-256. TorchScript, torch.export (.pt2) or a "
-                              "state dict; nothing in it is unpickled as Python objects.")
+                              f"state dict; nothing in it is unpickled as Python objects. {model_limit}")
         file_off = m_from == "registered"
         fmt = ss["src_m_format"]
         c1, c2 = st.columns(2)
@@ -341,8 +366,11 @@ def render() -> None:
     with sb.expander("Image folder", expanded=d_from != "registered"):
         st.text_input("Folder on the server", key="src_d_path", on_change=_choose("src_d_from", "path"),
                       help=f"Class sub-folders, a folder with labels.csv, or a flat folder (unlabeled), under: {roots}.")
+        zip_mb, zip_limit = upload_limit_mb("zip")
         st.file_uploader("Zip of images", type=["zip"], key="src_d_zip", on_change=_choose("src_d_from", "upload"),
-                         help="Extracted once on this server; a zip holding one top-level folder is read from inside it.")
+                         max_upload_size=zip_mb,
+                         help="Extracted once on this server; a zip holding one top-level folder is read from inside it. "
+                              f"{zip_limit}")
         off = d_from == "registered"
         c1, c2, c3 = st.columns(3)
         c1.number_input("Calibration", min_value=0, step=16, key="src_d_num_cal", disabled=off,

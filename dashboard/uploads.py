@@ -12,15 +12,24 @@ one copy, two different files never collide, and a config naming an upload keeps
 same bytes. An uploaded zip of images is extracted once into ``images/<sha256>/``; uploading
 it again reuses that folder. Sizes are checked BEFORE anything is written.
 
+The folder is bounded (:func:`tidy`, after every upload): uploads not uploaded again for
+``PTQ_UPLOAD_MAX_AGE_H`` hours are removed, and when the folder holds more than
+``PTQ_UPLOAD_QUOTA_MB``, the least recently uploaded go first (an upload larger than the whole
+quota is refused). A removed upload only stops configs that name its path from loading again;
+a model or data set already loaded stays in memory.
+
 Nothing here imports Streamlit: :mod:`dashboard.sources` draws the controls.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,11 +45,18 @@ from ptq_core.paths import (
     max_zip_bytes,
     max_zip_files,
     safe_extract_zip,
+    upload_max_age_s,
+    upload_quota_bytes,
 )
+
+log = logging.getLogger(__name__)
 
 UPLOAD_DIR_ENV = "PTQ_UPLOAD_DIR"
 DEFAULT_UPLOAD_DIR_NAME = "ptq_explorer_uploads"
 MODEL_SUFFIXES = (".pt", ".pth", ".pt2")  # kept from the uploaded name (format is read from the content anyway)
+KINDS = ("models", "images")  # the upload folder's sub-folders; each entry in them is one upload
+_TIDY = threading.Lock()  # one session tidies at a time (uploads are rare; tidying is a directory walk)
+_MIB = 1024 * 1024
 
 
 def upload_dir() -> Path:
@@ -118,13 +134,17 @@ def store_model_upload(data: bytes, filename: str) -> tuple[Path, bool]:
     """
     limit = min(max_model_bytes(), max_upload_bytes())
     check_upload_size(len(data), limit, what=f"model upload {filename!r}")
+    _check_quota(len(data), f"model upload {filename!r}")
     suffix = Path(filename).suffix.lower()
     folder = upload_dir() / "models"
     folder.mkdir(mode=0o700, exist_ok=True)
     target = folder / (_sha256(data) + (suffix if suffix in MODEL_SUFFIXES else ".pt"))
     if target.is_file() and target.stat().st_size == len(data):
+        os.utime(target)  # uploaded again: last used now (the age-out and the quota count from here)
+        tidy(keep=target)
         return target, False
     _write_atomically(data, target)
+    tidy(keep=target)
     return target, True
 
 
@@ -138,10 +158,13 @@ def store_zip_upload(data: bytes, filename: str) -> tuple[Path, bool]:
     call extracted it.
     """
     check_upload_size(len(data), max_upload_bytes(), what=f"zip upload {filename!r}")
+    _check_quota(len(data), f"zip upload {filename!r}")
     folder = upload_dir() / "images"
     folder.mkdir(mode=0o700, exist_ok=True)
     target = folder / _sha256(data)
     if target.is_dir():
+        os.utime(target)
+        tidy(keep=target)
         return image_root(target), False
     staging = folder / f".extract-{uuid.uuid4().hex}"
     try:
@@ -154,7 +177,100 @@ def store_zip_upload(data: bytes, filename: str) -> tuple[Path, bool]:
     except OSError:  # another session extracted the same zip first: use theirs
         shutil.rmtree(staging, ignore_errors=True)
         created = False
+    try:
+        tidy(keep=target)
+    except DataError as exc:  # the extracted images alone are over the quota
+        raise DataError(f"zip upload {filename!r}: {exc}") from None
     return image_root(target), created
+
+
+def _check_quota(n_bytes: int, what: str) -> None:
+    """Refuse, before writing, an upload that could never fit the folder's quota."""
+    quota = upload_quota_bytes()
+    if n_bytes > quota:
+        raise DataError(f"{what}: {n_bytes / _MIB:.1f} MiB is more than the upload folder's quota of "
+                        f"{quota / _MIB:.1f} MiB; allowed: uploads up to the quota (the server's operator sets "
+                        "PTQ_UPLOAD_QUOTA_MB)")
+
+
+def _size(path: Path) -> int:
+    """Bytes under ``path`` (a file, or every file in a folder; links are not followed)."""
+    try:
+        if path.is_symlink() or path.is_file():
+            return path.lstat().st_size
+        return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    except OSError:  # removed meanwhile by another session
+        return 0
+
+
+def _last_used(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def usage() -> list[tuple[Path, int, float]]:
+    """Every upload as (path, bytes, last used as a Unix time), least recently used first."""
+    base = upload_dir()
+    found = []
+    for kind in KINDS:
+        folder = base / kind
+        if folder.is_dir():
+            found += [(p, _size(p), _last_used(p)) for p in folder.iterdir() if not p.name.startswith(".")]
+    return sorted(found, key=lambda row: row[2])
+
+
+def tidy(*, keep: Path | None = None, now: float | None = None) -> list[Path]:
+    """Bound the upload folder: remove what is past ``PTQ_UPLOAD_MAX_AGE_H``, then the least recently used
+    until it fits ``PTQ_UPLOAD_QUOTA_MB``. Returns what was removed.
+
+    ``keep`` (the upload just stored) is never removed to make room for others; if it alone is over
+    the quota it is removed and DataError says so. Half-written leftovers (``.partial-*``,
+    ``.extract-*`` of a crashed upload) are removed by age only, so an upload in progress is safe.
+    """
+    now = time.time() if now is None else now
+    max_age, quota = upload_max_age_s(), upload_quota_bytes()
+    base = upload_dir()
+    removed: list[Path] = []
+    with _TIDY:
+        for kind in KINDS:
+            folder = base / kind
+            leftovers = [p for p in folder.iterdir() if p.name.startswith(".")] if folder.is_dir() else []
+            for path in leftovers:
+                if now - _last_used(path) > max_age:
+                    _remove(path)
+                    removed.append(path)
+        live = []
+        for path, size, used in usage():
+            if path != keep and now - used > max_age:
+                _remove(path)
+                removed.append(path)
+            else:
+                live.append((path, size))
+        total = sum(size for _, size in live)
+        for path, size in live:  # least recently used first
+            if total <= quota:
+                break
+            if path != keep:
+                _remove(path)
+                removed.append(path)
+                total -= size
+        if total > quota and keep is not None:
+            _remove(keep)
+            raise DataError(f"{total / _MIB:.1f} MiB is more than the upload folder's quota of {quota / _MIB:.1f} "
+                            "MiB; allowed: uploads up to the quota (the server's operator sets PTQ_UPLOAD_QUOTA_MB)")
+    if removed:
+        log.info("upload folder: removed %d upload(s) past %d h or over the %d MiB quota: %s", len(removed),
+                 max_age // 3600, quota // _MIB, ", ".join(p.name for p in removed))
+    return removed
 
 
 def image_root(folder: Path) -> Path:

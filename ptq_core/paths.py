@@ -14,6 +14,13 @@ Settings, read from the environment on every call (so tests and operators can ch
     PTQ_MAX_UPLOAD_MB   largest upload accepted, in MiB (default 500)
     PTQ_MAX_ZIP_MB      most bytes an uploaded zip may expand to, in MiB (default 1024)
     PTQ_MAX_ZIP_FILES   most entries an uploaded zip may hold (default 10000)
+    PTQ_UPLOAD_QUOTA_MB most the dashboard's upload folder may hold, in MiB (default 4096); least
+                        recently uploaded first out when a new upload needs the room
+    PTQ_UPLOAD_MAX_AGE_H uploads not uploaded again for this many hours are removed (default 24)
+
+The dashboard's Streamlit upload limit (``server.maxUploadSize`` in the repository's
+``.streamlit/config.toml``, in MiB) is set to the default ``PTQ_MAX_MODEL_MB``; the uploaders
+also carry these limits themselves, so a browser refuses a too-large file before sending it.
 
 Example::
 
@@ -45,6 +52,8 @@ __all__ = [
     "max_zip_bytes",
     "max_zip_files",
     "safe_extract_zip",
+    "upload_max_age_s",
+    "upload_quota_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +63,8 @@ MAX_MODEL_MB_ENV = "PTQ_MAX_MODEL_MB"
 MAX_UPLOAD_MB_ENV = "PTQ_MAX_UPLOAD_MB"
 MAX_ZIP_MB_ENV = "PTQ_MAX_ZIP_MB"
 MAX_ZIP_FILES_ENV = "PTQ_MAX_ZIP_FILES"
+UPLOAD_QUOTA_MB_ENV = "PTQ_UPLOAD_QUOTA_MB"
+UPLOAD_MAX_AGE_H_ENV = "PTQ_UPLOAD_MAX_AGE_H"
 
 # EfficientNet-B7 in FP32 is 270 MB and ResNet-152 230 MB: 500 MiB admits every torchvision
 # classifier while keeping one upload from filling a small server's memory.
@@ -62,6 +73,10 @@ DEFAULT_MAX_UPLOAD_MB = 500
 # 1 GiB expanded holds ~50k ImageNet-sized JPEGs; 10k entries is far more than a calibration set needs.
 DEFAULT_MAX_ZIP_MB = 1024
 DEFAULT_MAX_ZIP_FILES = 10_000
+# A room of thirty uploading a ~20 MB model and a ~100 MB zip each is ~3.6 GB; 4 GiB keeps that and
+# no more on a small server's disk. A workshop is a day: uploads not repeated for a day go.
+DEFAULT_UPLOAD_QUOTA_MB = 4096
+DEFAULT_UPLOAD_MAX_AGE_H = 24
 _MIB = 1024 * 1024
 _COPY_CHUNK_BYTES = 1 << 20
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +113,16 @@ def max_zip_bytes() -> int:
 def max_zip_files() -> int:
     """Most entries an uploaded zip may hold (``PTQ_MAX_ZIP_FILES``, default 10000)."""
     return _env_number(MAX_ZIP_FILES_ENV, DEFAULT_MAX_ZIP_FILES)
+
+
+def upload_quota_bytes() -> int:
+    """Most bytes the upload folder may hold (``PTQ_UPLOAD_QUOTA_MB``, default 4 GiB)."""
+    return _env_number(UPLOAD_QUOTA_MB_ENV, DEFAULT_UPLOAD_QUOTA_MB) * _MIB
+
+
+def upload_max_age_s() -> int:
+    """Seconds after its last upload an uploaded file is removed (``PTQ_UPLOAD_MAX_AGE_H``, default 24 h)."""
+    return _env_number(UPLOAD_MAX_AGE_H_ENV, DEFAULT_UPLOAD_MAX_AGE_H) * 3600
 
 
 def configured_data_roots() -> list[Path]:
