@@ -23,6 +23,9 @@
   bounded): keyed by exactly what they depend on, the config JSON (plus the layer or the sizes).
 * :func:`onnx_export` (``st.cache_data``, :data:`MAX_EXPORTS` entries): the ONNX file of one
   config as bytes plus its export report, written with the shared Explorer's statistics.
+* :class:`Activity` (one per server): how many evaluations are running now. A session whose
+  evaluation starts while others run says so, with a rough time (:func:`busy_note`), instead of
+  looking frozen: the CPUs are shared, so N running evaluations make each about N times slower.
 
 Progress: the cached functions draw their own progress bar in a placeholder they create and
 empty again before returning. Streamlit replays elements a cached function drew on every
@@ -168,6 +171,60 @@ def result_store() -> ResultStore:
     return ResultStore()
 
 
+class Activity:
+    """Evaluations running on this server now (every session), and how long each part takes when alone.
+
+    ``solo_s`` holds, per (model, data set, backend, part), the last duration divided by the
+    average number of evaluations that ran beside it (at its start and end): what it would take
+    alone, so an estimate under load is not inflated twice. ``peak`` is the most that ran at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.solo_s: dict[tuple[str, ...], float] = {}
+
+    @contextmanager
+    def evaluation(self) -> Iterator[int]:
+        """Count one evaluation as running while the block runs; yields how many others were running at its start."""
+        with self._lock:
+            others = self.running
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            yield others
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def others(self) -> int:
+        """Evaluations running now besides the caller's own (call inside :meth:`evaluation`)."""
+        with self._lock:
+            return max(0, self.running - 1)
+
+    def record(self, key: tuple[str, ...], seconds: float, others_at_start: int, others_at_end: int) -> None:
+        self.solo_s[key] = seconds / (1 + (others_at_start + others_at_end) / 2)
+
+    def estimate_s(self, key: tuple[str, ...], others: int) -> float | None:
+        """Roughly how long ``key`` takes with ``others`` running beside it (None before its first measurement)."""
+        solo = self.solo_s.get(key)
+        return None if solo is None else solo * (others + 1)
+
+
+@st.cache_resource
+def activity() -> Activity:
+    return Activity()
+
+
+def busy_note(others: int, seconds: float | None) -> str:
+    """What a session says when its evaluation starts while ``others`` run: ``2 other evaluations ...; about 3 s``."""
+    head = f"{others} other evaluation{'s' if others != 1 else ''} running on this server"
+    if seconds is None:
+        return f"{head}; this may take longer than usual (the server's CPUs are shared)."
+    return f"{head}; this may take about {max(1, round(seconds))} s (the server's CPUs are shared)."
+
+
 def _speed_key(config: QuantConfig) -> tuple[str, str, str]:
     return (json.dumps(config.model, sort_keys=True), json.dumps(config.dataset, sort_keys=True), config.evaluation.backend)
 
@@ -222,8 +279,18 @@ def compute(config_json: str, part: str = "main") -> dict[str, Any]:
         found = store.get(config_json, part)
         if found is not None:
             return found
-        with _progress(LABELS[part]) as on_progress:
-            result = explorer.evaluate(config, on_progress, **_options(part, config, explorer)).to_dict()
+        busy, timing_key = activity(), (*_speed_key(config), part)
+        with busy.evaluation() as others:
+            notice = st.empty()
+            if others:  # say it is waiting, and roughly how long, instead of looking frozen
+                notice.info(busy_note(others, busy.estimate_s(timing_key, others)), icon=":material/hourglass_top:")
+            start = time.perf_counter()
+            try:
+                with _progress(LABELS[part]) as on_progress:
+                    result = explorer.evaluate(config, on_progress, **_options(part, config, explorer)).to_dict()
+            finally:
+                notice.empty()
+            busy.record(timing_key, time.perf_counter() - start, others, busy.others())
         store.put(config_json, part, result)
         n = result["dataset"]["num_eval_samples"]
         if part in ("main", "layers") and n:
@@ -463,7 +530,7 @@ def calibration_check(config_json: str, sizes: tuple[int, ...], seeds: tuple[int
     """:func:`ptq_core.calibration_check.check_calibration` of one config, as plain data."""
     config = QuantConfig.from_json(config_json)
     explorer = explorer_for(config)
-    with _progress("Calibration check") as on_progress:
+    with activity().evaluation(), _progress("Calibration check") as on_progress:  # counted: it competes for the CPUs
         return check_calibration(explorer, config, sizes=sizes, seeds=seeds, on_progress=on_progress).to_dict()
 
 
@@ -538,7 +605,7 @@ def measure_sensitivity(config_json: str) -> dict[str, Any] | None:
     partial: dict[str, list[dict[str, Any]]] = st.session_state.setdefault("sens_partial", {})
     partial[config_json] = []
     try:
-        with _progress("Sensitivity") as on_progress:
+        with activity().evaluation(), _progress("Sensitivity") as on_progress:
             report = sensitivity(explorer, config, runner=SerialRunner(explorer), on_progress=on_progress,
                                  on_row=lambda row: partial[config_json].append(dataclasses.asdict(row)))
     except PTQError as exc:
@@ -572,7 +639,7 @@ def run_search(config_json: str, kind: str, value: float, bits: tuple[int, ...],
     explorer = explorer_for(config)
     points: list[dict[str, Any]] = st.session_state.setdefault("search_points", [])
     try:
-        with _progress("Search") as on_progress:
+        with activity().evaluation(), _progress("Search") as on_progress:
             result = search(explorer, config, Target(**{kind: value}), Candidates(tuple(bits), allow_float),
                             runner=_Recording(SerialRunner(explorer)), on_progress=on_progress,
                             on_point=lambda p: points.append(dataclasses.asdict(p)))

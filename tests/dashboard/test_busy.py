@@ -1,0 +1,76 @@
+"""A busy server says so: ``dashboard.resources.Activity`` counts running evaluations, ``busy_note`` words the wait.
+
+The count is server-wide (``st.cache_resource``), so the test holds two evaluations open itself
+(as two other sessions would) while the app evaluates a configuration nobody has computed yet,
+then checks the app's evaluation was counted beside them and its time recorded as if alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from contextlib import ExitStack
+
+import pytest
+
+from dashboard import resources, sharing
+from dashboard.state import default_config
+from tests.dashboard.helpers import new_app, problems
+
+
+def test_the_count_follows_evaluations_even_when_they_fail() -> None:
+    busy = resources.Activity()
+    with busy.evaluation() as first:
+        assert first == 0
+        with busy.evaluation() as second:
+            assert second == 1 and busy.others() == 1
+        with pytest.raises(RuntimeError), busy.evaluation():
+            raise RuntimeError("an evaluation that fails still stops counting")
+    assert (busy.running, busy.peak) == (0, 2)
+
+
+def test_the_count_is_exact_across_threads() -> None:
+    busy, started, release = resources.Activity(), threading.Barrier(9), threading.Event()
+
+    def hold() -> None:
+        with busy.evaluation():
+            started.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
+    for t in threads:
+        t.start()
+    started.wait()
+    assert busy.running == 8
+    release.set()
+    for t in threads:
+        t.join()
+    assert (busy.running, busy.peak) == (0, 8)
+
+
+def test_the_estimate_is_the_time_alone_times_the_evaluations_sharing_the_cpus() -> None:
+    busy = resources.Activity()
+    assert busy.estimate_s(("m", "d", "b", "main"), 2) is None
+    busy.record(("m", "d", "b", "main"), 6.0, 1, 1)  # 6 s with one other running all along: 3 s alone
+    assert busy.estimate_s(("m", "d", "b", "main"), 2) == pytest.approx(9.0)
+    assert resources.busy_note(2, 9.0) == ("2 other evaluations running on this server; this may take about 9 s "
+                                           "(the server's CPUs are shared).")
+    assert resources.busy_note(1, None).startswith("1 other evaluation running on this server; this may take longer")
+
+
+def test_an_evaluation_beside_two_others_is_counted_and_timed_as_if_alone() -> None:
+    busy = resources.activity()  # the server-wide one the app uses
+    base = default_config()
+    config = base.replace(calibration=dataclasses.replace(base.calibration, seed=4242))  # computed by no other test
+    at = new_app()
+    at.query_params[sharing.PARAM] = sharing.encode(config, base)
+    with ExitStack() as others:
+        for _ in range(2):
+            others.enter_context(busy.evaluation())
+        busy.peak = busy.running  # the most at once from here on (earlier tests ran in this process too)
+        at.run()
+        assert busy.running == 2  # the app's own evaluations have ended
+        assert busy.peak == 3  # ... and ran beside the two others, one at a time: the notice's branch ran
+    assert not problems(at)
+    key = (*resources._speed_key(config), "main")
+    assert key in busy.solo_s or (*key[:3], "quick") in busy.solo_s
