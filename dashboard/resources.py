@@ -92,10 +92,41 @@ TORCH_THREADS = int(os.environ.get("PTQ_DASHBOARD_THREADS", "1"))
 
 
 def configure_torch() -> None:
-    """Apply :data:`TORCH_THREADS` and the allocator tuning to this process (cheap; called on every run of the app)."""
+    """Apply :data:`TORCH_THREADS`, the allocator tuning and one ONNX export at a time to this process.
+
+    Cheap; called on every run of the app.
+    """
     tune_malloc()  # once per process: see ptq_core.allocator
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
+    serialize_onnx_exports()
+
+
+_EXPORT_LOCK = threading.Lock()
+
+
+def serialize_onnx_exports() -> None:
+    """Make ``torch.onnx.export`` run one call at a time in this process (idempotent).
+
+    torch's TorchScript exporter keeps process-wide state (``GLOBALS.in_onnx_export``): a second
+    export started while another thread exports fails with ``AssertionError: GLOBALS.in_onnx_export
+    must be False``. The dashboard is the one place where sessions' threads export at once (the
+    onnxruntime simulation of a new structure, the integer runtime check); benchmarks/bench_room.py
+    hit it with two sessions. Exports take milliseconds on digits, so waiting costs little. The
+    engine's own export sites (``ptq_core.onnx``) are the better home for this lock; until they hold
+    one, the dashboard wraps the function they call.
+    """
+    export = torch.onnx.export
+    if getattr(export, "_ptq_serialized", False):
+        return
+
+    def serialized(*args: Any, **kwargs: Any) -> Any:
+        with _EXPORT_LOCK:
+            return export(*args, **kwargs)
+
+    serialized._ptq_serialized = True  # type: ignore[attr-defined]
+    serialized.__wrapped__ = export  # type: ignore[attr-defined]
+    torch.onnx.export = serialized  # type: ignore[assignment]
 
 
 @st.cache_resource(show_spinner="Loading the model and the data set…", max_entries=4)

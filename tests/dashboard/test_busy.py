@@ -1,17 +1,26 @@
-"""A busy server says so: ``dashboard.resources.Activity`` counts running evaluations, ``busy_note`` words the wait.
+"""Many sessions in one server: ``Activity`` counts running evaluations, ``busy_note`` words the wait, exports queue.
 
 The count is server-wide (``st.cache_resource``), so the test holds two evaluations open itself
 (as two other sessions would) while the app evaluates a configuration nobody has computed yet,
 then checks the app's evaluation was counted beside them and its time recorded as if alone.
+
+Two sessions exporting to ONNX at once (a new simulation structure, the integer runtime check)
+broke torch's exporter (benchmarks/bench_room.py found it with two sessions); the export that
+starts while another is inside ``torch.onnx.export`` is made deterministic here by a model whose
+forward waits for the test.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import pytest
+import torch
+from torch import nn
 
 from dashboard import resources, sharing
 from dashboard.state import default_config
@@ -74,3 +83,54 @@ def test_an_evaluation_beside_two_others_is_counted_and_timed_as_if_alone() -> N
     assert not problems(at)
     key = (*resources._speed_key(config), "main")
     assert key in busy.solo_s or (*key[:3], "quick") in busy.solo_s
+
+
+class _Waiting(nn.Module):
+    """A model whose forward (run by the exporter's tracer) signals it started, then waits for the test."""
+
+    def __init__(self, inside: threading.Event, release: threading.Event) -> None:
+        super().__init__()
+        self.inside, self.release = inside, release
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inside.set()
+        self.release.wait(60)
+        return x * 2
+
+
+def _export_during_another(export: Callable[..., object]) -> list[BaseException]:
+    """Start an export that stays inside the exporter, export a second model meanwhile; the errors raised."""
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def run(model: nn.Module) -> None:
+        try:
+            export(model, (torch.ones(1, 2),), io.BytesIO(), dynamo=False)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=(_Waiting(inside, release),))
+    first.start()
+    assert inside.wait(60)
+    second = threading.Thread(target=run, args=(nn.Linear(2, 2),))
+    second.start()
+    second.join(0.5)  # with the lock it waits for the first; without it, it has already failed
+    release.set()
+    first.join(60)
+    second.join(60)
+    return errors
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's, as in ptq_core.onnx
+def test_torchs_exporter_fails_when_two_threads_export_at_once() -> None:
+    resources.serialize_onnx_exports()
+    raw = torch.onnx.export.__wrapped__  # type: ignore[attr-defined]
+    errors = _export_during_another(raw)
+    assert any("in_onnx_export" in str(e) for e in errors), errors  # the reason for the lock
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_dashboard_exports_one_at_a_time() -> None:
+    resources.configure_torch()
+    resources.configure_torch()  # every run calls it: wrapped once
+    assert not getattr(torch.onnx.export.__wrapped__, "_ptq_serialized", False)  # type: ignore[attr-defined]
+    assert _export_during_another(torch.onnx.export) == []
