@@ -26,6 +26,8 @@
 * :class:`Activity` (one per server): how many evaluations are running now. A session whose
   evaluation starts while others run says so, with a rough time (:func:`busy_note`), instead of
   looking frozen: the CPUs are shared, so N running evaluations make each about N times slower.
+  What-ifs come first: the integer runtime check (background work, and a latency measurement
+  that means nothing on a saturated server) waits while any session's what-if is running.
 
 Progress: the cached functions draw their own progress bar in a placeholder they create and
 empty again before returning. Streamlit replays elements a cached function drew on every
@@ -43,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,21 +215,40 @@ class Activity:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.running = 0
+        self.foreground = 0  # of which what-ifs a user waits for (not the background runtime check)
+        self.waiting = 0  # background parts holding back while what-ifs run
         self.peak = 0
         self.solo_s: dict[tuple[str, ...], float] = {}
 
     @contextmanager
-    def evaluation(self) -> Iterator[int]:
+    def evaluation(self, *, background: bool = False) -> Iterator[int]:
         """Count one evaluation as running while the block runs; yields how many others were running at its start."""
         with self._lock:
             others = self.running
             self.running += 1
+            self.foreground += not background
             self.peak = max(self.peak, self.running)
         try:
             yield others
         finally:
             with self._lock:
                 self.running -= 1
+                self.foreground -= not background
+
+    def wait_for_quiet(self, on_wait: Callable[[int], None], poll_s: float = 0.25) -> None:
+        """Return once no what-if runs anywhere; ``on_wait(n)`` is called every ``poll_s`` meanwhile.
+
+        ``on_wait`` must touch Streamlit (it is where a control change stops the waiting run).
+        """
+        with self._lock:
+            self.waiting += 1
+        try:
+            while (n := self.foreground) > 0:
+                on_wait(n)
+                time.sleep(poll_s)
+        finally:
+            with self._lock:
+                self.waiting -= 1
 
     def others(self) -> int:
         """Evaluations running now besides the caller's own (call inside :meth:`evaluation`)."""
@@ -286,6 +307,7 @@ def _options(part: str, config: QuantConfig, explorer: Explorer) -> dict[str, An
     return {"layer_errors": part == "layers", "runtime_check": part == "runtime"}
 
 
+BACKGROUND = ("runtime",)  # parts nobody waits for: they run when no what-if is running on the server
 LABELS = {
     "quick": "First answer", "main": "Evaluating", "layers": "Measuring per-layer errors",
     "runtime": "Integer runtime check", "reference": "PyTorch reference",
@@ -311,7 +333,7 @@ def compute(config_json: str, part: str = "main") -> dict[str, Any]:
         if found is not None:
             return found
         busy, timing_key = activity(), (*_speed_key(config), part)
-        with busy.evaluation() as others:
+        with busy.evaluation(background=part in BACKGROUND) as others:
             notice = st.empty()
             if others:  # say it is waiting, and roughly how long, instead of looking frozen
                 notice.info(busy_note(others, busy.estimate_s(timing_key, others)), icon=":material/hourglass_top:")
@@ -463,6 +485,8 @@ def finish_pending() -> None:
     if pending is None or not pending.parts:
         return
     part = pending.parts[0]  # one part per run: the page is redrawn with it before the next one starts
+    if part in BACKGROUND:
+        _wait_for_quiet(pending.slot, part)
     try:
         with pending.slot.container():
             compute(pending.config_json, part)
@@ -471,6 +495,21 @@ def finish_pending() -> None:
                            + ("the first answer on a subset." if part == "main" else "the simulation's."))
         return
     st.rerun()
+
+
+def _wait_for_quiet(slot: Any, part: str) -> None:
+    """Hold a background part while other sessions' what-ifs run, saying so in the page's status line."""
+    shown = [0]
+
+    def on_wait(n: int) -> None:
+        if n != shown[0]:
+            shown[0] = n
+            slot.info(f"{LABELS[part]}: waits while {n} what-if evaluation{'s' if n != 1 else ''} of other sessions "
+                      "run (what-ifs come first, and latency is measured on a quiet server). The numbers above are "
+                      "complete.", icon=":material/schedule:")
+        st.session_state["_quiet_wait"] = n  # touching session state is where a control change stops this run
+
+    activity().wait_for_quiet(on_wait)
 
 
 def validate_for_model(config: QuantConfig) -> None:

@@ -74,8 +74,8 @@ def test_an_evaluation_beside_two_others_is_counted_and_timed_as_if_alone() -> N
     at = new_app()
     at.query_params[sharing.PARAM] = sharing.encode(config, base)
     with ExitStack() as others:
-        for _ in range(2):
-            others.enter_context(busy.evaluation())
+        for _ in range(2):  # other sessions' runtime checks (background: this session's own check need not wait)
+            others.enter_context(busy.evaluation(background=True))
         busy.peak = busy.running  # the most at once from here on (earlier tests ran in this process too)
         at.run()
         assert busy.running == 2  # the app's own evaluations have ended
@@ -83,6 +83,26 @@ def test_an_evaluation_beside_two_others_is_counted_and_timed_as_if_alone() -> N
     assert not problems(at)
     key = (*resources._speed_key(config), "main")
     assert key in busy.solo_s or (*key[:3], "quick") in busy.solo_s
+
+
+def test_the_runtime_check_waits_while_another_sessions_what_if_runs() -> None:
+    busy = resources.activity()
+    base = default_config()
+    config = base.replace(calibration=dataclasses.replace(base.calibration, seed=4343))
+    at = new_app()
+    at.query_params[sharing.PARAM] = sharing.encode(config, base)
+    runner = threading.Thread(target=at.run)
+    with busy.evaluation():  # another session's what-if, running all along
+        runner.start()
+        for _ in range(600):  # the app draws its numbers, then holds its runtime check back
+            if busy.waiting:
+                break
+            runner.join(0.1)
+        assert busy.waiting == 1
+    runner.join(120)  # the what-if is done: the check runs, the page is redrawn with it
+    assert not runner.is_alive() and busy.waiting == 0
+    assert not problems(at)
+    assert any(m.label == "Latency (measured)" for m in at.metric)  # the integer runtime check's number
 
 
 class _Waiting(nn.Module):
