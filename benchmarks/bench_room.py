@@ -40,6 +40,7 @@ import dataclasses
 import os
 import platform
 import random
+import resource
 import signal
 import socket
 import statistics
@@ -489,8 +490,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and every descendant (Ray or worker processes included), from /proc."""
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (Ray or worker processes included), from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -500,16 +501,37 @@ def tree_rss_bytes(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
+        found.append(p)
         todo += children.get(p, [])
+    return found
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid``'s process tree."""
+    total = 0
+    for p in _tree(pid):
         try:
             with open(f"/proc/{p}/status", encoding="ascii") as fh:
                 total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
         except OSError:
             continue
     return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid``'s process tree has used so far (exited children not counted)."""
+    ticks = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -581,6 +603,11 @@ def _p95(xs: list[float]) -> float | None:
     return statistics.quantiles(xs, n=20, method="inclusive")[18] if len(xs) > 1 else (xs[0] if xs else None)
 
 
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -591,7 +618,8 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def report(name: str, t: Timings, n: int, seconds: float, peak: int, idle: int, goal: bool) -> None:
+def report(name: str, t: Timings, n: int, seconds: float, peak: int, idle: int, goal: bool, cpu: tuple[float, float],
+           load: tuple[float, float]) -> None:
     print(f"### {name}: {n} sessions, {t.changes} control changes in {seconds:.0f} s\n")
     print("| measure | p50 (s) | p95 (s) | max (s) |")
     print("|---|---:|---:|---:|")
@@ -605,6 +633,11 @@ def report(name: str, t: Timings, n: int, seconds: float, peak: int, idle: int, 
           f"Errors: {len(t.errors)}. Isolation violations: {len(t.isolation)}. 'N other evaluations running' "
           f"notices shown: {t.busy_notices}. Late echoes of a control's previous value (ignored, as the change in "
           f"flight wins): {t.late_echoes}. p95 new numbers {p95 or 0:.2f} s{verdict}.\n")
+    server_cpu, client_cpu = cpu
+    per_change = f"{server_cpu / t.changes:.2f} CPU-s per change, " if t.changes else ""
+    print(f"CPU: server {server_cpu:.0f} s ({per_change}{server_cpu / seconds:.2f} of {os.cpu_count()} cores on "
+          f"average), these clients {client_cpu:.0f} s. Machine load average {load[0]:.1f} at the start, {load[1]:.1f} "
+          "at the end (other work on the machine counts too).\n")
     for line in (t.errors + t.isolation)[:10]:
         print(f"- {line}")
     if t.warnings:
@@ -615,7 +648,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=30, help="concurrent digits sessions")
     parser.add_argument("--changes", type=int, default=12, help="control changes per digits session (at least 10)")
-    parser.add_argument("--think", default="4,12", help="seconds between a session's changes: min,max (uniform)")
+    parser.add_argument("--think", default="8,20",
+                        help="seconds between a session's changes: min,max (uniform); 12 changes take about 3 minutes")
     parser.add_argument("--stagger", type=float, default=0.5, help="seconds between two sessions' first requests")
     parser.add_argument("--efficientnet", type=int, default=5, help="EfficientNet-Lite0 sessions afterwards (0: none)")
     parser.add_argument("--changes-efficientnet", type=int, default=6, help="control changes per EfficientNet session")
@@ -626,16 +660,21 @@ def main() -> None:
         args.efficientnet = 0
     print(f"Machine: {_machine()}; load average at start {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}\n")
     with tempfile.TemporaryDirectory(prefix="ptq_bench_room_") as tmp, Server(Path(tmp)) as server:
-        start = time.perf_counter()
-        digits = asyncio.run(run_sessions(server.url, args.sessions, "digits", args))
-        report("digits CNN (defaults: onnxruntime simulation, integer runtime check on)", digits, args.sessions,
-               time.perf_counter() - start, server.peak, server.idle, goal=args.sessions >= 30)
-        if args.efficientnet:
+        def phase(kind: str, n: int) -> tuple[Timings, dict[str, Any]]:
             server.peak = 0
-            start = time.perf_counter()
-            eff = asyncio.run(run_sessions(server.url, args.efficientnet, "efficientnet", args))
+            cpu0, own0, load0, start = tree_cpu_s(server.proc.pid), _own_cpu_s(), os.getloadavg()[0], time.perf_counter()
+            timings = asyncio.run(run_sessions(server.url, n, kind, args))
+            cpu = (tree_cpu_s(server.proc.pid) - cpu0, _own_cpu_s() - own0)
+            return timings, {"n": n, "seconds": time.perf_counter() - start, "peak": server.peak, "idle": server.idle,
+                             "cpu": cpu, "load": (load0, os.getloadavg()[0])}
+
+        digits, info = phase("digits", args.sessions)
+        report("digits CNN (defaults: onnxruntime simulation, integer runtime check on)", digits,
+               goal=args.sessions >= 30, **info)
+        if args.efficientnet:
+            eff, info = phase("efficientnet", args.efficientnet)
             report("EfficientNet-Lite0 (128 calibration / 372 evaluation images; first answers timed)", eff,
-                   args.efficientnet, time.perf_counter() - start, server.peak, server.idle, goal=False)
+                   goal=False, **info)
         failed = digits.errors or digits.isolation or (args.efficientnet and (eff.errors or eff.isolation))
         if failed:
             print(f"\nThe server's last output:\n```\n{server.log_tail()}\n```", file=sys.stderr)
