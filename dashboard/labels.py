@@ -15,6 +15,7 @@ GRANULARITY = {"per_tensor": "per-tensor", "per_channel": "per-channel", "per_gr
 CLIPPING = {"minmax": "min-max", "percentile": "percentile", "mse": "MSE search", "kl": "KL (entropy)"}
 ACT_MODE = {"static": "static (calibrated)", "dynamic": "dynamic (per input)", "weight_only": "weight-only"}
 SELECTION = {"random": "random", "first": "first N", "balanced": "class-balanced"}
+ROUNDING = {"nearest": "nearest", "adaround": "AdaRound", "gptq": "GPTQ"}
 
 
 def bits(n: int | None) -> str:
@@ -47,7 +48,27 @@ def config_label(config: dict[str, Any]) -> str:
         extras.append(f"{len(config['overrides'])} overrides")
     if not config["fold_batchnorm"]:
         extras.append("BN unfolded")
-    return " · ".join(parts + ([", ".join(extras)] if extras else []))
+    algorithms = algorithms_label(config.get("algorithms"))  # version-1 configs have none
+    return " · ".join(parts + ([", ".join(extras)] if extras else []) + ([algorithms] if algorithms else []))
+
+
+def algorithms_label(algorithms: dict[str, Any] | None) -> str:
+    """What a config's ``algorithms`` add to round-to-nearest, e.g. ``+CLE+AdaRound(1000)+BC+FT(200)``; "" for none."""
+    if not algorithms:
+        return ""
+    parts = []
+    if algorithms.get("cross_layer_equalization"):
+        parts.append("CLE")
+    rounding = algorithms.get("rounding", "nearest")
+    if rounding == "adaround":
+        parts.append(f"AdaRound({algorithms['adaround']['iterations']})")
+    elif rounding != "nearest":
+        parts.append(ROUNDING.get(rounding, rounding))
+    if algorithms.get("bias_correction"):
+        parts.append("BC")
+    if algorithms.get("finetune"):
+        parts.append(f"FT({algorithms['finetune']['steps']})")
+    return "".join(f"+{p}" for p in parts)
 
 
 def pct(x: float | None, digits: int = 2) -> str:

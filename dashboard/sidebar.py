@@ -22,6 +22,7 @@ from ptq_core.config import (
     MAX_BITS,
     MAX_GROUP_SIZE,
     MIN_BITS,
+    ROUNDINGS,
     RUNTIMES,
     SCHEMES,
     SELECTIONS,
@@ -33,6 +34,22 @@ from ptq_core.errors import PTQError
 from . import labels, presets, resources, sources, state
 
 BITS = list(range(MAX_BITS, MIN_BITS - 1, -1))  # 8, 7, ..., 2: INT8 first
+# The config's own bounds of the algorithm settings (ptq_core.config: AdaRound, Finetune), so an imported config
+# always fits the boxes; tests/dashboard/test_algorithms_page.py checks they agree with the config's validation.
+MAX_ADAROUND_ITERATIONS = 100_000
+MAX_FINETUNE_STEPS = 1_000_000
+MAX_FINETUNE_BATCH = 4096
+MAX_FINETUNE_LR = 1.0
+# What each algorithm costs, in the help lines. Measured 2026-12-02 with one torch thread (as the dashboard runs) on
+# the 2-core development machine while other work ran on it (load 3-6: an idle machine is faster), EfficientNet-Lite0
+# with 128 calibration images, W4 per-channel; digits with 256. AdaRound: 1 and 40 iterations (64 s and 249 s for the
+# 50 layers: 4.7 s per iteration, depthwise layers 2-4x the others); GPTQ 75 s; fine-tuning 5-7 s per step of 16 images.
+ADAROUND_COST = ("the slowest: on EfficientNet-Lite0 about 5 s per iteration for its 50 layers together (~95 s per "
+                 "layer per 1000 iterations), so 100 iterations take about 10 minutes and 1000 over an hour; on digits "
+                 "1000 iterations take 10-20 s.")
+GPTQ_COST = "about a minute on EfficientNet-Lite0, a second on digits."
+FINETUNE_COST = ("About 5 s per step of 16 images on EfficientNet-Lite0 (200 steps: about 20 minutes), 200 steps in "
+                 "about 10 s on digits.")
 MODES = ["static", "dynamic", state.WEIGHT_ONLY]
 INHERIT = "same as global"
 
@@ -90,6 +107,8 @@ def render() -> None:
              on_change=_on_mode_change, horizontal=True)
     off = ss["sb_a_mode"] == state.WEIGHT_ONLY
     static = ss["sb_a_mode"] == "static"
+    # Bias correction, AdaRound, GPTQ and fine-tuning learn from the calibration images in every activation mode.
+    calibrated = static or state.algorithms_learn()
     c1, c2 = sb.columns(2)
     c1.selectbox("Activation bits", BITS, key="sb_a_bits", format_func=_bits_label, disabled=off)
     c2.selectbox("Activation granularity", list(DYNAMIC_ACTIVATION_GRANULARITIES), key="sb_a_granularity",
@@ -103,11 +122,13 @@ def render() -> None:
 
     sb.subheader("Calibration subset")
     c1, c2 = sb.columns(2)
-    c1.number_input("Samples", min_value=1, step=32, key="sb_cal_num_samples", disabled=not static,
-                    help="How many samples of the calibration pool the activation ranges are measured on.")
-    c2.number_input("Seed", min_value=0, step=1, key="sb_cal_seed", disabled=not static)
+    c1.number_input("Samples", min_value=1, step=32, key="sb_cal_num_samples", disabled=not calibrated,
+                    help="How many samples of the calibration pool the activation ranges are measured on (static "
+                         "activations) and the algorithms below learn from (bias correction, AdaRound, GPTQ, "
+                         "fine-tuning).")
+    c2.number_input("Seed", min_value=0, step=1, key="sb_cal_seed", disabled=not calibrated)
     sb.selectbox("Selection", list(SELECTIONS), key="sb_cal_selection", format_func=labels.SELECTION.get,
-                 disabled=not static)
+                 disabled=not calibrated)
 
     sb.subheader("Layers")
     sb.checkbox("Fold BatchNorm into the preceding conv", key="sb_fold_bn")
@@ -116,6 +137,7 @@ def render() -> None:
                    help="These layers are not quantized (weights and their output).")
     with sb.expander(f"Per-layer overrides ({len(ss['cfg_overrides'])})"):
         _overrides(names)
+    _algorithms()
     if "sb_eval_runtime" in ss:
         sb.subheader("Evaluation")
         sb.selectbox("Integer runtime check", [None, *RUNTIMES], key="sb_eval_runtime",
@@ -146,6 +168,54 @@ def render() -> None:
         state.config_from_state()
     except PTQError as exc:
         sb.error(str(exc))
+
+
+def _algorithms() -> None:
+    """What repairs low-bit rounding (``config.algorithms``): one control per field, each saying what it costs."""
+    ss = st.session_state
+    sb = st.sidebar
+    sb.subheader("Algorithms (INT4 and below)")
+    sb.checkbox("Cross-layer equalization", key="sb_alg_cle",
+                help="Rescales each pair of consecutive layers (channel c of the first divided by a factor, the "
+                     "weights reading it in the second multiplied by it) so their per-channel weight ranges even "
+                     "out: the same float function, easier to quantize per tensor or at 4 bits. No data needed; "
+                     "a second or less, then the model is calibrated anew. ReLU6 between an equalized pair becomes "
+                     "ReLU (its clamp at 6 does not survive the rescaling), which changes the FP32 model a "
+                     "little: the Layer error page reports that FP32 model's top-1 and agreement.")
+    sb.checkbox("Bias correction", key="sb_alg_bias_correction",
+                help="Rounding shifts the average output of a layer; this measures the shift on the calibration "
+                     "images and subtracts it from the layer's bias. Costs one pass per layer over the "
+                     "calibration images: about a minute on EfficientNet-Lite0, a second on digits.")
+    sb.radio("Rounding", list(ROUNDINGS), key="sb_alg_rounding", format_func=labels.ROUNDING.get, horizontal=True,
+             help="**nearest**: every weight to its nearest grid point (free). **AdaRound**: learns for each weight "
+                  "whether to round up or down so the layer's output matches FP32 on the calibration images; "
+                  f"{ADAROUND_COST} **GPTQ**: rounds column by column and pushes each rounding error onto the "
+                  "weights not yet rounded, using the layer's input statistics; "
+                  f"{GPTQ_COST} Both keep the grid (scales): only which integer each weight gets changes.")
+    sb.number_input("AdaRound iterations per layer", min_value=1, max_value=MAX_ADAROUND_ITERATIONS, step=100,
+                    key="sb_alg_adaround_iterations", disabled=ss["sb_alg_rounding"] != "adaround",
+                    help="Optimisation steps per layer; the time grows in proportion. 1000 recovers most of what "
+                         "AdaRound can (the paper uses 10,000-20,000); 50-200 already show the effect on digits.")
+    sb.checkbox("Fine-tune (quantization-aware)", key="sb_alg_finetune",
+                help="A short training of the quantized model to imitate the FP32 one on the calibration images "
+                     "(no labels: the FP32 model's outputs are the target); weights, biases and activation "
+                     f"scales learn, the weight grid stays. {FINETUNE_COST}")
+    off = not ss["sb_alg_finetune"]
+    c1, c2 = sb.columns(2)
+    c1.number_input("Steps", min_value=1, max_value=MAX_FINETUNE_STEPS, step=50, key="sb_alg_ft_steps", disabled=off,
+                    help="Training steps; each is a forward and a backward pass of one batch.")
+    c2.number_input("Batch size", min_value=1, max_value=MAX_FINETUNE_BATCH, step=8, key="sb_alg_ft_batch_size",
+                    disabled=off, help="Calibration images per step.")
+    sb.number_input("Learning rate", min_value=0.0, max_value=MAX_FINETUNE_LR, step=1e-5, format="%.1e",
+                    key="sb_alg_ft_lr", disabled=off,
+                    help="Adam's learning rate, a positive number up to 1; 1e-5 nudges the weights without "
+                         "undoing the rounding.")
+    sb.caption("Each configuration runs these once, when first evaluated; the result is kept (in memory and in the "
+               "disk cache), so changing only the evaluation settings (backend, runtime check, evaluation samples "
+               "or batch size) reuses it. Progress shows at the top of the page. To cancel, press Streamlit's "
+               "**Stop** (top right) or change any control: the run ends at the next layer or step, nothing of it "
+               "is kept, and the session stays as it was. Times in the help lines: one thread on a busy 2-core "
+               "machine.")
 
 
 def _devices(current: str) -> list[str]:

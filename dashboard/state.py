@@ -24,7 +24,7 @@ from typing import Any
 
 import streamlit as st
 
-from ptq_core.config import Evaluation, QuantConfig
+from ptq_core.config import Evaluation, Finetune, QuantConfig
 from ptq_core.result import Result
 
 from . import labels
@@ -44,6 +44,13 @@ CAL_KEYS = {"sb_cal_num_samples": "num_samples", "sb_cal_seed": "seed", "sb_cal_
 EVAL_KEYS = {"sb_eval_batch_size": "batch_size", "sb_eval_layer_error_samples": "layer_error_samples",
              "sb_eval_runtime": "runtime", "sb_eval_backend": "backend"}
 _TEXT_EVAL_FIELDS = ("runtime", "backend")  # the other evaluation fields are integers
+# The algorithms (config.algorithms). Fields without a control (adaround.seed, gptq.*, finetune.seed) come from
+# cfg_base, so an imported config keeps them. The fine-tune controls hold their values while fine-tuning is off
+# ("finetune": null), as the group size does while granularity is not per_group.
+ALG_KEYS = {"sb_alg_cle": "cross_layer_equalization", "sb_alg_bias_correction": "bias_correction",
+            "sb_alg_rounding": "rounding"}
+ALG_ADAROUND_KEYS = {"sb_alg_adaround_iterations": "iterations"}
+ALG_FINETUNE_KEYS = {"sb_alg_ft_steps": "steps", "sb_alg_ft_lr": "lr", "sb_alg_ft_batch_size": "batch_size"}
 WEIGHT_ONLY = "weight_only"  # the sb_a_mode value for "activations": null
 DEFAULT_GROUP_SIZE = 32  # what the group-size control shows while granularity is not per_group
 MAX_HISTORY = 300  # evaluated configs kept per session for the Overview scatter
@@ -73,6 +80,12 @@ def _widget_values(config: QuantConfig) -> dict[str, Any]:
         values.update({key: getattr(config.activations, f) for key, f in ACT_KEYS.items()})
     values.update({key: getattr(config.calibration, f) for key, f in CAL_KEYS.items()})
     values.update({key: getattr(config.evaluation, f) for key, f in EVAL_KEYS.items() if hasattr(config.evaluation, f)})
+    alg = config.algorithms
+    values.update({key: getattr(alg, f) for key, f in ALG_KEYS.items()})
+    values.update({key: getattr(alg.adaround, f) for key, f in ALG_ADAROUND_KEYS.items()})
+    values["sb_alg_finetune"] = alg.finetune is not None
+    if alg.finetune is not None:
+        values.update({key: getattr(alg.finetune, f) for key, f in ALG_FINETUNE_KEYS.items()})
     return values
 
 
@@ -90,6 +103,7 @@ def init_state() -> None:
     """Defaults for every control and session list, set once per session."""
     defaults = _widget_values(default_config())
     defaults["sb_w_group_size"] = DEFAULT_GROUP_SIZE
+    defaults.update({key: getattr(Finetune(), f) for key, f in ALG_FINETUNE_KEYS.items()})  # shown while off
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
     st.session_state.setdefault("history", [])  # list of history entries, oldest first
@@ -129,7 +143,29 @@ def config_from_state() -> QuantConfig:
     data["evaluation"]["num_samples"] = int(ss["sb_eval_num_samples"]) or None
     if "sb_device" in ss:
         data["device"] = ss["sb_device"]
+    data["algorithms"] = _algorithms_from_state(data.get("algorithms") or {})
     return QuantConfig.from_dict(data)
+
+
+def _algorithms_from_state(base: dict[str, Any]) -> dict[str, Any]:
+    """``config.algorithms`` from the controls, over ``base`` (cfg_base's), whose fields without a control survive."""
+    ss = st.session_state
+    alg = dict(base)
+    alg.update({f: ss[key] for key, f in ALG_KEYS.items()})
+    alg["adaround"] = {**(base.get("adaround") or {}),
+                       **{f: int(ss[key]) for key, f in ALG_ADAROUND_KEYS.items()}}
+    if ss["sb_alg_finetune"]:
+        alg["finetune"] = {**(base.get("finetune") or {}),
+                           **{f: float(ss[key]) if f == "lr" else int(ss[key]) for key, f in ALG_FINETUNE_KEYS.items()}}
+    else:
+        alg["finetune"] = None
+    return alg
+
+
+def algorithms_learn() -> bool:
+    """Whether the controls ask for an algorithm that learns from the calibration images (every one but CLE)."""
+    ss = st.session_state
+    return bool(ss["sb_alg_bias_correction"] or ss["sb_alg_rounding"] != "nearest" or ss["sb_alg_finetune"])
 
 
 def apply_config_to_state(config: QuantConfig) -> None:
