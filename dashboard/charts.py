@@ -449,3 +449,44 @@ def search_scatter(points: Sequence[dict[str, Any]], int8_bytes: int, best_label
                                      marker={"symbol": "star", "size": 16, "color": FLAG_COLOR}, hoverinfo="skip"))
     return _layout(fig, "Mixed-precision search: every configuration evaluated (orange: meets the target)",
                    "weight bytes (% of the all-INT8 model)", "agreement with FP32 (%)")
+
+
+# -- Algorithms (Layer error page) --------------------------------------------------------------------
+BEFORE_COLOR = NEUTRAL_COLOR  # round-to-nearest, no algorithm: the baseline the algorithms are measured against
+BEFORE_AFTER_SERIES = ("round-to-nearest, no algorithms", "with the algorithms")
+
+
+def algorithm_before_after(names: Sequence[str], before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> go.Figure:
+    """Weight SQNR (top) and output SQNR (bottom) per layer, without and with the algorithms, in network order.
+
+    ``before`` and ``after`` are Result layer rows (``weight_sqnr_db``, ``output_sqnr_db``) in the order of ``names``;
+    None (a layer in float, or not measured) leaves a gap.
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("Weight SQNR (dB): the weights alone", "Output SQNR (dB): the layer's output, "
+                                        "every error before it included"))
+    for rows, name, color in ((before, BEFORE_AFTER_SERIES[0], BEFORE_COLOR), (after, BEFORE_AFTER_SERIES[1], QUANT_COLOR)):
+        for i, key in enumerate(("weight_sqnr_db", "output_sqnr_db"), start=1):
+            fig.add_trace(go.Bar(x=list(names), y=[r.get(key) for r in rows], name=name, marker_color=color,
+                                 legendgroup=name, showlegend=i == 1,
+                                 hovertemplate="%{x}: %{y:.1f} dB<extra>" + name + "</extra>"), row=i, col=1)
+    fig.update_yaxes(title_text="dB", row=1, col=1)
+    fig.update_yaxes(title_text="dB", row=2, col=1)
+    return _layout(fig, "Per layer, without and with the algorithms (higher is better)", "", "", height=560,
+                   barmode="group")
+
+
+def adaround_flips(lesson: dict[str, Any]) -> go.Figure:
+    """Which weights of the Learn page's small layer AdaRound rounded the other way than nearest (one cell per weight)."""
+    direction = np.asarray(lesson["direction"])
+    w, nearest, learned = (np.asarray(lesson[k]) for k in ("w", "nearest", "adaround"))
+    text = [[f"w = {w[i, j]:.3f}<br>nearest {nearest[i, j]:.3f}<br>AdaRound {learned[i, j]:.3f}"
+             for j in range(w.shape[1])] for i in range(w.shape[0])]
+    fig = go.Figure(go.Heatmap(
+        z=direction, zmin=-1, zmax=1, text=text, hovertemplate="row %{y}, column %{x}<br>%{text}<extra></extra>",
+        colorscale=[[0.0, FP32_COLOR], [0.5, "#F2F2F2"], [1.0, QUANT_COLOR]], xgap=2, ygap=2,
+        colorbar={"tickvals": [-1, 0, 1], "ticktext": ["down instead of up", "same as nearest", "up instead of down"]},
+    ))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, f"{lesson['flipped']} of {direction.size} weights rounded the other way than nearest",
+                   "input channel", "output channel", height=340)

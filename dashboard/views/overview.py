@@ -82,6 +82,22 @@ def run_note(result: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def algorithms_note(result: dict[str, Any]) -> str | None:
+    """What the config's algorithms cost, once per configuration (None when it has none)."""
+    cfg = result["config"]
+    label = labels.algorithms_label(cfg.get("algorithms"))
+    if not label:
+        return None
+    info = result.get("algorithms") or {}
+    seconds = sum(info.get("seconds", {}).values())
+    algorithms = cfg["algorithms"]
+    if not (algorithms["bias_correction"] or algorithms["rounding"] != "nearest" or algorithms["finetune"]):
+        return f"**Algorithms** {label}: data-free (cross-layer equalization), nothing learned."
+    images = min(cfg["calibration"]["num_samples"], result["dataset"]["calibration_pool_size"])
+    return (f"**Algorithms** {label}: learned on {images} calibration samples in {seconds:.1f} s, once for this "
+            "configuration (every later evaluation of it reuses them); each layer before and after on *Layer error*.")
+
+
 def _ask_reference(config_json: str) -> None:
     st.session_state["ov_reference_for"] = config_json
 
@@ -157,6 +173,9 @@ def render() -> None:
                 + ", ".join(result["model"]["unsupported_layers"]))
     metric_cards(result)
     st.caption(run_note(result))
+    note = algorithms_note(result)
+    if note is not None:
+        st.caption(note)
     reference_section(config, result)
     for w in result["warnings"]:
         st.warning(w)
