@@ -113,3 +113,48 @@ def clipping_lesson(values: np.ndarray, bits: int, scheme: str, num: int = 200) 
                         "mse": err.mse, "rounding_mse": err.rounding_mse, "clipping_mse": err.clipping_mse,
                         "clip_fraction": err.clip_fraction})
     return {"curve": curve, "methods": methods, "min": stats.min, "max": stats.max, "count": stats.count}
+
+
+# -- AdaRound on one small layer ---------------------------------------------------------------------
+ADAROUND_SHAPE = (8, 16)  # output x input channels: a heatmap that can be read weight by weight
+ADAROUND_BITS = 3  # coarse enough that rounding decisions matter, as at INT4 and below on a real model
+ADAROUND_COLUMNS = 512  # input vectors the layer is fitted on (the "calibration set")
+ADAROUND_ITERATIONS = 500  # about half a second here (one thread); enough for every h(V) to settle at 0 or 1
+
+
+def adaround_lesson(seed: int = 0, iterations: int = ADAROUND_ITERATIONS) -> dict[str, Any]:
+    """Round one seeded random layer ``y = W x`` to 3 bits (per-channel symmetric) by nearest and by AdaRound.
+
+    The inputs ``x`` are correlated (a random mix of independent signals), as a real layer's inputs are: then
+    errors of weights that see similar inputs can cancel, which is what AdaRound exploits. Returns the weights,
+    both roundings, which weights AdaRound rounded the other way (``direction``: +1 up where nearest rounds down,
+    -1 down where nearest rounds up, 0 the same), and the weight and output errors (MSE) of both.
+    """
+    from ptq_core.algorithms.adaround import adaround_layer  # torch optimisation: imported when the lesson runs
+
+    g = torch.Generator().manual_seed(seed)
+    out_ch, in_ch = ADAROUND_SHAPE
+    w = torch.randn(out_ch, in_ch, generator=g) * 0.5
+    mix = torch.eye(in_ch) + torch.randn(in_ch, in_ch, generator=g) * 0.6
+    x = mix @ torch.randn(in_ch, ADAROUND_COLUMNS, generator=g)
+    qmin, qmax = int_range(ADAROUND_BITS, "symmetric")
+    scale, zero_point = qparams_from_range(-w.abs().amax(1), w.abs().amax(1), ADAROUND_BITS, "symmetric")
+    scale_w = scale[:, None].expand_as(w)
+    zp_w = zero_point[:, None].expand_as(w).float()
+    y = w @ x
+    nearest = dequantize(quantize(w, scale_w, zp_w, qmin, qmax), scale_w, zp_w)
+    learned, stats = adaround_layer(w[None], scale_w[None], zp_w[None], qmin, qmax, torch.zeros(1, out_ch), x[None],
+                                    y[None], lambda t: t, iterations=iterations, seed=seed)
+    learned = learned[0]
+    direction = torch.round((learned - nearest) / scale_w).clamp(-1, 1)
+    return {
+        "bits": ADAROUND_BITS, "shape": ADAROUND_SHAPE, "columns": ADAROUND_COLUMNS, "iterations": iterations,
+        "w": w.numpy(), "nearest": nearest.numpy(), "adaround": learned.numpy(), "direction": direction.numpy(),
+        "flipped": int((direction != 0).sum()),
+        "weight_mse_nearest": float((nearest - w).square().mean()),
+        "weight_mse_adaround": float((learned - w).square().mean()),
+        # the layer's output error, summed over the output channels and averaged over the input vectors (the
+        # quantity AdaRound minimises): adaround_layer's own measure, so the lesson shows what the engine reports
+        "output_mse_nearest": stats["output_mse_nearest"],
+        "output_mse_adaround": stats["output_mse"],
+    }

@@ -1,4 +1,4 @@
-"""Learn page (workshops): quantization step by step on a small tensor, grids, schemes and the clipping tradeoff."""
+"""Learn page (workshops): quantization step by step on a small tensor, grids, schemes, the clipping tradeoff, AdaRound."""
 
 from __future__ import annotations
 
@@ -165,6 +165,53 @@ def clipping_section() -> None:
                "The same functions calibrate the real model's activations on the Activations page.")
 
 
+@st.cache_data(max_entries=16, show_spinner="Running AdaRound on a small layer…")
+def _adaround_lesson(seed: int) -> dict:
+    return lessons.adaround_lesson(seed)
+
+
+def _another_layer() -> None:
+    st.session_state["learn_ada_seed"] = int(st.session_state.get("learn_ada_seed", 0)) + 1
+
+
+def adaround_section() -> None:
+    st.subheader("AdaRound: rounding for the output, not for each weight")
+    ss = st.session_state
+    ss.setdefault("learn_ada_seed", 0)
+    lesson = _adaround_lesson(int(ss["learn_ada_seed"]))
+    rows, cols = lesson["shape"]
+    st.markdown(
+        "Rounding to nearest makes every weight as close as it can be to its float value, one weight at a time. But "
+        "what the network needs is the layer's **output**, a sum of many weights times their inputs, and when "
+        "inputs are correlated the rounding errors of different weights can cancel or pile up. **AdaRound** keeps "
+        "the same grid and learns, for each weight, whether to round **up or down**, so that the layer's output on "
+        "calibration inputs stays as close to FP32 as it can. Each weight ends up a little further from its float "
+        "value on average; the output usually ends up closer.")
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1.caption(f"A random layer of {rows} outputs × {cols} inputs (seed {ss['learn_ada_seed']}), "
+               f"{labels.bits(lesson['bits'])} per-channel symmetric, fitted on {lesson['columns']} correlated "
+               f"random input vectors with {lesson['iterations']} AdaRound iterations (the engine's own "
+               "`adaround_layer`).")
+    c2.button("🎲 Another random layer", key="learn_ada_random", on_click=_another_layer, width="stretch")
+    st.plotly_chart(charts.adaround_flips(lesson), key="learn_ada_flips")
+    change = lesson["output_mse_adaround"] / lesson["output_mse_nearest"] - 1
+    cols3 = st.columns(3)
+    cols3[0].metric("Output error (MSE), nearest", f"{lesson['output_mse_nearest']:.3g}")
+    cols3[1].metric("Output error (MSE), AdaRound", f"{lesson['output_mse_adaround']:.3g}",
+                    delta=f"{100 * change:+.0f} % vs nearest", delta_color="inverse")
+    cols3[2].metric("Weight error (MSE), AdaRound", f"{lesson['weight_mse_adaround']:.3g}",
+                    delta=f"nearest {lesson['weight_mse_nearest']:.3g}", delta_color="off", delta_arrow="off")
+    st.caption("Output error: squared difference from the FP32 output, summed over the outputs and averaged over the "
+               "input vectors, on the vectors AdaRound was fitted on. "
+               + ("Here AdaRound did **not** beat nearest: it optimises a smoothed version of the problem and rounds "
+                  "at the end, which can land slightly worse, more easily on a layer this small. The Layer error "
+                  "page shows, layer by layer of a real model, how it did there." if change >= 0 else
+                  "The weight error is higher than nearest's (that is what nearest minimises), the output error "
+                  "lower: that is the trade AdaRound makes.")
+               + " On a model, turn it on in the sidebar (Algorithms → Rounding); the Layer error page shows each "
+               "layer's weight and output SQNR with and without it.")
+
+
 def render() -> None:
     st.title("Learn: how quantization works")
     st.markdown("A network stores its numbers as 32-bit floats. **Quantization** stores them as small integers "
@@ -198,6 +245,8 @@ def render() -> None:
     schemes_section(x, bits)
     st.divider()
     clipping_section()
+    st.divider()
+    adaround_section()
 
 
 render()
