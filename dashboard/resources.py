@@ -27,7 +27,8 @@
   evaluation starts while others run says so, with a rough time (:func:`busy_note`), instead of
   looking frozen: the CPUs are shared, so N running evaluations make each about N times slower.
   What-ifs come first: the integer runtime check (background work, and a latency measurement
-  that means nothing on a saturated server) waits while any session's what-if is running.
+  that means nothing on a saturated server) runs one at a time on the server, and only while no
+  session's what-if is running.
 
 Progress: the cached functions draw their own progress bar in a placeholder they create and
 empty again before returning. Streamlit replays elements a cached function drew on every
@@ -217,6 +218,7 @@ class Activity:
         self.running = 0
         self.foreground = 0  # of which what-ifs a user waits for (not the background runtime check)
         self.waiting = 0  # background parts holding back while what-ifs run
+        self._background = threading.Lock()  # one background part at a time on the whole server
         self.peak = 0
         self.solo_s: dict[tuple[str, ...], float] = {}
 
@@ -235,20 +237,30 @@ class Activity:
                 self.running -= 1
                 self.foreground -= not background
 
-    def wait_for_quiet(self, on_wait: Callable[[int], None], poll_s: float = 0.25) -> None:
-        """Return once no what-if runs anywhere; ``on_wait(n)`` is called every ``poll_s`` meanwhile.
+    @contextmanager
+    def quiet(self, on_wait: Callable[[int], None], poll_s: float = 0.5) -> Iterator[None]:
+        """Run the block once no what-if runs anywhere and no other background part does (then none starts).
 
-        ``on_wait`` must touch Streamlit (it is where a control change stops the waiting run).
+        ``on_wait(n)`` is called every ``poll_s`` while waiting, ``n`` the what-ifs running (0: another
+        background part holds the slot). It must touch Streamlit: that is where a control change
+        stops the waiting run.
         """
         with self._lock:
             self.waiting += 1
         try:
-            while (n := self.foreground) > 0:
+            while True:
+                n = self.foreground
+                if n == 0 and self._background.acquire(blocking=False):
+                    break
                 on_wait(n)
                 time.sleep(poll_s)
         finally:
             with self._lock:
                 self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._background.release()
 
     def others(self) -> int:
         """Evaluations running now besides the caller's own (call inside :meth:`evaluation`)."""
@@ -485,10 +497,8 @@ def finish_pending() -> None:
     if pending is None or not pending.parts:
         return
     part = pending.parts[0]  # one part per run: the page is redrawn with it before the next one starts
-    if part in BACKGROUND:
-        _wait_for_quiet(pending.slot, part)
     try:
-        with pending.slot.container():
+        with _quiet(pending.slot, part), pending.slot.container():
             compute(pending.config_json, part)
     except PTQError as exc:
         pending.slot.error(f"{LABELS[part]} failed: {exc}. The numbers shown are "
@@ -497,19 +507,25 @@ def finish_pending() -> None:
     st.rerun()
 
 
-def _wait_for_quiet(slot: Any, part: str) -> None:
-    """Hold a background part while other sessions' what-ifs run, saying so in the page's status line."""
-    shown = [0]
+@contextmanager
+def _quiet(slot: Any, part: str) -> Iterator[None]:
+    """A background part waits for a quiet server (see :meth:`Activity.quiet`), saying so in the page's status line."""
+    if part not in BACKGROUND:
+        yield
+        return
+    shown: list[int | None] = [None]
 
     def on_wait(n: int) -> None:
         if n != shown[0]:
             shown[0] = n
-            slot.info(f"{LABELS[part]}: waits while {n} what-if evaluation{'s' if n != 1 else ''} of other sessions "
-                      "run (what-ifs come first, and latency is measured on a quiet server). The numbers above are "
-                      "complete.", icon=":material/schedule:")
+            why = (f"{n} what-if evaluation{'s' if n != 1 else ''} of other sessions run" if n
+                   else "another session's check runs (one at a time)")
+            slot.info(f"{LABELS[part]}: waits while {why}; what-ifs come first, and latency is measured on a quiet "
+                      "server. The numbers above are complete.", icon=":material/schedule:")
         st.session_state["_quiet_wait"] = n  # touching session state is where a control change stops this run
 
-    activity().wait_for_quiet(on_wait)
+    with activity().quiet(on_wait):
+        yield
 
 
 def validate_for_model(config: QuantConfig) -> None:

@@ -85,6 +85,39 @@ def test_an_evaluation_beside_two_others_is_counted_and_timed_as_if_alone() -> N
     assert key in busy.solo_s or (*key[:3], "quick") in busy.solo_s
 
 
+def test_background_parts_run_one_at_a_time_and_only_without_what_ifs() -> None:
+    busy = resources.Activity()
+    first_in, first_out, second_in = threading.Event(), threading.Event(), threading.Event()
+    waits: list[int] = []
+
+    def first() -> None:
+        with busy.quiet(lambda n: None, poll_s=0.01):
+            first_in.set()
+            first_out.wait(60)
+
+    def second() -> None:
+        with busy.quiet(waits.append, poll_s=0.01):
+            second_in.set()
+
+    with busy.evaluation():  # a what-if: no background part starts
+        a = threading.Thread(target=first)
+        a.start()
+        while busy.waiting < 1:
+            a.join(0.01)
+        assert not first_in.is_set()
+    assert first_in.wait(60)  # the what-if ended: the first starts...
+    b = threading.Thread(target=second)
+    b.start()
+    while not waits:
+        b.join(0.01)
+    assert not second_in.is_set() and waits[0] == 0  # ...and the second waits for it, not for a what-if
+    first_out.set()
+    a.join(60)
+    assert second_in.wait(60)
+    b.join(60)
+    assert busy.waiting == 0
+
+
 def test_the_runtime_check_waits_while_another_sessions_what_if_runs() -> None:
     busy = resources.activity()
     base = default_config()
