@@ -9,14 +9,21 @@ by the dashboard reproduces the same run through ``python -m ptq_core run``.
 
 Example (a W4 per-group, A8 static config)::
 
-    {"schema_version": 1, "model": "digits_cnn", "dataset": "digits",
+    {"schema_version": 2, "model": "digits_cnn", "dataset": "digits",
      "weights": {"bits": 4, "scheme": "symmetric", "granularity": "per_group",
                  "group_size": 32, "clipping": "mse"},
      "activations": {"bits": 8, "scheme": "asymmetric", "clipping": "percentile",
                      "percentile": 99.99},
      "calibration": {"num_samples": 256, "seed": 0, "selection": "random"},
      "fold_batchnorm": true, "keep_float": ["fc2"],
-     "overrides": {"conv1": {"weights": {"bits": 8}}}}
+     "overrides": {"conv1": {"weights": {"bits": 8}}},
+     "algorithms": {"cross_layer_equalization": false, "bias_correction": true, "rounding": "adaround",
+                    "adaround": {"iterations": 1000, "seed": 0}, "finetune": null}}
+
+``algorithms`` (schema_version 2) repairs what round-to-nearest loses at low bit widths: cross-layer
+equalization, bias correction, AdaRound or GPTQ rounding and a short quantization-aware fine-tune
+(:mod:`ptq_core.algorithms`). A version-1 file has no ``algorithms`` and loads as "none of them";
+every config is written as version 2.
 
 ``weights.group_size`` (rules checked where they can be):
 
@@ -47,7 +54,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added ``algorithms``; a version-1 file loads unchanged and means "none of them"
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 MIN_BITS, MAX_BITS = 2, 8
 SCHEMES = ("symmetric", "asymmetric")
@@ -63,6 +71,7 @@ WEIGHT_CLIPPING = ("minmax", "percentile", "mse")
 ACTIVATION_MODES = ("static", "dynamic")
 SELECTIONS = ("random", "first", "balanced")
 RUNTIMES = ("onnxruntime",)  # evaluation.runtime: where the exported model is run and timed (or null)
+ROUNDINGS = ("nearest", "adaround", "gptq")  # algorithms.rounding: how weights are rounded onto their grid
 BACKENDS = ("torch", "onnxruntime")  # evaluation.backend: what runs the simulated model (same numbers, see ptq_core.simulation)
 
 
@@ -215,6 +224,122 @@ class Evaluation:
         _check_choice(f"{path}.backend", self.backend, BACKENDS)
 
 
+def _check_positive(path: str, value: Any, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _fail(path, value, f"a positive number, e.g. {example}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class AdaRound:
+    """Settings of ``algorithms.rounding = "adaround"`` (Nagel et al. 2020), read only then."""
+
+    # Optimisation steps per layer. The paper and AIMET use 10-20k; 1000 (AIMET's quick setting) already
+    # recovers most of it on the models here at a fraction of the time (benchmarks/bench_int4.py).
+    iterations: int = 1000
+    seed: int = 0  # picks the calibration columns of each step: same seed, same rounding
+
+    def validate(self, path: str = "algorithms.adaround") -> None:
+        _check_int(f"{path}.iterations", self.iterations, 1, 100_000)
+        _check_int(f"{path}.seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class GPTQ:
+    """Settings of ``algorithms.rounding = "gptq"`` (Frantar et al. 2022), read only then."""
+
+    # Added to the Hessian's diagonal, as a fraction of its mean: keeps the inverse stable when few
+    # calibration columns span a wide layer. 0.01 is the reference implementation's default.
+    damping: float = 0.01
+    # Quantize the columns with the largest Hessian diagonal first (the reference's act_order): their
+    # error is then spread over the most columns. Scales are fixed before, so the export is unchanged.
+    act_order: bool = True
+
+    def validate(self, path: str = "algorithms.gptq") -> None:
+        d = _check_positive(f"{path}.damping", self.damping, "0.01")
+        if d >= 1.0:
+            raise _fail(f"{path}.damping", self.damping, "a number between 0 and 1 (a fraction of the Hessian's mean diagonal), e.g. 0.01")
+        if not isinstance(self.act_order, bool):
+            raise _fail(f"{path}.act_order", self.act_order, "true or false")
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """Quantization-aware fine-tuning by distillation from the FP32 model on the calibration images."""
+
+    steps: int = 200  # optimiser steps; each is a forward and a backward pass of batch_size images
+    lr: float = 1e-5  # Adam learning rate of weights, biases and activation scales
+    batch_size: int = 16
+    seed: int = 0  # picks each step's images
+
+    def validate(self, path: str = "algorithms.finetune") -> None:
+        _check_int(f"{path}.steps", self.steps, 1, 1_000_000)
+        lr = _check_positive(f"{path}.lr", self.lr, "1e-5")
+        if lr > 1.0:
+            raise _fail(f"{path}.lr", self.lr, "a positive number up to 1, e.g. 1e-5")
+        _check_int(f"{path}.batch_size", self.batch_size, 1, 4096)
+        _check_int(f"{path}.seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class Algorithms:
+    """What repairs low-bit quantization, each switchable alone (ptq_core.algorithms says how each works).
+
+    All off is plain round-to-nearest PTQ, what a version-1 config means.
+    """
+
+    cross_layer_equalization: bool = False  # rescale consecutive layers so per-channel ranges even out (data-free)
+    bias_correction: bool = False  # remove the mean shift quantization causes in each layer's output
+    rounding: str = "nearest"  # nearest | adaround | gptq
+    adaround: AdaRound = field(default_factory=AdaRound)
+    gptq: GPTQ = field(default_factory=GPTQ)
+    finetune: Finetune | None = None  # null: no fine-tuning
+
+    def validate(self, path: str = "algorithms") -> None:
+        for name in ("cross_layer_equalization", "bias_correction"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(f"{path}.{name}", getattr(self, name), "true or false")
+        _check_choice(f"{path}.rounding", self.rounding, ROUNDINGS)
+        self.adaround.validate(f"{path}.adaround")
+        self.gptq.validate(f"{path}.gptq")
+        if self.finetune is not None:
+            self.finetune.validate(f"{path}.finetune")
+
+    @property
+    def any(self) -> bool:
+        """Whether anything beyond round-to-nearest is asked for."""
+        return self.cross_layer_equalization or self.bias_correction or self.rounding != "nearest" or self.finetune is not None
+
+    @property
+    def after_rounding(self) -> bool:
+        """Whether anything changes the weights after the plan's round-to-nearest (everything but CLE)."""
+        return self.bias_correction or self.rounding != "nearest" or self.finetune is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cross_layer_equalization": self.cross_layer_equalization,
+            "bias_correction": self.bias_correction,
+            "rounding": self.rounding,
+            "adaround": dataclasses.asdict(self.adaround),
+            "gptq": dataclasses.asdict(self.gptq),
+            "finetune": None if self.finetune is None else dataclasses.asdict(self.finetune),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "algorithms") -> Algorithms:
+        data = _check_keys(path, data, _field_names(cls))
+        kwargs: dict[str, Any] = {k: data[k] for k in ("cross_layer_equalization", "bias_correction", "rounding") if k in data}
+        if "adaround" in data:
+            kwargs["adaround"] = _build(f"{path}.adaround", data["adaround"], AdaRound)
+        if "gptq" in data:
+            kwargs["gptq"] = _build(f"{path}.gptq", data["gptq"], GPTQ)
+        if data.get("finetune") is not None:
+            kwargs["finetune"] = _build(f"{path}.finetune", data["finetune"], Finetune)
+        obj = cls(**kwargs)
+        obj.validate(path)
+        return obj
+
+
 @dataclass(frozen=True)
 class LayerOverride:
     """Per-layer differences from the global choice: partial ``weights``/``activations`` objects.
@@ -254,9 +379,12 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()  # layer names left in floating point
     overrides: Mapping[str, LayerOverride] = field(default_factory=dict)
     device: str = "cpu"  # cpu | cuda | cuda:N: where calibration and evaluation run (same numbers within float tolerance)
+    algorithms: Algorithms = field(default_factory=Algorithms)  # all off: round-to-nearest
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        if self.schema_version in READABLE_SCHEMA_VERSIONS and self.schema_version != SCHEMA_VERSION:
+            object.__setattr__(self, "schema_version", SCHEMA_VERSION)  # read as the current version: one config, one JSON
         self.validate()
 
     def __hash__(self) -> int:
@@ -265,7 +393,7 @@ class QuantConfig:
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
-            raise _fail("schema_version", self.schema_version, str(SCHEMA_VERSION))
+            raise _fail("schema_version", self.schema_version, " or ".join(map(str, READABLE_SCHEMA_VERSIONS)))
         _spec("model", self.model)
         _spec("dataset", self.dataset)
         _check_device("device", self.device)
@@ -276,6 +404,9 @@ class QuantConfig:
             self.activations.validate()
         self.calibration.validate()
         self.evaluation.validate()
+        if not isinstance(self.algorithms, Algorithms):
+            raise _fail("algorithms", self.algorithms, "an object with keys " + ", ".join(_field_names(Algorithms)))
+        self.algorithms.validate()
         if self.evaluation.backend == "onnxruntime" and self.device != "cpu":
             raise ConfigError(
                 f"evaluation.backend: got 'onnxruntime' with device {self.device!r}; allowed: backend torch on "
@@ -337,6 +468,7 @@ class QuantConfig:
             "fold_batchnorm": self.fold_batchnorm,
             "device": self.device,
             "keep_float": list(self.keep_float),
+            "algorithms": self.algorithms.to_dict(),
             "overrides": {
                 name: {k: dict(v) for k, v in (("weights", ov.weights), ("activations", ov.activations)) if v}
                 for name, ov in sorted(self.overrides.items())
@@ -351,7 +483,15 @@ class QuantConfig:
         data = _check_keys("", data, _field_names(cls))
         kwargs: dict[str, Any] = {}
         if "schema_version" in data:
-            kwargs["schema_version"] = data["schema_version"]
+            version = data["schema_version"]
+            if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
+                raise _fail("schema_version", version, " or ".join(map(str, READABLE_SCHEMA_VERSIONS)))
+            if version == 1 and "algorithms" in data:
+                raise ConfigError("algorithms: not part of schema_version 1; allowed: schema_version 2 with algorithms, "
+                                  "or a version-1 config without them")
+            kwargs["schema_version"] = version
+        if "algorithms" in data:
+            kwargs["algorithms"] = Algorithms.from_dict(data["algorithms"])
         for key in ("model", "dataset"):
             if key in data:
                 kwargs[key] = _spec(key, data[key])

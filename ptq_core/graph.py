@@ -118,6 +118,9 @@ class PreparedModel:
     points: list[Point]
     fold_batchnorm: bool
     unsupported: list[str] = field(default_factory=list)  # modules with weights that stay in float
+    # "" for the model as traced; "cle" after cross-layer equalization (ptq_core.algorithms.cle), whose
+    # weights, and possibly activations, differ: part of every key of what is derived from it.
+    variant: str = ""
 
     def unit(self, name: str) -> Unit:
         for u in self.units:

@@ -69,6 +69,7 @@ WEIGHT_CACHE_VARIANTS = 8  # weight settings kept per layer (each holds a fake-q
 FORWARD_BATCH = 16
 CACHE_FORMAT = 1  # part of every disk-cache key: bump when what is stored there changes meaning
 LOGITS_CACHE_ENTRIES = 8  # configs whose quantized logits are kept (1.5 MB each for 372 ImageNet images)
+IMPROVED_CACHE_ENTRIES = 4  # plans improved by algorithms kept in memory (a copy of every weight each; also on disk)
 
 
 @dataclass
@@ -90,7 +91,9 @@ class Explorer:
         self.dataset_spec = dataset if dataset is not None else self.entry.default_dataset
         self.dataset: Dataset = load_dataset(self.dataset_spec, transform=self.entry.transform)
         self._lock = threading.RLock()
-        self._prepared: dict[bool, PreparedModel] = {}
+        self._prepared: dict[tuple[bool, bool], PreparedModel] = {}  # (fold_batchnorm, equalized) -> model
+        self._cle_reports: dict[bool, dict[str, Any]] = {}
+        self._improved: OrderedDict[str, QuantPlan] = OrderedDict()  # algorithm key -> plan (ptq_core.algorithms)
         self._stats: OrderedDict[tuple[Any, ...], CalibrationStats] = OrderedDict()
         self._plan_cache: dict[Any, Any] = {}
         self._reference: dict[tuple[Any, ...], torch.Tensor] = {}  # FP32 logits per piece of the evaluation split
@@ -110,11 +113,22 @@ class Explorer:
         x, _ = self.dataset.calibration_pool[0]
         return x.unsqueeze(0)
 
-    def prepared(self, fold_batchnorm: bool = True) -> PreparedModel:
+    def prepared(self, fold_batchnorm: bool = True, equalized: bool = False) -> PreparedModel:
+        """The traced (BN-folded) model; ``equalized``: after cross-layer equalization (:mod:`ptq_core.algorithms.cle`)."""
         with self._lock:
-            if fold_batchnorm not in self._prepared:
-                self._prepared[fold_batchnorm] = prepare(self.model, self.example_input(), fold_bn=fold_batchnorm)
-            return self._prepared[fold_batchnorm]
+            key = (fold_batchnorm, equalized)
+            if key not in self._prepared:
+                if equalized:
+                    from .algorithms import equalize
+
+                    self._prepared[key], self._cle_reports[fold_batchnorm] = equalize(self.prepared(fold_batchnorm))
+                else:
+                    self._prepared[key] = prepare(self.model, self.example_input(), fold_bn=fold_batchnorm)
+            return self._prepared[key]
+
+    def prepared_for(self, config: QuantConfig) -> PreparedModel:
+        """The prepared model ``config`` quantizes: BN folded or not, equalized or not."""
+        return self.prepared(config.fold_batchnorm, config.algorithms.cross_layer_equalization)
 
     def on_device(self, what: str, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` on CPU; on another device a cached copy, so the shared CPU module is never moved."""
@@ -180,7 +194,7 @@ class Explorer:
         cal = config.calibration
         indices, warnings = self.calibration_indices(cal)
         key = self._stats_key(config, indices)
-        prepared = self.prepared(config.fold_batchnorm)
+        prepared = self.prepared_for(config)
         pool = self.dataset.calibration_pool
 
         def find() -> CalibrationStats | None:
@@ -192,7 +206,8 @@ class Explorer:
 
         def compute() -> CalibrationStats:
             disk = self._disk_key("calibration-stats", pool, indices, cal.batch_size, config.device, prepared.fold_batchnorm,
-                                  [p.name for p in prepared.points], NUM_BINS)
+                                  [p.name for p in prepared.points], NUM_BINS,
+                                  *([prepared.variant] if prepared.variant else []))
             stored = default_cache().load("stats", disk) if disk is not None else None
             stats: CalibrationStats | None = None
             if stored is not None:
@@ -230,7 +245,8 @@ class Explorer:
                 self._stats.popitem(last=False)
 
     def _stats_key(self, config: QuantConfig, indices: list[int]) -> tuple[Any, ...]:
-        return (config.fold_batchnorm, tuple(indices), config.calibration.batch_size, config.device)
+        return (config.fold_batchnorm, config.algorithms.cross_layer_equalization, tuple(indices),
+                config.calibration.batch_size, config.device)
 
     def is_calibrated(self, config: QuantConfig) -> bool:
         """Whether the statistics ``config`` needs are in memory (a what-if then skips the model)."""
@@ -241,19 +257,85 @@ class Explorer:
             return self._stats_key(config, indices) in self._stats
 
     def plan(self, config: QuantConfig, on_progress: ProgressFn | None = None) -> QuantPlan:
-        """Every scale and zero point of ``config`` (calibrating first if needed)."""
+        """Every scale and zero point of ``config`` (calibrating first if needed), algorithms applied."""
         stats = self.calibrate(config, on_progress) if config.mode == "static" else None
         with self._lock:
-            prepared = self.prepared(config.fold_batchnorm)
+            prepared = self.prepared_for(config)
             plan = make_plan(prepared, config, stats, cache=self._plan_cache)
             limit = WEIGHT_CACHE_VARIANTS * max(1, len(prepared.units))
             while len(self._plan_cache) > limit:  # oldest first: dicts keep insertion order
                 self._plan_cache.pop(next(iter(self._plan_cache)))
-            return plan
+        if config.algorithms.cross_layer_equalization:
+            plan.algorithms = {"cle": dict(self._cle_reports.get(config.fold_batchnorm, {}))}
+            plan.algorithm_key = "cle"
+            from .algorithms import check
+
+            plan.warnings.extend(check(prepared, plan, config))
+        if config.algorithms.after_rounding:
+            plan = self._improve(config, prepared, plan, on_progress)
+        return plan
+
+    def is_improved(self, config: QuantConfig) -> bool:
+        """Whether ``config`` needs no algorithm run (none asked, or its result is in memory)."""
+        if not config.algorithms.after_rounding:
+            return True
+        with self._lock:
+            return self._algorithm_key(config) in self._improved
+
+    def _algorithm_key(self, config: QuantConfig) -> str:
+        # Everything the improved weights depend on: the config without its evaluation settings, and the threads
+        # the algorithms run with (float sums in another order may round a weight the other way).
+        relevant = config.replace(evaluation=Evaluation()).to_json()
+        return digest("algorithms", CACHE_FORMAT, relevant, torch.get_num_threads())
+
+    def _improve(self, config: QuantConfig, prepared: PreparedModel, plan: QuantPlan,
+                 on_progress: ProgressFn | None) -> QuantPlan:
+        """``plan`` with the config's algorithms applied: kept in memory and in the disk cache (minutes of work)."""
+        from .algorithms import improve
+
+        key = self._algorithm_key(config)
+
+        def find() -> QuantPlan | None:
+            with self._lock:
+                if key in self._improved:
+                    self._improved.move_to_end(key)
+                    return self._improved[key]
+            return None
+
+        def compute() -> QuantPlan:
+            indices, _ = self.calibration_indices(config.calibration)
+            pool = self.dataset.calibration_pool
+            disk = self._disk_key("algorithms", pool, indices, key)
+            stored = default_cache().load("algorithms", disk) if disk is not None else None
+            improved = _restore_improved(plan, stored, key) if stored is not None else None
+            if improved is None:
+                computed.append(True)
+                batches = [load_batch(pool, chunk)[0] for chunk in chunks(indices, config.calibration.batch_size)]
+                teacher = None
+                if config.algorithms.finetune is not None:
+                    with torch.no_grad():
+                        teacher = torch.cat([self.model(x).float() for x in batches])
+                improved = improve(prepared, plan, config, batches=batches, teacher_logits=teacher, key=key,
+                                   on_progress=on_progress)
+                if disk is not None:
+                    default_cache().save("algorithms", disk, _stored_improved(improved))
+            with self._lock:
+                self._improved[key] = improved
+                while len(self._improved) > IMPROVED_CACHE_ENTRIES:
+                    self._improved.popitem(last=False)
+            return improved
+
+        start = time.perf_counter()
+        computed: list[bool] = []  # whether the algorithms ran now (not found in memory or on disk)
+        found = self._once(("algorithms", key), find, compute)
+        # the cached plan's warnings are those of the config that made it; this config's own come from ``plan``
+        return dataclasses.replace(found, warnings=list(plan.warnings) + list(found.algorithms.get("warnings", [])),
+                                   algorithms={**found.algorithms,
+                                               "seconds_now": time.perf_counter() - start if computed else 0.0})
 
     def quantized_model(self, config: QuantConfig) -> torch.fx.GraphModule:
         """A new simulated (fake-quantized) model for ``config``."""
-        gm, _ = build_quantized_model(self.prepared(config.fold_batchnorm), self.plan(config))
+        gm, _ = build_quantized_model(self.prepared_for(config), self.plan(config))
         return gm
 
     def export_onnx(
@@ -269,7 +351,7 @@ class Explorer:
         from .onnx.export import export_onnx  # onnx is imported only when a model is exported
 
         plan = self.plan(config, on_progress)
-        return export_onnx(self.prepared(config.fold_batchnorm), plan, path, opset=opset)
+        return export_onnx(self.prepared_for(config), plan, path, opset=opset)
 
     def evaluation_indices(self, evaluation: Evaluation) -> list[int]:
         n = len(self.dataset.evaluation)  # type: ignore[arg-type]
@@ -350,7 +432,7 @@ class Explorer:
         """
         t_start = time.perf_counter()
         device = resolve_device(config.device)
-        prepared = self.prepared(config.fold_batchnorm)
+        prepared = self.prepared_for(config)
         ev = config.evaluation
         all_indices = self.evaluation_indices(ev)
         indices = all_indices if samples is None else all_indices[:max(1, samples)]
@@ -359,7 +441,7 @@ class Explorer:
         if config.mode == "static":
             stats = self.calibrate(config, on_progress)
         t_plan = time.perf_counter()
-        plan = self.plan(config)
+        plan = self.plan(config, on_progress)
         plan_s = time.perf_counter() - t_plan
 
         ref = self.float_reference(ev, on_progress, config.device, samples=len(indices))
@@ -424,6 +506,8 @@ class Explorer:
                 "export_s": run.timing.get("export_s", 0.0),
                 "session_s": run.timing.get("session_s", 0.0),
                 "runtime_s": runtime_s,
+                # the algorithms' run (0 when their result was cached): included in plan_s
+                "algorithms_s": plan.algorithms.get("seconds_now", 0.0),
                 "total_s": time.perf_counter() - t_start,
             },
             latency=latency,
@@ -431,7 +515,42 @@ class Explorer:
             environment={**environment(), **run.environment},
             pending=pending,
             predictions=run.logits.argmax(dim=1).tolist() if run.logits.ndim == 2 else [],
+            algorithms=self._algorithms_info(config, plan, prepared, ref, indices),
         )
+
+    def _algorithms_info(self, config: QuantConfig, plan: QuantPlan, prepared: PreparedModel, ref: FloatReference,
+                         indices: list[int]) -> dict[str, Any]:
+        """What the algorithms did, and for cross-layer equalization what it changed in the float model."""
+        info = {k: v for k, v in plan.algorithms.items() if k != "warnings"}
+        if config.algorithms.cross_layer_equalization:
+            cle = dict(info.get("cle", self._cle_reports.get(config.fold_batchnorm, {})))
+            logits = self._equalized_float_logits(prepared, indices)
+            cle["fp32_agreement_after"] = agreement(ref.logits, logits)
+            if ref.labels is not None and self.entry.pretrained:
+                cle["fp32_top1_after"] = topk_accuracy(logits, ref.labels, 1)
+            info["cle"] = cle
+        return info
+
+    def _equalized_float_logits(self, prepared: PreparedModel, indices: list[int]) -> torch.Tensor:
+        """The equalized float model's logits (ReLU6 -> ReLU changes them a little), once per subset."""
+        key = ("cle-fp32", prepared.fold_batchnorm, tuple(indices))
+
+        def find() -> torch.Tensor | None:
+            with self._lock:
+                return self._reference.get(key)
+
+        def compute() -> torch.Tensor:
+            data = self.dataset.evaluation
+            outs = []
+            with torch.inference_mode():
+                for piece in chunks(indices, FORWARD_BATCH):
+                    outs.append(prepared.graph_module(load_batch(data, piece)[0]).float())
+            logits = torch.cat(outs)
+            with self._lock:
+                self._reference[key] = logits
+            return logits
+
+        return self._once(key, find, compute)
 
     def _known_logits(self, key: tuple[str, str], backend: Backend, plan: QuantPlan, n: int) -> torch.Tensor | None:
         """The quantized logits already computed for the first samples of ``key``, when a run may continue from them.
@@ -619,9 +738,9 @@ def weight_details(explorer: Explorer, config: QuantConfig, layer: str) -> dict[
     plan = explorer.plan(config)
     lq = plan.layers.get(layer)
     if lq is None:
-        explorer.prepared(config.fold_batchnorm).unit(layer)  # raises with the list of layers
+        explorer.prepared_for(config).unit(layer)  # raises with the list of layers
         raise AssertionError(layer)
-    w = explorer.prepared(config.fold_batchnorm).weight(lq.unit)
+    w = explorer.prepared_for(config).weight(lq.unit)
     rows = w.reshape(w.shape[0], -1)
     out: dict[str, Any] = {
         "name": layer,
@@ -633,3 +752,36 @@ def weight_details(explorer: Explorer, config: QuantConfig, layer: str) -> dict[
     if lq.qparams is not None:
         out.update({"qparams": lq.qparams, "error": weight_error(w, lq.qparams)})
     return out
+
+
+def _stored_improved(plan: QuantPlan) -> dict[str, Any]:
+    """What the disk cache keeps of an improved plan: the weights, biases and scales the algorithms changed."""
+    return {
+        "layers": {name: {"fq_weight": lq.fq_weight, "bias": lq.bias, "error": dict(lq.error)}
+                   for name, lq in plan.layers.items() if lq.quant is not None},
+        "points": {name: pq.scale for name, pq in plan.points.items() if pq.scale is not None},
+        "algorithms": plan.algorithms,
+    }
+
+
+def _restore_improved(plan: QuantPlan, stored: Any, key: str) -> QuantPlan | None:
+    """``plan`` with the stored weights, biases and scales; None when they do not fit it (then they are recomputed)."""
+    try:
+        layers = dict(plan.layers)
+        for name, entry in stored["layers"].items():
+            lq = layers[name]
+            w = entry["fq_weight"]
+            if lq.fq_weight is None or not isinstance(w, torch.Tensor) or w.shape != lq.fq_weight.shape:
+                return None
+            layers[name] = dataclasses.replace(lq, fq_weight=w, bias=entry["bias"], error=dict(entry["error"]))
+        points = dict(plan.points)
+        for name, scale in stored["points"].items():
+            pq = points[name]
+            if scale != pq.scale and pq.zero_point is not None:
+                points[name] = dataclasses.replace(pq, scale=float(scale), lo=(pq.qmin - pq.zero_point) * float(scale),
+                                                   hi=(pq.qmax - pq.zero_point) * float(scale))
+        return QuantPlan(plan.mode, layers, points, list(plan.warnings), algorithm_key=key,
+                         algorithms=dict(stored["algorithms"]))
+    except (KeyError, TypeError, AttributeError):
+        log.warning("disk cache: a stored improved plan does not fit; recomputing")
+        return None

@@ -113,6 +113,9 @@ class LayerQuant:
     qparams: WeightQParams | None = None
     fq_weight: torch.Tensor | None = None
     error: dict[str, float] = field(default_factory=dict)
+    # The bias the quantized layer runs with when an algorithm changed it (bias correction, fine-tuning);
+    # None: the prepared model's own. Always a full [out] tensor, also for a layer that had no bias.
+    bias: torch.Tensor | None = None
 
 
 @dataclass
@@ -123,6 +126,10 @@ class QuantPlan:
     layers: dict[str, LayerQuant]
     points: dict[str, PointQuant]
     warnings: list[str] = field(default_factory=list)
+    # Which algorithms (ptq_core.algorithms) moved weights, biases or scales off round-to-nearest: part of
+    # every cache key of values a plan feeds (""  = none; plain round-to-nearest from the statistics).
+    algorithm_key: str = ""
+    algorithms: dict[str, Any] = field(default_factory=dict)  # what they did: seconds, per-layer numbers, notes
 
 
 def check_names(prepared: PreparedModel, config: QuantConfig) -> None:
@@ -299,7 +306,7 @@ def make_plan(
         if wq is None:
             layers[unit.name] = LayerQuant(unit=unit, quant=None)
             continue
-        key = ("w",) + _weight_key(unit, wq)
+        key = ("w", prepared.variant) + _weight_key(unit, wq)
         if key not in cache:
             w = prepared.weight(unit)
             qp = weight_qparams(
@@ -340,14 +347,23 @@ def _module_name(prefix: str, name: str) -> str:
     return prefix + "".join(c if c.isalnum() else "_" for c in name)
 
 
+def set_weights(gm: torch.fx.GraphModule, plan: QuantPlan) -> None:
+    """Give the Conv/Linear modules of ``gm`` (a copy of the prepared model) the plan's weights and biases."""
+    for lq in plan.layers.values():
+        if lq.fq_weight is None and lq.bias is None:
+            continue
+        assert lq.unit.module is not None
+        mod = gm.get_submodule(lq.unit.module)
+        if lq.fq_weight is not None:
+            mod.weight = nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
+        if lq.bias is not None:
+            mod.bias = nn.Parameter(lq.bias.clone(), requires_grad=False)
+
+
 def build_quantized_model(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModule, dict[str, str]]:
     """A new simulated model for ``plan``, and for each point the node that consumers now read."""
     gm = copy.deepcopy(prepared.graph_module)
-    for lq in plan.layers.values():
-        if lq.fq_weight is not None:
-            assert lq.unit.module is not None
-            mod = gm.get_submodule(lq.unit.module)
-            mod.weight = nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
+    set_weights(gm, plan)
     visible = {p.name: p.node for p in prepared.points}
     for name, pq in plan.points.items():
         point = prepared.point(name)

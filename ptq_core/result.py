@@ -18,6 +18,7 @@ Top-level keys (all always present):
   ``warnings``    anything the user should know (e.g. a capped calibration size)
   ``environment`` versions and threads the numbers were measured with, and the evaluation backend
   ``predictions`` the quantized model's top-1 class per evaluated sample (argmax), in evaluation order
+  ``algorithms``  what the INT4 algorithms did (ptq_core.algorithms): times, per-layer before/after, CLE's FP32 change
   ``pending``     what this Result leaves out for now (``samples``, ``layer_errors``, ``runtime``): the
                   dashboard asks for the rest when it is on screen; the CLI always runs everything
 
@@ -64,6 +65,10 @@ class Result:
     # The quantized model's top-1 class (argmax) per evaluated sample, in evaluation order: what two backends,
     # runtimes or configs are compared on, sample by sample.
     predictions: list[int] = field(default_factory=list)
+    # What config.algorithms did (ptq_core.algorithms): seconds per algorithm, per-layer numbers before/after
+    # (weight SQNR at round-to-nearest and now, AdaRound's output MSE, GPTQ's Hessian error, bias shifts),
+    # cross-layer equalization's pairs and what it changed in the FP32 model; {} when none ran.
+    algorithms: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

@@ -14,7 +14,7 @@ Not here: exporting the graph to ONNX and giving it per-config initializers
 
 Names in the graph (and in its ONNX export)::
 
-    inputs   input [N, ...]; w{i} per Conv/Linear (made initializers per weight setting);
+    inputs   input [N, ...]; w{i}, b{i} per Conv/Linear (made initializers per weight setting);
              p{j}_inv, p{j}_scale (float32 scalars), p{j}_zp (int8/uint8 scalar) per static point j
     outputs  logits; with the probe fp32_logits; nonfinite{k} per dynamic point; signal{t}, noise{t} per probe tap
 
@@ -178,17 +178,23 @@ def _signal(a: torch.Tensor) -> torch.Tensor:
 
 
 class _WeightInput(nn.Module):
-    """A Conv/Linear whose weight is an argument (a graph input in ONNX) and whose bias is its own."""
+    """A Conv/Linear whose weight and bias are arguments (graph inputs in ONNX): algorithms change both per config."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.inner = module
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         m = self.inner
         if isinstance(m, nn.Linear):
-            return F.linear(x, weight, m.bias)
-        return m._conv_forward(x, weight, m.bias)  # type: ignore[operator]
+            return F.linear(x, weight, bias)
+        return m._conv_forward(x, weight, bias)  # type: ignore[operator]
+
+
+def _bias(prepared: PreparedModel, unit: Any) -> torch.Tensor:
+    """The prepared layer's bias, zeros when it has none (a bias input exists for every layer)."""
+    b = prepared.bias(unit)
+    return b.clone() if b is not None else torch.zeros(prepared.weight(unit).shape[0], dtype=prepared.weight(unit).dtype)
 
 
 # -- one graph per structure -------------------------------------------------------------------------
@@ -207,7 +213,7 @@ def structure_key(prepared: PreparedModel, plan: QuantPlan) -> tuple[Any, ...]:
         else:
             signed, clip = _container(pq)
             points.append((name, "static", signed, (pq.qmin, pq.qmax) if clip else None))
-    return (prepared.fold_batchnorm, tuple(points))
+    return (prepared.fold_batchnorm, prepared.variant, tuple(points))
 
 
 def _fetch_attr(root: nn.Module, target: str) -> Any:
@@ -252,10 +258,10 @@ def simulation_graph(
         raise ExportError("the prepared model has no recorded input shape; prepare it with an example input")
     x = placeholder(INPUT, torch.zeros((1, *tuple(meta.shape)[1:]), dtype=meta.dtype))
     weighted = {u.node: u for u in prepared.units if u.has_weights}
-    weight_nodes: dict[str, torch.fx.Node] = {}
+    weight_nodes: dict[str, tuple[torch.fx.Node, torch.fx.Node]] = {}
     weight_inputs: dict[str, str] = {}
     for i, unit in enumerate(weighted.values()):
-        weight_nodes[unit.node] = placeholder(f"w{i}", prepared.weight(unit).clone())
+        weight_nodes[unit.node] = (placeholder(f"w{i}", prepared.weight(unit).clone()), placeholder(f"b{i}", _bias(prepared, unit)))
         weight_inputs[unit.name] = f"w{i}"
     static: dict[str, tuple[torch.fx.Node, ...]] = {}
     static_inputs: dict[str, tuple[str, str, str]] = {}
@@ -308,7 +314,7 @@ def simulation_graph(
                 target = f"ptq_weight_input_{weight_inputs[unit.name]}"
                 assert unit.module is not None
                 root[target] = _WeightInput(src.get_submodule(unit.module))
-                env_q[node] = g.call_module(target, (env_q[node.args[0]], weight_nodes[node.name]))
+                env_q[node] = g.call_module(target, (env_q[node.args[0]], *weight_nodes[node.name]))
             else:
                 env_q[node] = g.node_copy(node, lambda a: env_q[a])
         if node.name in point_of_node:
@@ -342,19 +348,22 @@ def simulation_graph(
 
 # -- what a config feeds in --------------------------------------------------------------------------
 def weight_key(plan: QuantPlan) -> tuple[Any, ...]:
-    return tuple((name, None if lq.quant is None else dataclasses.astuple(lq.quant)) for name, lq in plan.layers.items())
+    layers = tuple((name, None if lq.quant is None else dataclasses.astuple(lq.quant)) for name, lq in plan.layers.items())
+    return (plan.algorithm_key, layers)
 
 
 def weight_values(weight_inputs: dict[str, str], prepared: PreparedModel, plan: QuantPlan) -> dict[str, np.ndarray]:
-    """Input name -> the (fake-quantized, or float when kept in float) weight each layer runs with.
+    """Input name -> the (fake-quantized, or float when kept in float) weight, and the bias, each layer runs with.
 
-    ``weight_inputs``: layer -> input name, as :func:`simulation_graph` returns it.
+    ``weight_inputs``: layer -> weight input name ``w{i}``, as :func:`simulation_graph` returns it; its bias is ``b{i}``.
     """
     out = {}
     for layer, name in weight_inputs.items():
         lq = plan.layers[layer]
         w = lq.fq_weight if lq.fq_weight is not None else prepared.weight(lq.unit)
+        b = lq.bias if lq.bias is not None else _bias(prepared, lq.unit)
         out[name] = w.detach().float().contiguous().numpy()
+        out["b" + name[1:]] = b.detach().float().contiguous().numpy()
     return out
 
 

@@ -160,7 +160,7 @@ class OrtBackend:
 
     def fp32_ms(self, prepared: PreparedModel, x: np.ndarray) -> float:
         """Median ms of the FP32 (BN-folded) model in onnxruntime on ``x``, measured once per prepared model and shape."""
-        key = (prepared.fold_batchnorm, x.shape)
+        key = (prepared.fold_batchnorm, prepared.variant, x.shape)
         with self._lock:
             if key not in self._fp32_ms:
                 with tempfile.TemporaryDirectory(prefix="ptq_fp32_") as tmp:

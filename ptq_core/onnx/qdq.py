@@ -35,7 +35,7 @@ from ..graph import (
     pass_through_source,
 )
 from ..primitives import fake_quantize
-from ..quantize import PointQuant, QuantPlan
+from ..quantize import PointQuant, QuantPlan, set_weights
 
 TORCH_MAX_OPSET = 20  # the TorchScript exporter stops at 20; 21 is reached with onnx's converter
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -145,10 +145,7 @@ def export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.Gr
     Returns the module and the point name of each marker index.
     """
     gm = copy.deepcopy(prepared.graph_module)
-    for lq in plan.layers.values():
-        if lq.fq_weight is not None:
-            assert lq.unit.module is not None
-            gm.get_submodule(lq.unit.module).weight = nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
+    set_weights(gm, plan)
     modules = dict(gm.named_modules())
     point_of_node = {prepared.point(name).node: name for name in plan.points}
     nodes = list(gm.graph.nodes)

@@ -150,10 +150,10 @@ class RuntimeCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # two sessions checking at once export the FP32 model once
-        self._float: dict[tuple[bool, int], _FloatReference] = {}
+        self._float: dict[tuple[bool, str, int], _FloatReference] = {}
 
     def float_reference(self, prepared: PreparedModel, threads: int) -> _FloatReference:
-        key = (prepared.fold_batchnorm, threads)
+        key = (prepared.fold_batchnorm, prepared.variant, threads)
         with self._lock:
             if key not in self._float:
                 folder = tempfile.TemporaryDirectory(prefix="ptq_fp32_")

@@ -81,7 +81,7 @@ def test_per_layer_resolution() -> None:
         ({"overrides": {"conv1": {"weigths": {}}}}, "overrides.conv1.weigths: unknown key"),
         ({"overrides": {"conv1": {"weights": {"bits": 1}}}}, "overrides.conv1.weights.bits"),
         ({"activations": None, "overrides": {"conv1": {"activations": {"bits": 4}}}}, "activations are not quantized"),
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 3}, "schema_version"),
         ({"model": 3}, "model"),
         ({"colour": "red"}, "colour: unknown key"),
         ({"weights": None}, "weights"),

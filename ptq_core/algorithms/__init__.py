@@ -1,0 +1,243 @@
+"""Algorithms that repair what round-to-nearest loses at low bit widths, each switchable alone.
+
+One file per algorithm, each with what it needs and what it does:
+
+* :mod:`.cle` cross-layer equalization: rescales consecutive layers of the float model (data-free);
+  the Explorer calibrates the equalized model anew (``PreparedModel.variant == "cle"``).
+* :mod:`.adaround` AdaRound and :mod:`.gptq` GPTQ: choose each weight's integer code, layer by
+  layer, from the layer's inputs in the quantized model (:mod:`.capture`).
+* :mod:`.bias_correction`: removes the mean shift of each layer's output.
+* :mod:`.finetune`: quantization-aware fine-tuning by distillation from the FP32 model.
+
+:func:`improve` runs what a config asks for on a round-to-nearest :class:`~ptq_core.quantize.QuantPlan`
+(from the stored statistics, as ever) and returns a new plan: the same scales and zero points
+(activation scales too, except after fine-tuning), other integer weight codes and biases. So
+everything downstream (simulation, both backends, the ONNX export and the integer runtime check)
+uses them unchanged. Order: rounding and bias correction layer by layer in network order (each
+layer sees the layers before it already repaired), then fine-tuning of the whole model.
+
+Not here: caching (the Explorer keeps improved plans in memory and on disk), the statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..config import Algorithms, QuantConfig
+from ..errors import ConfigError
+from ..graph import PreparedModel
+from ..progress import ProgressFn
+from ..quantize import LayerQuant, PointQuant, QuantPlan, build_quantized_model, set_weights
+from ..ranges import _broadcast_qparams, weight_error
+from .adaround import adaround_layer
+from .bias_correction import corrected_bias, corrected_bias_through
+from .capture import LayerData, layer_data, read_fp32, walk_quantized
+from .cle import equalize, find_pairs
+from .finetune import LearnableFakeQuantize, QATWeight, finetune
+from .geometry import LayerGeometry, activation_fn
+from .gptq import gptq_layer
+
+__all__ = ["equalize", "find_pairs", "improve", "check"]
+
+
+def check(prepared: PreparedModel, plan: QuantPlan, config: QuantConfig) -> list[str]:
+    """Refuse what cannot apply (ConfigError naming the field); return warnings for what applies only in part."""
+    algo = config.algorithms
+    warnings: list[str] = []
+    quantized = [name for name, lq in plan.layers.items() if lq.quant is not None]
+    if algo.after_rounding and not quantized:
+        field = "algorithms.rounding" if algo.rounding != "nearest" else (
+            "algorithms.bias_correction" if algo.bias_correction else "algorithms.finetune")
+        raise ConfigError(f"{field}: no Conv/Linear layer of this model is quantized (all are in keep_float); allowed: "
+                          "quantize at least one layer, or switch the algorithm off")
+    if algo.cross_layer_equalization and prepared.variant == "cle" and not find_pairs(prepared):
+        warnings.append("algorithms.cross_layer_equalization: this model has no pair of consecutive Conv/Linear layers "
+                        "(joined by nothing, ReLU or ReLU6) to equalize; nothing changed")
+    if algo.finetune is not None and config.mode == "dynamic":
+        warnings.append("algorithms.finetune: dynamic activations have no scale to train; weights and biases train, the "
+                        "activation ranges stay dynamic")
+    return warnings
+
+
+def _layer_view(prepared: PreparedModel, lq: LayerQuant) -> tuple[LayerGeometry, torch.Tensor, torch.Tensor, torch.Tensor]:
+    assert lq.unit.module is not None and lq.qparams is not None
+    module = prepared.weight_module(lq.unit)
+    geo = LayerGeometry.of(lq.unit.name, module)
+    w = prepared.weight(lq.unit).float()
+    scale, zp = _broadcast_qparams(w, lq.qparams)
+    return geo, geo.matrix(w), geo.matrix(scale.expand_as(w).contiguous()), geo.matrix(zp.expand_as(w).float().contiguous())
+
+
+def improve(
+    prepared: PreparedModel, plan: QuantPlan, config: QuantConfig, *, batches: Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor | None = None, key: str, on_progress: ProgressFn | None = None,
+) -> QuantPlan:
+    """A new plan with ``config.algorithms`` applied (after cross-layer equalization, done on ``prepared`` already).
+
+    ``batches``: the calibration images (the same subset as the statistics); ``teacher_logits``: the FP32 model's
+    logits on them, in the same order (needed for fine-tuning); ``key`` identifies the result in caches.
+    """
+    previous = torch.is_grad_enabled()
+    flush = torch.set_flush_denormal(True)  # Adam's second moments and h(V) near 0 or 1 go denormal: 3-10x slower
+    try:
+        return _improve(prepared, plan, config, batches=batches, teacher_logits=teacher_logits, key=key,
+                        on_progress=on_progress)
+    finally:
+        torch.set_grad_enabled(previous)
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _improve(
+    prepared: PreparedModel, plan: QuantPlan, config: QuantConfig, *, batches: Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor | None, key: str, on_progress: ProgressFn | None,
+) -> QuantPlan:
+    algo = config.algorithms
+    warnings = check(prepared, plan, config)
+    layers = {name: dataclasses.replace(lq) for name, lq in plan.layers.items()}
+    points = {name: dataclasses.replace(pq) for name, pq in plan.points.items()}
+    report: dict[str, Any] = {"seconds": {}, "layers": {}, "warnings": warnings}
+    quantized = [name for name, lq in layers.items() if lq.quant is not None]
+    layerwise = algo.rounding != "nearest" or algo.bias_correction
+    if layerwise:
+        start = time.perf_counter()
+        q_gm, _ = build_quantized_model(prepared, plan)
+        what = {"adaround": "AdaRound", "gptq": "GPTQ"}.get(algo.rounding, "bias correction")
+        views = {name: _layer_view(prepared, layers[name]) for name in quantized}
+        paths = {name: str(layers[name].unit.module) for name in quantized}
+        sampled = {paths[name] for name in quantized
+                   if algo.rounding == "adaround" or (algo.bias_correction and layers[name].unit.fused_activation)}
+        fp32 = None
+        if algo.rounding == "adaround" or algo.bias_correction:
+            if on_progress is not None:
+                on_progress(0, len(quantized), f"{what}: FP32 outputs of every layer")
+            fp32 = read_fp32(copy.deepcopy(prepared.graph_module),
+                             {paths[n]: (views[n][0], views[n][1].shape[2]) for n in quantized}, batches,
+                             sample=sampled, seed=algo.adaround.seed)
+        done = [0]
+
+        def repair(name: str) -> Callable[[torch.Tensor], None]:
+            def callback(x: torch.Tensor) -> None:
+                if on_progress is not None:
+                    on_progress(done[0], len(quantized), f"{what}: layer {done[0] + 1} of {len(quantized)} ({name})")
+                lq = layers[name]
+                geo, w, scale, zp = views[name]
+                data = layer_data(x, geo, fp32[paths[name]] if fp32 is not None else None,
+                                  hessian=algo.rounding == "gptq")
+                report["layers"][name] = _repair_layer(prepared, lq, geo, w, scale, zp, data, algo, seed_offset=done[0])
+                mod = q_gm.get_submodule(paths[name])
+                assert lq.fq_weight is not None
+                mod.weight = torch.nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
+                if lq.bias is not None:
+                    mod.bias = torch.nn.Parameter(lq.bias.clone(), requires_grad=False)
+                done[0] += 1
+
+            return callback
+
+        walk_quantized(q_gm, torch.cat(list(batches)), {paths[name]: repair(name) for name in quantized})
+        if on_progress is not None:
+            on_progress(len(quantized), len(quantized), f"{what}: done")
+        report["seconds"]["layerwise"] = time.perf_counter() - start
+    if algo.finetune is not None and quantized:
+        if teacher_logits is None:
+            raise ConfigError("algorithms.finetune: needs the FP32 model's logits on the calibration images")
+        start = time.perf_counter()
+        tmp = QuantPlan(plan.mode, layers, points, list(plan.warnings))
+        gm, _ = build_quantized_model(prepared, tmp)
+        set_weights(gm, tmp)
+        qat_layers = {}
+        for name in quantized:
+            lq = layers[name]
+            assert lq.qparams is not None and lq.unit.module is not None and lq.fq_weight is not None
+            w = prepared.weight(lq.unit).float()
+            scale, zp = _broadcast_qparams(w, lq.qparams)
+            start_w = lq.fq_weight if algo.rounding != "nearest" else w
+            bias = lq.bias if lq.bias is not None else prepared.bias(lq.unit)
+            b = bias if bias is not None else torch.zeros(w.shape[0])
+            qat_layers[name] = (lq.unit.module, QATWeight(gm.get_submodule(lq.unit.module), start_w, scale.expand_as(w),
+                                                          zp.float().expand_as(w), lq.qparams.qmin, lq.qparams.qmax, b))
+        modules = dict(gm.named_modules())
+        qat_points = {}
+        for mod_path, mod in modules.items():
+            point = getattr(mod, "point", None)
+            if point in points and type(mod).__name__ == "FakeQuantize":
+                pq = points[point]
+                assert pq.scale is not None and pq.zero_point is not None
+                qat_points[point] = (mod_path, LearnableFakeQuantize(pq.scale, pq.zero_point, pq.qmin, pq.qmax))
+        ft = algo.finetune
+        images = torch.cat(list(batches))
+        step = (lambda d, t: on_progress(d, t, f"fine-tuning: step {d} of {t}")) if on_progress is not None else None
+        new_weights, scales, summary = finetune(gm, qat_layers, qat_points, images, teacher_logits, steps=ft.steps, lr=ft.lr,
+                                                batch_size=ft.batch_size, seed=ft.seed, on_step=step)
+        for name, (w_new, b_new) in new_weights.items():
+            lq = layers[name]
+            assert lq.qparams is not None
+            lq.fq_weight = w_new.to(prepared.weight(lq.unit).dtype)
+            lq.bias = b_new
+            lq.error = dict(weight_error(prepared.weight(lq.unit), lq.qparams))
+            lq.error.update(_grid_error(prepared.weight(lq.unit), lq.fq_weight))
+            report["layers"].setdefault(name, {"weight_sqnr_db_nearest": plan.layers[name].error.get("sqnr_db")})
+            report["layers"][name]["weight_sqnr_db"] = lq.error["sqnr_db"]
+        for name, new_scale in scales.items():
+            points[name] = _rescaled(points[name], new_scale)
+        report["finetune"] = summary
+        report["seconds"]["finetune"] = time.perf_counter() - start
+    return QuantPlan(plan.mode, layers, points, list(plan.warnings) + warnings, algorithm_key=key,
+                     algorithms={**plan.algorithms, **report})
+
+
+def _repair_layer(prepared: PreparedModel, lq: LayerQuant, geo: LayerGeometry, w: torch.Tensor, scale: torch.Tensor,
+                  zp: torch.Tensor, data: LayerData, algo: Algorithms, *, seed_offset: int) -> dict[str, Any]:
+    """Round (AdaRound/GPTQ/nearest) and correct the bias of one layer, in place on ``lq``; its report row."""
+    assert lq.qparams is not None and lq.fq_weight is not None
+    bias = prepared.bias(lq.unit)
+    b = (bias if bias is not None else torch.zeros(w.shape[0] * w.shape[1])).float().reshape(w.shape[0], w.shape[1])
+    row: dict[str, Any] = {"weight_sqnr_db_nearest": lq.error.get("sqnr_db")}
+    act = activation_fn(lq.unit.fused_activation)
+    wq = geo.matrix(lq.fq_weight.float())
+    if algo.rounding == "adaround":
+        assert data.x is not None and data.y is not None
+        wq, stats = adaround_layer(w, scale, zp, lq.qparams.qmin, lq.qparams.qmax, b, data.x, data.y, act,
+                                   iterations=algo.adaround.iterations, seed=algo.adaround.seed * 1_000_003 + seed_offset)
+        row.update(stats)
+    elif algo.rounding == "gptq":
+        assert data.hessian is not None
+        wq, stats = gptq_layer(w, scale, zp, lq.qparams.qmin, lq.qparams.qmax, data.hessian,
+                               damping=algo.gptq.damping, act_order=algo.gptq.act_order)
+        row.update(stats)
+    shape, dtype = prepared.weight(lq.unit).shape, prepared.weight(lq.unit).dtype
+    lq.fq_weight = wq.reshape(shape).to(dtype)
+    lq.error = dict(weight_error(prepared.weight(lq.unit), lq.qparams))
+    lq.error.update(_grid_error(prepared.weight(lq.unit), lq.fq_weight))
+    row["weight_sqnr_db"] = lq.error["sqnr_db"]
+    if algo.bias_correction:
+        if lq.unit.fused_activation is not None:
+            assert data.x is not None and data.y is not None
+            new_b = corrected_bias_through(wq, b, data.x, data.y, act)
+        else:
+            assert data.y_mean is not None
+            new_b = corrected_bias(wq, data.x_mean, data.y_mean)
+        row["bias_shift_mean_abs"] = float((new_b - b.reshape(-1)).abs().mean())
+        lq.bias = new_b
+    return row
+
+
+def _grid_error(w: torch.Tensor, w_q: torch.Tensor) -> dict[str, float]:
+    """Error of weights placed on the grid by an algorithm (not the grid's nearest point): mse and SQNR."""
+    from ..metrics import sqnr_db
+
+    wf, qf = w.double(), w_q.double()
+    mse = float((wf - qf).square().mean())
+    return {"mse": mse, "sqnr_db": sqnr_db(float(wf.square().mean()), mse)}
+
+
+def _rescaled(pq: PointQuant, scale: float) -> PointQuant:
+    assert pq.zero_point is not None
+    s = float(torch.tensor(scale, dtype=torch.float32))
+    return dataclasses.replace(pq, scale=s, lo=(pq.qmin - pq.zero_point) * s, hi=(pq.qmax - pq.zero_point) * s)
