@@ -27,8 +27,8 @@
   evaluation starts while others run says so, with a rough time (:func:`busy_note`), instead of
   looking frozen: the CPUs are shared, so N running evaluations make each about N times slower.
   What-ifs come first: the integer runtime check (background work, and a latency measurement
-  that means nothing on a saturated server) runs one at a time on the server, and only while no
-  session's what-if is running.
+  that means nothing on a saturated server) runs one at a time on the server, and only once no
+  session's what-if has run for :data:`QUIET_S`.
 
 Progress: the cached functions draw their own progress bar in a placeholder they create and
 empty again before returning. Streamlit replays elements a cached function drew on every
@@ -182,12 +182,13 @@ class ResultStore:
         self._guard = threading.Lock()
         self.seconds_per_sample: dict[tuple[str, str, str], float] = {}
 
-    def get(self, config_json: str, part: str) -> dict[str, Any] | None:
+    def get(self, config_json: str, part: str, *, copy_result: bool = True) -> dict[str, Any] | None:
+        """The stored Result, as a copy the caller may change (``copy_result=False``: read it, never change it)."""
         with self._guard:
             found = self._results.get((config_json, part))
             if found is not None:
                 self._results.move_to_end((config_json, part))
-        return copy.deepcopy(found) if found is not None else None  # callers may change their copy
+        return copy.deepcopy(found) if found is not None and copy_result else found
 
     def put(self, config_json: str, part: str, result: dict[str, Any]) -> None:
         with self._guard:
@@ -205,6 +206,12 @@ def result_store() -> ResultStore:
     return ResultStore()
 
 
+# A background part starts only after this long without any what-if on the server. With thirty sessions a
+# what-if ends every second or so: the checks then wait (their latency would be measured under load anyway),
+# and each what-if keeps the CPU to itself. Measured by bench_room: checks in every gap cost 0.7 CPU-s per change.
+QUIET_S = 2.0
+
+
 class Activity:
     """Evaluations running on this server now (every session), and how long each part takes when alone.
 
@@ -219,6 +226,7 @@ class Activity:
         self.foreground = 0  # of which what-ifs a user waits for (not the background runtime check)
         self.waiting = 0  # background parts holding back while what-ifs run
         self._background = threading.Lock()  # one background part at a time on the whole server
+        self.last_foreground_end = 0.0  # time.monotonic() when the last what-if ended
         self.peak = 0
         self.solo_s: dict[tuple[str, ...], float] = {}
 
@@ -236,21 +244,24 @@ class Activity:
             with self._lock:
                 self.running -= 1
                 self.foreground -= not background
+                if not background:
+                    self.last_foreground_end = time.monotonic()
 
     @contextmanager
-    def quiet(self, on_wait: Callable[[int], None], poll_s: float = 0.5) -> Iterator[None]:
-        """Run the block once no what-if runs anywhere and no other background part does (then none starts).
+    def quiet(self, on_wait: Callable[[int], None], poll_s: float = 0.5, quiet_s: float = QUIET_S) -> Iterator[None]:
+        """Run the block once no what-if has run anywhere for ``quiet_s`` and no other background part runs.
 
-        ``on_wait(n)`` is called every ``poll_s`` while waiting, ``n`` the what-ifs running (0: another
-        background part holds the slot). It must touch Streamlit: that is where a control change
-        stops the waiting run.
+        ``on_wait(n)`` is called every ``poll_s`` while waiting, ``n`` the what-ifs running (0: what-ifs
+        ended less than ``quiet_s`` ago, or another background part holds the slot). It must touch
+        Streamlit: that is where a control change stops the waiting run.
         """
         with self._lock:
             self.waiting += 1
         try:
             while True:
                 n = self.foreground
-                if n == 0 and self._background.acquire(blocking=False):
+                settled = time.monotonic() - self.last_foreground_end >= quiet_s
+                if n == 0 and settled and self._background.acquire(blocking=False):
                     break
                 on_wait(n)
                 time.sleep(poll_s)
@@ -377,24 +388,27 @@ def most_complete(config_json: str) -> dict[str, Any]:
     report of saved configurations is built from.
     """
     found = result_store().get(config_json, "layers")
-    return merged(config_json, found if found is not None else evaluate(config_json))
+    return merged(config_json, found if found is not None else evaluate(config_json), owned=True)
 
 
-def merged(config_json: str, base: dict[str, Any]) -> dict[str, Any]:
+def merged(config_json: str, base: dict[str, Any], *, owned: bool = False) -> dict[str, Any]:
     """``base`` with what other parts of the same config have measured: per-layer errors, the runtime check."""
     store = result_store()
-    out = copy.deepcopy(base)
-    layers = store.get(config_json, "layers")
+    # A 70 KB Result copied four times per page run was ~15% of a run's time under 30 sessions (bench_room):
+    # the other parts are read without a whole copy (only the pieces taken are copied), and a base the caller
+    # owns (a copy already) is not copied again.
+    out = base if owned else copy.deepcopy(base)
+    layers = store.get(config_json, "layers", copy_result=False)
     if layers is not None and "layer_errors" in out["pending"]:
-        out["layers"] = layers["layers"]
+        out["layers"] = copy.deepcopy(layers["layers"])
         out["timing"]["layer_error_s"] = layers["timing"]["layer_error_s"]
         out["pending"] = [p for p in out["pending"] if p != "layer_errors"]
-    runtime = store.get(config_json, "runtime")
+    runtime = store.get(config_json, "runtime", copy_result=False)
     if runtime is not None and "runtime" in out["pending"] and "samples" not in out["pending"]:
         out["metrics"].update({k: v for k, v in runtime["metrics"].items() if k.startswith("runtime_")})
-        out["size"] = runtime["size"]
-        out["latency"] = runtime["latency"]
-        out["warnings"] = runtime["warnings"]
+        out["size"] = copy.deepcopy(runtime["size"])
+        out["latency"] = copy.deepcopy(runtime["latency"])
+        out["warnings"] = list(runtime["warnings"])
         out["timing"]["runtime_s"] = runtime["timing"]["runtime_s"]
         out["pending"] = [p for p in out["pending"] if p != "runtime"]
     return out
@@ -447,7 +461,7 @@ def current_result(*, complete: bool = True, layers: bool = False, runtime: bool
                     result = compute(key, "quick" if quick_samples(config, explorer) else "main")
     except PTQError as exc:
         return _previous(config, exc)
-    result = merged(key, result)
+    result = merged(key, result, owned=True)  # every path above returns a copy of its own
     pending = _Pending(key, slot=slot)
     if "samples" in result["pending"] and complete:
         pending.parts.append("main")
@@ -518,9 +532,9 @@ def _quiet(slot: Any, part: str) -> Iterator[None]:
     def on_wait(n: int) -> None:
         if n != shown[0]:
             shown[0] = n
-            why = (f"{n} what-if evaluation{'s' if n != 1 else ''} of other sessions run" if n
-                   else "another session's check runs (one at a time)")
-            slot.info(f"{LABELS[part]}: waits while {why}; what-ifs come first, and latency is measured on a quiet "
+            why = (f"while {n} what-if evaluation{'s' if n != 1 else ''} of other sessions run" if n
+                   else f"until the server has had no what-if for {QUIET_S:.0f} s and no other check runs")
+            slot.info(f"{LABELS[part]}: waits {why}; what-ifs come first, and latency is measured on a quiet "
                       "server. The numbers above are complete.", icon=":material/schedule:")
         st.session_state["_quiet_wait"] = n  # touching session state is where a control change stops this run
 

@@ -91,12 +91,12 @@ def test_background_parts_run_one_at_a_time_and_only_without_what_ifs() -> None:
     waits: list[int] = []
 
     def first() -> None:
-        with busy.quiet(lambda n: None, poll_s=0.01):
+        with busy.quiet(lambda n: None, poll_s=0.01, quiet_s=0.0):
             first_in.set()
             first_out.wait(60)
 
     def second() -> None:
-        with busy.quiet(waits.append, poll_s=0.01):
+        with busy.quiet(waits.append, poll_s=0.01, quiet_s=0.0):
             second_in.set()
 
     with busy.evaluation():  # a what-if: no background part starts
