@@ -171,8 +171,9 @@ class ResultStore:
 
     ``lock(key)`` is held while a result is computed, so two sessions asking for the same one
     compute it once; the other waits and then finds it. ``seconds_per_sample`` remembers, per
-    (model, data set, backend), how fast the last complete evaluation went: what
-    :func:`quick_samples` plans the first answer with.
+    (model, data set, backend), how fast the last complete evaluation went, as if alone (its time
+    divided by the average number of evaluations running beside it): what :func:`quick_samples`
+    plans the first answer with.
     """
 
     def __init__(self, max_entries: int = MAX_RESULTS) -> None:
@@ -366,11 +367,14 @@ def compute(config_json: str, part: str = "main") -> dict[str, Any]:
                     result = explorer.evaluate(config, on_progress, **_options(part, config, explorer)).to_dict()
             finally:
                 notice.empty()
+            sharing_cpus = 1 + (others + busy.others()) / 2  # evaluations that ran beside this one, on average
             busy.record(timing_key, time.perf_counter() - start, others, busy.others())
         store.put(config_json, part, result)
         n = result["dataset"]["num_eval_samples"]
         if part in ("main", "layers") and n:
-            store.seconds_per_sample[_speed_key(config)] = result["timing"]["evaluation_s"] / n
+            # The speed of the model, not of the moment: measured under load, a small model would look slow and
+            # get a first answer plus a second evaluation and page run, which only adds to the load (bench_room).
+            store.seconds_per_sample[_speed_key(config)] = result["timing"]["evaluation_s"] / n / sharing_cpus
         return result
     finally:
         lock.release()
