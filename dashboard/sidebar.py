@@ -44,12 +44,14 @@ MAX_FINETUNE_LR = 1.0
 # the 2-core development machine while other work ran on it (load 3-6: an idle machine is faster), EfficientNet-Lite0
 # with 128 calibration images, W4 per-channel; digits with 256. AdaRound: 1 and 40 iterations (64 s and 249 s for the
 # 50 layers: 4.7 s per iteration, depthwise layers 2-4x the others); GPTQ 75 s; fine-tuning 5-7 s per step of 16 images.
-ADAROUND_COST = ("the slowest: on EfficientNet-Lite0 about 5 s per iteration for its 50 layers together (~95 s per "
-                 "layer per 1000 iterations), so 100 iterations take about 10 minutes and 1000 over an hour; on digits "
-                 "1000 iterations take 10-20 s.")
-GPTQ_COST = "about a minute on EfficientNet-Lite0, a second on digits."
-FINETUNE_COST = ("About 5 s per step of 16 images on EfficientNet-Lite0 (200 steps: about 20 minutes), 200 steps in "
-                 "about 10 s on digits.")
+# Measured by benchmarks/bench_int4.py on EfficientNet-Lite0 (128 calibration images, one thread, 2-core AMD EPYC
+# shared with other jobs): bias correction 40 s, GPTQ + bias correction 2 min, AdaRound 500 iterations + bias
+# correction 6 min, fine-tuning 100 steps of 16 images 4 min.
+ADAROUND_COST = ("the slowest: on EfficientNet-Lite0 about 0.7 s per iteration for its 50 layers together, so 500 "
+                 "iterations take about 6 minutes and 1000 about 12; on digits 1000 iterations take 20-30 s.")
+GPTQ_COST = "about 2 minutes on EfficientNet-Lite0, a second on digits."
+FINETUNE_COST = ("About 2.4 s per step of 16 images on EfficientNet-Lite0 (100 steps: about 4 minutes), 200 steps in "
+                 "a few seconds on digits.")
 MODES = ["static", "dynamic", state.WEIGHT_ONLY]
 INHERIT = "same as global"
 
@@ -185,7 +187,7 @@ def _algorithms() -> None:
     sb.checkbox("Bias correction", key="sb_alg_bias_correction",
                 help="Rounding shifts the average output of a layer; this measures the shift on the calibration "
                      "images and subtracts it from the layer's bias. Costs one pass per layer over the "
-                     "calibration images: about a minute on EfficientNet-Lite0, a second on digits.")
+                     "calibration images: about 40 s on EfficientNet-Lite0, a second on digits.")
     sb.radio("Rounding", list(ROUNDINGS), key="sb_alg_rounding", format_func=labels.ROUNDING.get, horizontal=True,
              help="**nearest**: every weight to its nearest grid point (free). **AdaRound**: learns for each weight "
                   "whether to round up or down so the layer's output matches FP32 on the calibration images; "
@@ -206,14 +208,16 @@ def _algorithms() -> None:
                     help="Training steps; each is a forward and a backward pass of one batch.")
     c2.number_input("Batch size", min_value=1, max_value=MAX_FINETUNE_BATCH, step=8, key="sb_alg_ft_batch_size",
                     disabled=off, help="Calibration images per step.")
-    sb.number_input("Learning rate", min_value=0.0, max_value=MAX_FINETUNE_LR, step=1e-5, format="%.1e",
+    sb.number_input("Learning rate", min_value=0.0, max_value=MAX_FINETUNE_LR, step=1e-4, format="%.1e",
                     key="sb_alg_ft_lr", disabled=off,
-                    help="Adam's learning rate, a positive number up to 1; 1e-5 nudges the weights without "
-                         "undoing the rounding.")
+                    help="Adam's learning rate, a positive number up to 1. The default 1e-4 moves 4-bit weights "
+                         "across rounding boundaries within a few hundred steps; 1e-5 (usual for long QAT runs) "
+                         "barely changes them in a short one.")
     sb.caption("Each configuration runs these once, when first evaluated; the result is kept (in memory and in the "
                "disk cache), so changing only the evaluation settings (backend, runtime check, evaluation samples "
                "or batch size) reuses it. Progress shows at the top of the page. To cancel, press Streamlit's "
-               "**Stop** (top right) or change any control: the run ends at the next layer or step, nothing of it "
+               "**Stop** (top right) or change any control: the run ends at the next layer, step or 50 AdaRound "
+               "iterations, nothing of it "
                "is kept, and the session stays as it was. Times in the help lines: one thread on a busy 2-core "
                "machine.")
 

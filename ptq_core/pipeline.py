@@ -38,7 +38,7 @@ from torch import nn
 
 from .backends import Backend, make_backend, per_sample
 from .calibration import CalibrationStats, chunks, collect_stats, load_batch, stats_from_dict, stats_to_dict
-from .config import Calibration, Evaluation, QuantConfig
+from .config import Algorithms, Calibration, Evaluation, QuantConfig
 from .data import Dataset, dataset_fingerprint, load_dataset, select_calibration
 from .diskcache import default_cache, digest, module_fingerprint
 from .errors import CalibrationError
@@ -285,7 +285,11 @@ class Explorer:
     def _algorithm_key(self, config: QuantConfig) -> str:
         # Everything the improved weights depend on: the config without its evaluation settings, and the threads
         # the algorithms run with (float sums in another order may round a weight the other way).
-        relevant = config.replace(evaluation=Evaluation()).to_json()
+        algo = config.algorithms
+        used = dataclasses.replace(  # settings nothing reads take their defaults: the same work, one key
+            algo, adaround=algo.adaround if algo.rounding == "adaround" else Algorithms().adaround,
+            gptq=algo.gptq if algo.rounding == "gptq" else Algorithms().gptq)
+        relevant = config.replace(evaluation=Evaluation(), algorithms=used).to_json()
         return digest("algorithms", CACHE_FORMAT, relevant, torch.get_num_threads())
 
     def _improve(self, config: QuantConfig, prepared: PreparedModel, plan: QuantPlan,

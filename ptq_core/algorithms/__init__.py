@@ -130,7 +130,16 @@ def _improve(
                 geo, w, scale, zp = views[name]
                 data = layer_data(x, geo, fp32[paths[name]] if fp32 is not None else None,
                                   hessian=algo.rounding == "gptq")
-                report["layers"][name] = _repair_layer(prepared, lq, geo, w, scale, zp, data, algo, seed_offset=done[0])
+                step = None
+                if on_progress is not None:
+                    k = done[0]
+
+                    def step(it: int, total: int) -> None:  # within a layer: AdaRound reports every few iterations
+                        on_progress(k, len(quantized), f"{what}: layer {k + 1} of {len(quantized)} ({name}), "
+                                                       f"iteration {it} of {total}")
+
+                report["layers"][name] = _repair_layer(prepared, lq, geo, w, scale, zp, data, algo, seed_offset=done[0],
+                                                       on_step=step)
                 mod = q_gm.get_submodule(paths[name])
                 assert lq.fq_weight is not None
                 mod.weight = torch.nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
@@ -193,7 +202,8 @@ def _improve(
 
 
 def _repair_layer(prepared: PreparedModel, lq: LayerQuant, geo: LayerGeometry, w: torch.Tensor, scale: torch.Tensor,
-                  zp: torch.Tensor, data: LayerData, algo: Algorithms, *, seed_offset: int) -> dict[str, Any]:
+                  zp: torch.Tensor, data: LayerData, algo: Algorithms, *, seed_offset: int,
+                  on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Round (AdaRound/GPTQ/nearest) and correct the bias of one layer, in place on ``lq``; its report row."""
     assert lq.qparams is not None and lq.fq_weight is not None
     bias = prepared.bias(lq.unit)
@@ -204,7 +214,8 @@ def _repair_layer(prepared: PreparedModel, lq: LayerQuant, geo: LayerGeometry, w
     if algo.rounding == "adaround":
         assert data.x is not None and data.y is not None
         wq, stats = adaround_layer(w, scale, zp, lq.qparams.qmin, lq.qparams.qmax, b, data.x, data.y, act,
-                                   iterations=algo.adaround.iterations, seed=algo.adaround.seed * 1_000_003 + seed_offset)
+                                   iterations=algo.adaround.iterations, seed=algo.adaround.seed * 1_000_003 + seed_offset,
+                                   on_step=on_step)
         row.update(stats)
     elif algo.rounding == "gptq":
         assert data.hessian is not None
