@@ -69,6 +69,9 @@ WEIGHT_CACHE_VARIANTS = 8  # weight settings kept per layer (each holds a fake-q
 FORWARD_BATCH = 16
 CACHE_FORMAT = 1  # part of every disk-cache key: bump when what is stored there changes meaning
 LOGITS_CACHE_ENTRIES = 8  # configs whose quantized logits are kept (1.5 MB each for 372 ImageNet images)
+# Below this FP32 agreement of the equalized float model with the original, the Result warns that CLE's
+# ReLU6 -> ReLU changed the model itself (EfficientNet-Lite0: 60%, its FP32 top-1 88.7% -> 58.1%).
+CLE_FP32_AGREEMENT_WARNING = 0.99
 IMPROVED_CACHE_ENTRIES = 4  # plans improved by algorithms kept in memory (a copy of every weight each; also on disk)
 
 
@@ -484,6 +487,14 @@ class Explorer:
             warnings.extend(check.warnings)
             latency = check.latency or latency
             runtime_s = check.seconds
+        algorithms = self._algorithms_info(config, plan, prepared, ref, indices)
+        cle = algorithms.get("cle", {})
+        if cle.get("relu6_replaced") and cle.get("fp32_agreement_after", 1.0) < CLE_FP32_AGREEMENT_WARNING:
+            warnings.append(
+                f"algorithms.cross_layer_equalization: ReLU6 became ReLU after {len(cle['relu6_replaced'])} layer(s) "
+                f"(ReLU6 is not scale-equivariant), and that changed the FP32 model itself: it agrees with the original "
+                f"on {100 * cle['fp32_agreement_after']:.1f}% of the samples. Equalization does not suit this network; "
+                "switch it off (per-channel weights already absorb most range differences)")
         pending = [name for name, skipped in (("samples", len(indices) < len(all_indices)),
                                               ("layer_errors", not layer_errors),
                                               ("runtime", ev.runtime is not None and not checked)) if skipped]
@@ -519,7 +530,7 @@ class Explorer:
             environment={**environment(), **run.environment},
             pending=pending,
             predictions=run.logits.argmax(dim=1).tolist() if run.logits.ndim == 2 else [],
-            algorithms=self._algorithms_info(config, plan, prepared, ref, indices),
+            algorithms=algorithms,
         )
 
     def _algorithms_info(self, config: QuantConfig, plan: QuantPlan, prepared: PreparedModel, ref: FloatReference,

@@ -217,3 +217,16 @@ def test_a_second_explorer_reads_the_improved_plan_from_the_disk_cache(cnn: Expl
     fresh = Explorer("digits_cnn", "digits")
     again = fresh.evaluate(cfg)
     assert again.timing["algorithms_s"] == 0.0 and again.predictions == first.predictions
+
+
+def test_cle_warns_when_replacing_relu6_changes_the_fp32_model(cnn: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg({"cross_layer_equalization": True})
+    result = cnn.evaluate(cfg)
+    cle = result.algorithms["cle"]
+    assert cle["relu6_replaced"] == ["block.dw"] and cle["fp32_agreement_after"] == 1.0  # digits: no change
+    assert not any("cross_layer_equalization" in w for w in result.warnings)
+    import ptq_core.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "CLE_FP32_AGREEMENT_WARNING", 1.01)  # any agreement counts as changed
+    warned = cnn.evaluate(cfg)
+    assert any(w.startswith("algorithms.cross_layer_equalization: ReLU6 became ReLU after 1 layer(s)") for w in warned.warnings)
