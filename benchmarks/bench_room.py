@@ -62,10 +62,12 @@ GOAL_P95_S = 3.0  # digits, 30 sessions, 2 cores (issue 14)
 TIMEOUT_S = 240.0  # no new numbers this long after a change is an error
 
 import websockets  # noqa: E402
+from streamlit.logger import set_log_level  # noqa: E402
 from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: E402
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # noqa: E402
 from streamlit.proto.WidgetStates_pb2 import WidgetState  # noqa: E402
 
+set_log_level("error")  # importing the dashboard's cached functions outside a server warns once per function
 from dashboard import labels, sharing  # noqa: E402
 from dashboard.state import default_config  # noqa: E402
 from ptq_core.config import QuantConfig  # noqa: E402
