@@ -1,6 +1,6 @@
 """INT4 that holds: every algorithm of ptq_core.algorithms alone and in useful combinations, timed.
 
-    .venv/bin/python benchmarks/bench_int4.py [--models digits,efficientnet] [--rows all|quick|NAME,NAME]
+    .venv/bin/python benchmarks/bench_int4.py [--models digits,efficientnet] [--rows quick|all|NAME,NAME]
                                                [--adaround-iterations 1000] [--finetune-steps 200]
 
 EfficientNet-Lite0 (needs ../shared/data/imagenet-samples; skipped with a message when absent):
@@ -104,7 +104,8 @@ def table(title: str, results: list[tuple[str, dict[str, Any]]], fp32: float | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits,efficientnet")
-    parser.add_argument("--rows", default="all", help="all, quick, or a comma list of row names")
+    parser.add_argument("--rows", default="quick", help="quick (the default: " + ", ".join(QUICK) + "), all "
+                        "(every combination: about two hours on EfficientNet-Lite0), or a comma list of row names")
     parser.add_argument("--modes", default="weight_only,w4a8", help="EfficientNet: weight_only and/or w4a8")
     parser.add_argument("--adaround-iterations", type=int, default=1000)
     parser.add_argument("--finetune-steps", type=int, default=200)
