@@ -28,9 +28,10 @@ import streamlit as st
 
 from ptq_core.data import available_datasets
 from ptq_core.data.image_dataset import image_folder_spec
-from ptq_core.errors import DataError, PTQError
+from ptq_core.errors import DataError, ModelError, PTQError
 from ptq_core.models import available_models, get_model_entry
 from ptq_core.models.files import DEFAULT_INPUT_SHAPE, FORMATS, check_model_file, detect_format
+from ptq_core.models.preprocessing import INTERPOLATIONS
 from ptq_core.paths import MAX_MODEL_MB_ENV, MAX_UPLOAD_MB_ENV, max_model_bytes, max_upload_bytes, upload_max_age_s
 from ptq_core.pipeline import Explorer
 
@@ -40,11 +41,15 @@ MODEL_FROM = {"registered": "registered model", "path": "model file on the serve
 DATA_FROM = {"registered": "registered data set", "path": "image folder on the server", "upload": "upload a zip of images"}
 NO_ARCHITECTURE = ""  # the architecture picker's "none" (only state dicts take one)
 DEFAULT_PREPROCESSING = "default"  # the file spec leaves preprocessing out: the architecture's, else imagenet
+CUSTOM_PREPROCESSING = "custom"  # the file spec states an object built from the fields below (empty = default)
+# preprocessing field -> its picker (text; interpolation a choice, "" = default)
+PREP_FIELDS = {"resize": "src_m_resize", "crop": "src_m_crop", "mean": "src_m_mean", "std": "src_m_std",
+               "interpolation": "src_m_interp"}
 IMAGE_FOLDER = "image_folder"  # a registered data-set kind that needs a path: offered as its own source
 FORMAT_LABELS = {"auto": "auto (from the file)", "torchscript": "TorchScript", "export": "torch.export (.pt2)",
                  "state_dict": "state dict"}
 PICKERS = ("src_m_from", "src_m_name", "src_m_path", "src_m_format", "src_m_arch", "src_m_shape", "src_m_prep",
-           "src_d_from", "src_d_name", "src_d_path", "src_d_num_cal", "src_d_seed", "src_d_max_images")
+           *PREP_FIELDS.values(), "src_d_from", "src_d_name", "src_d_path", "src_d_num_cal", "src_d_seed", "src_d_max_images")
 
 
 # -- what the pickers offer and how they are labeled ---------------------------------------------
@@ -118,7 +123,22 @@ def _preprocessing_options() -> list[str]:
                 image_models.append(name)
         except PTQError:
             continue
-    return [DEFAULT_PREPROCESSING, "imagenet", "none", *image_models]
+    return [DEFAULT_PREPROCESSING, CUSTOM_PREPROCESSING, "imagenet", "none", *image_models]
+
+
+def _numbers_text(value: Any) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+
+
+def _prep_pickers(prep: Any) -> dict[str, Any]:
+    """Picker values showing a file spec's ``preprocessing`` (an object fills the custom fields)."""
+    values: dict[str, Any] = {key: "" for key in PREP_FIELDS.values()}
+    if isinstance(prep, dict):
+        values["src_m_prep"] = CUSTOM_PREPROCESSING
+        values.update({key: _numbers_text(prep[field]) for field, key in PREP_FIELDS.items() if field in prep})
+    else:
+        values["src_m_prep"] = prep or DEFAULT_PREPROCESSING
+    return values
 
 
 # -- pickers <-> the applied specs -----------------------------------------------------------------
@@ -131,8 +151,7 @@ def _pickers_for(model_value: str, data_value: str) -> dict[str, Any]:
         values.update({
             "src_m_from": "path", "src_m_path": str(model.get("path", "")), "src_m_format": model.get("format", "auto"),
             "src_m_arch": model.get("architecture") or NO_ARCHITECTURE,
-            "src_m_shape": ", ".join(str(d) for d in shape),
-            "src_m_prep": model.get("preprocessing") or DEFAULT_PREPROCESSING,
+            "src_m_shape": ", ".join(str(d) for d in shape), **_prep_pickers(model.get("preprocessing")),
         })
     else:
         values.update({"src_m_from": "registered", "src_m_name": model_value})
@@ -150,7 +169,7 @@ def _pickers_for(model_value: str, data_value: str) -> dict[str, Any]:
 def _defaults() -> dict[str, Any]:
     return {"src_m_from": "registered", "src_m_name": "digits_cnn", "src_m_path": "", "src_m_format": "auto",
             "src_m_arch": NO_ARCHITECTURE, "src_m_shape": ", ".join(str(d) for d in DEFAULT_INPUT_SHAPE),
-            "src_m_prep": DEFAULT_PREPROCESSING, "src_d_from": "registered", "src_d_name": "digits", "src_d_path": "",
+            "src_m_prep": DEFAULT_PREPROCESSING, **dict.fromkeys(PREP_FIELDS.values(), ""), "src_d_from": "registered", "src_d_name": "digits", "src_d_path": "",
             "src_d_num_cal": 0, "src_d_seed": 0, "src_d_max_images": 0}
 
 
@@ -186,6 +205,33 @@ def _input_shape(text: str) -> list[int]:
     return shape
 
 
+def _numbers(text: str, field: str, *, integers: bool) -> list[float] | list[int]:
+    parts = [part.strip() for part in (text.replace("x", ",") if integers else text).split(",")]
+    try:
+        return [int(p) for p in parts] if integers else [float(p) for p in parts]
+    except ValueError:
+        allowed = "an integer, or height, width (pixels)" if integers else "3 numbers, one per RGB channel, e.g. 0.5, 0.5, 0.5"
+        raise ModelError(f"model.preprocessing.{field}: got {text!r}; allowed: {allowed}, or empty for the default") from None
+
+
+def _custom_preprocessing() -> dict[str, Any]:
+    """The preprocessing object of the custom fields: only the filled ones (the engine checks the values)."""
+    ss = st.session_state
+    spec: dict[str, Any] = {}
+    for field, key in PREP_FIELDS.items():
+        text = str(ss[key]).strip()
+        if not text:
+            continue
+        if field == "interpolation":
+            spec[field] = text
+        elif field in ("resize", "crop"):
+            sizes = _numbers(text, field, integers=True)
+            spec[field] = sizes[0] if len(sizes) == 1 else sizes
+        else:
+            spec[field] = _numbers(text, field, integers=False)
+    return spec
+
+
 def _file_spec(path: Path) -> dict[str, Any]:
     """The ``{"kind": "file"}`` spec of the file pickers, with "auto" resolved so the export says what it is."""
     ss = st.session_state
@@ -197,7 +243,9 @@ def _file_spec(path: Path) -> dict[str, Any]:
         spec["architecture"] = ss["src_m_arch"]
     if fmt == "torchscript":
         spec["input_shape"] = _input_shape(ss["src_m_shape"])
-    if ss["src_m_prep"] != DEFAULT_PREPROCESSING:
+    if ss["src_m_prep"] == CUSTOM_PREPROCESSING:
+        spec["preprocessing"] = _custom_preprocessing()
+    elif ss["src_m_prep"] != DEFAULT_PREPROCESSING:
         spec["preprocessing"] = ss["src_m_prep"]
     return spec
 
@@ -349,15 +397,33 @@ def render() -> None:
         c1, c2 = st.columns(2)
         c1.selectbox("Format", list(FORMATS), key="src_m_format", format_func=lambda v: FORMAT_LABELS.get(v, v), disabled=file_off)
         c2.text_input("Input shape", key="src_m_shape", disabled=file_off or fmt not in ("auto", "torchscript"),
-                      help="TorchScript only: one sample's shape, e.g. 3, 224, 224 or 1, 8, 8.")
+                      help="TorchScript only: one sample's shape, e.g. 3, 224, 224 or 1, 8, 8. A .pt2 carries its own.")
         st.selectbox("Architecture (state dicts)", [NO_ARCHITECTURE, *available_models()], key="src_m_arch",
                      format_func=lambda v: v or "none (TorchScript or .pt2)",
                      disabled=file_off or fmt not in ("auto", "state_dict"),
                      help="The registered model the state dict was saved from; its layers get the file's weights.")
         st.selectbox("Preprocessing", _preprocessing_options(), key="src_m_prep", disabled=file_off,
-                     format_func=lambda v: {"default": "default (the architecture's, else imagenet)",
+                     format_func=lambda v: {"default": "default (the architecture's, else the model's input size "
+                                                       "with ImageNet mean/std)",
+                                            "custom": "custom (the fields below)",
                                             "imagenet": "imagenet (resize 256, crop 224)",
-                                            "none": "none (tensor data such as digits)"}.get(v, f"as {v}"))
+                                            "none": "none (tensor data such as digits)"}.get(v, f"as {v}"),
+                     help="How images become the model's input. Say it when the model was trained otherwise: "
+                          "the Result warns whenever it was defaulted or its crop disagrees with the model's input.")
+        custom_off = file_off or ss["src_m_prep"] != CUSTOM_PREPROCESSING
+        c1, c2, c3 = st.columns(3)
+        c1.text_input("Resize", key="src_m_resize", disabled=custom_off, placeholder="crop / 0.875",
+                      help="Shorter side before the center crop, in pixels. Empty: round(crop / 0.875), e.g. 256 for 224.")
+        c2.text_input("Crop", key="src_m_crop", disabled=custom_off, placeholder="model's input",
+                      help="Center crop: 240, or height, width. Empty: the model's input size (a .pt2's example "
+                           "input, else the input shape), else 224.")
+        c3.selectbox("Interpolation", ["", *INTERPOLATIONS], key="src_m_interp", disabled=custom_off,
+                     format_func=lambda v: v or "bilinear (default)")
+        c1, c2 = st.columns(2)
+        c1.text_input("Mean", key="src_m_mean", disabled=custom_off, placeholder="ImageNet",
+                      help="Per RGB channel, on the 0-1 scale, e.g. 0.5, 0.5, 0.5. Empty: ImageNet's 0.485, 0.456, 0.406.")
+        c2.text_input("Std", key="src_m_std", disabled=custom_off, placeholder="ImageNet",
+                      help="Per RGB channel, positive, e.g. 0.5, 0.5, 0.5. Empty: ImageNet's 0.229, 0.224, 0.225.")
 
     d_from = ss["src_d_from"]
     sb.radio("Data from", list(DATA_FROM), key="src_d_from", format_func=DATA_FROM.get)
@@ -410,6 +476,8 @@ def _describe_loaded() -> None:
     if explorer.dataset.evaluation_labels is None:
         notes.append("**Unlabeled images**: the numbers are agreement with FP32, not accuracy.")
     sb.caption(" ".join(notes), help=explorer.entry.description + "\n\n" + explorer.dataset.description)
+    for warning in explorer.entry.warnings:  # preprocessing defaulted or disagreeing with the model's input
+        sb.warning(warning, icon=":material/warning:")
     where = uploads.uploads_in(model, dataset)
     if where:
         sb.caption(f":material/cloud_upload: The {' and '.join(where)} {'is' if len(where) == 1 else 'are'} an upload "

@@ -28,3 +28,6 @@ class ModelEntry:
     # The same architecture with random weights, what a user's state dict is loaded into;
     # None when the entry cannot be used as an architecture.
     architecture: Callable[[], nn.Module] | None = None
+    # Said in every Result of this model: e.g. preprocessing that was defaulted, or that disagrees
+    # with the model's input size (ptq_core.models.files).
+    warnings: tuple[str, ...] = ()

@@ -10,10 +10,18 @@ Spec (registered in :mod:`ptq_core.models` as the kind ``"file"``)::
 ``format``: ``auto`` (default; read from the zip's layout), ``torchscript``, ``export`` or
 ``state_dict`` (needs ``architecture``: a registered model name such as ``digits_cnn``,
 ``efficientnet_lite0`` or ``torchvision:resnet18``, built with random weights and then given the
-file's). ``input_shape`` (TorchScript only; default ``[3, 224, 224]``) is the per-sample shape
-used to convert the module. ``preprocessing``: ``imagenet`` (resize 256, center-crop 224,
-ImageNet mean/std), ``none`` (tensor data sets such as digits), or a registered model name whose
-preprocessing to use; default: the architecture's, else ``imagenet``.
+file's). ``input_shape`` is one sample's shape: TorchScript is converted with it (default
+``[3, 224, 224]``); a ``.pt2`` carries its own (its example input), so one given must agree with
+it; for a state dict it is the size preprocessing crops to. ``preprocessing``: ``imagenet``
+(resize 256, center-crop 224, ImageNet mean/std), ``none`` (tensor data sets such as digits), a
+registered model name whose preprocessing to use, or an object
+``{"resize": 274, "crop": 240, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}``
+whose keys are all optional (:func:`ptq_core.models.preprocessing.parse_preprocessing`: crop =
+the model's input size, resize = round(crop / 0.875), ImageNet mean/std, bilinear).
+Left out: the architecture's; else, for a model whose input is known to be an RGB image (3, H, W),
+ImageNet mean/std with crop H x W; else ``none`` for a known non-image input; else ``imagenet``.
+Every default, and any crop that disagrees with the model's input size, is a warning the entry
+carries (``ModelEntry.warnings``) into each Result.
 
 Safety: nothing here unpickles Python objects. State dicts load with ``weights_only=True``;
 ``.pt2`` archives are refused when they hold pickled custom objects or compiled (AOTInductor)
@@ -26,6 +34,7 @@ unsupported files raise a ModelError naming the file and what is allowed. TorchS
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -44,7 +53,7 @@ from ptq_core.errors import ModelError, PTQError
 from ptq_core.paths import max_model_bytes
 
 from .entry import ModelEntry
-from .preprocessing import imagenet_transform
+from .preprocessing import ImageTransform, Size, default_resize, imagenet_transform, parse_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -408,22 +417,152 @@ def _input_shape(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _preprocessing(value: Any, architecture: ModelEntry | None, lookup: Lookup) -> Callable[..., Any] | None:
+def pt2_input_shape(path: Path) -> tuple[int | None, ...] | None:
+    """One sample's input shape as the .pt2's example input recorded it (None for a dynamic dimension).
+
+    Read from the archive's ``models/*.json`` (the serialized graph) without loading any weight;
+    None when the archive does not say (another schema version, no tensor input).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            graphs = [
+                n for n in archive.namelist() if n.split("/", 1)[-1].startswith("models/") and n.endswith(".json")
+            ]
+            name = next(
+                iter(sorted(graphs, key=lambda n: not n.endswith("models/model.json")))
+            )  # the main program first
+            program = json.loads(archive.read(name))
+        graph = program["graph_module"]["graph"]
+        for spec in program["graph_module"]["signature"]["input_specs"]:
+            if "user_input" in spec:
+                tensor = graph["tensor_values"][spec["user_input"]["arg"]["as_tensor"]["name"]]
+                dims = [d.get("as_int") if isinstance(d, dict) else None for d in tensor["sizes"]]
+                return tuple(d if isinstance(d, int) else None for d in dims[1:]) if dims else None
+    except (StopIteration, KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile):
+        log.debug("no input shape read from %s", path, exc_info=True)
+    return None
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _crop_text(crop: Size) -> str:
+    return str(crop[0]) if crop[0] == crop[1] else f"{crop[0]}x{crop[1]}"
+
+
+def _check_against_input(
+    transform: ImageTransform, model_input: tuple[int, ...] | None, source: str, field: str
+) -> list[str]:
+    """Warnings when image preprocessing cannot give the model the input it takes."""
+    if model_input is None:
+        return []
+    if len(model_input) != 3 or model_input[0] != 3:
+        return [
+            f"{field}: image preprocessing gives 3xHxW RGB tensors, but the model's input is "
+            f"{_shape_text(model_input)} ({source}); allowed for such a model: none (tensor data sets)"
+        ]
+    settings = transform.settings
+    if settings is not None and settings.crop != model_input[1:]:
+        return [
+            f"{field}.crop {_crop_text(settings.crop)} disagrees with the model's input "
+            f"{model_input[1]}x{model_input[2]} ({source}); state the crop the model was trained at"
+        ]
+    return []
+
+
+def _preprocessing(
+    value: Any,
+    architecture: tuple[str, ModelEntry] | None,
+    lookup: Lookup,
+    model_input: tuple[int, ...] | None,
+    source: str,
+) -> tuple[Callable[..., Any] | None, list[str]]:
+    """The transform a file spec's ``preprocessing`` names, and the warnings it comes with.
+
+    ``model_input`` is one sample's shape when known (``source`` says from where, for messages).
+    """
+    field = "model.preprocessing"
+    hint = "state it if the model was trained otherwise"
+    is_image = model_input is not None and len(model_input) == 3 and model_input[0] == 3
     if value is None:
-        return architecture.transform if architecture is not None else imagenet_transform()
-    if value == "imagenet":
-        return imagenet_transform()
+        if architecture is not None:
+            name, entry = architecture
+            if entry.transform is None:
+                return None, []
+            described = getattr(entry.transform, "describe", repr(entry.transform))
+            notes = [f"{field}: not given; using {name}'s: {described}; {hint}"]
+            if isinstance(entry.transform, ImageTransform):
+                notes += _check_against_input(entry.transform, model_input, source, field)
+            return entry.transform, notes
+        if model_input is not None and not is_image:
+            return None, [
+                f"{field}: not given; the model's input {_shape_text(model_input)} ({source}) is not an RGB image, "
+                "so none: samples reach the model as the data set gives them (tensor data sets such as digits)"
+            ]
+        if is_image:
+            assert model_input is not None
+            crop = (model_input[1], model_input[2])
+            settings, _ = parse_preprocessing({"crop": list(crop)})
+            return settings.transform("file"), [
+                f"{field}: not given; using ImageNet mean/std, resize {default_resize(crop)}, center-crop "
+                f"{_crop_text(crop)} (the model's input {_shape_text(model_input)}, {source}); {hint}"
+            ]
+        return imagenet_transform(), [
+            f"{field}: not given; using ImageNet mean/std, resize 256, center-crop 224; {hint}"
+        ]
     if value == "none":
-        return None
-    if isinstance(value, str):
-        try:
-            return lookup(value).transform
-        except PTQError:
-            pass
-    raise ModelError(
-        f"model.preprocessing: got {value!r}; allowed: imagenet, none, or a model name whose preprocessing to use "
-        "(e.g. efficientnet_lite0, torchvision:resnet18)"
+        return None, []
+    if isinstance(value, dict):
+        default_crop = (model_input[1], model_input[2]) if is_image and model_input is not None else None
+        settings, missing = parse_preprocessing(value, default_crop=default_crop)
+        stated = settings.transform("file")
+        defaulted = [k for k in ("mean", "std") if k in missing]
+        notes = [f"{field}: {' and '.join(defaulted)} not given; using ImageNet's; {hint}"] if defaulted else []
+        return stated, notes + _check_against_input(stated, model_input, source, field)
+    allowed = (
+        "allowed: imagenet, none, a model name whose preprocessing to use (e.g. efficientnet_lite0, "
+        "torchvision:resnet18), or an object with any of resize, crop, mean, std, interpolation "
+        '(e.g. {"crop": 240, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})'
     )
+    if not isinstance(value, str):
+        raise ModelError(f"{field}: got {value!r}; {allowed}")
+    try:
+        named = imagenet_transform() if value == "imagenet" else lookup(value).transform
+    except PTQError:
+        raise ModelError(f"{field}: got {value!r}; {allowed}") from None
+    if isinstance(named, ImageTransform):
+        return named, _check_against_input(named, model_input, source, field)
+    return named, []
+
+
+def _model_input(
+    spec: dict[str, Any], detected: str, path: Path
+) -> tuple[tuple[int, ...], tuple[int, ...] | None, str]:
+    """(the shape TorchScript is converted with, one sample's known input shape or None, where it comes from)."""
+    given = spec.get("input_shape")
+    input_shape = _input_shape(given)
+    if detected == "export":
+        recorded = pt2_input_shape(path)
+        if recorded is not None and all(d is not None for d in recorded):
+            example = tuple(int(d) for d in recorded if d is not None)
+            if given is not None and input_shape != example:
+                raise ModelError(
+                    f"model.input_shape: got {list(input_shape)}, but {path.name!r} was exported with an example input "
+                    f"of one sample {list(example)}; allowed: leave input_shape out (a .pt2 carries its own) or "
+                    f"{list(example)}"
+                )
+            return example, example, "from the .pt2's example input"
+        if given is not None:
+            return input_shape, input_shape, "from model.input_shape"
+        return input_shape, None, ""
+    if detected == "torchscript":
+        return (
+            input_shape,
+            input_shape,
+            "from model.input_shape" if given is not None else "from the default input_shape",
+        )
+    return input_shape, (input_shape if given is not None else None), "from model.input_shape"
 
 
 def resolve_file(spec: dict[str, Any], lookup: Lookup) -> ModelEntry:
@@ -454,8 +593,11 @@ def resolve_file(spec: dict[str, Any], lookup: Lookup) -> ModelEntry:
         arch_entry = lookup(arch_name)
     elif arch_name is not None:
         raise ModelError(f"model.architecture: only a state_dict file takes one; {path.name!r} is a {detected} file")
-    input_shape = _input_shape(spec.get("input_shape"))
-    transform = _preprocessing(spec.get("preprocessing"), arch_entry, lookup)
+    input_shape, model_input, source = _model_input(spec, detected, path)
+    architecture = (arch_name, arch_entry) if arch_entry is not None and isinstance(arch_name, str) else None
+    transform, notes = _preprocessing(spec.get("preprocessing"), architecture, lookup, model_input, source)
+    for note in notes:
+        log.info("%s: %s", path.name, note)
 
     def build() -> nn.Module:
         # Read from the file on every call (a NEW module each time, no second copy kept in memory).
@@ -482,4 +624,5 @@ def resolve_file(spec: dict[str, Any], lookup: Lookup) -> ModelEntry:
         build=build,
         pretrained=True,
         transform=transform,
+        warnings=tuple(notes),
     )

@@ -12,7 +12,8 @@ read from the torch hub cache (``$TORCH_HOME/hub/checkpoints``, the file name to
 downloaded into it when the network allows, and otherwise a ModelError says where to put the
 file or how to ask for random weights. Checkpoints are loaded with ``weights_only=True``
 (torchvision's own loader does not). Each model gets its weights' own preprocessing
-(``weights.transforms()``: resize 232 or 256, center-crop 224, ImageNet mean/std).
+(``weights.transforms()``), described by its real resize, crop, interpolation and mean/std
+(resize 232 or 256 and crop 224 for most; 255/240 for EfficientNet-B1, 342/299 for Inception-v3).
 
 torchvision itself is imported only when a model is resolved or built, never at registration.
 """
@@ -35,7 +36,7 @@ from torch import nn
 
 from ptq_core.errors import ModelError
 
-from .preprocessing import ImageTransform
+from .preprocessing import ImageTransform, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -193,12 +194,38 @@ def _transform_factory(name: str, weights: str) -> Callable[[], Callable[[Any], 
     return factory
 
 
+def _settings_factory(name: str, weights: str) -> Callable[[], Preprocessing | None]:
+    """The sizes and statistics of ``weights.transforms()`` (None when it is not torchvision's ImageClassification)."""
+
+    def settings() -> Preprocessing | None:
+        try:
+            preset = _transform_factory(name, weights)()
+            resize = [int(v) for v in getattr(preset, "resize_size")]  # noqa: B009 - absent on other presets
+            crop = [int(v) for v in getattr(preset, "crop_size")]  # noqa: B009
+            mean, std = tuple(map(float, getattr(preset, "mean"))), tuple(map(float, getattr(preset, "std")))  # noqa: B009
+            mode = str(getattr(preset, "interpolation").value)  # noqa: B009
+        except (AttributeError, TypeError, ValueError, ModelError):
+            return None
+        if len(resize) != 1 or len(crop) not in (1, 2) or len(mean) != 3 or len(std) != 3:
+            return None
+        if mode not in ("bilinear", "bicubic", "nearest"):
+            return None
+        size = (crop[0], crop[-1])
+        return Preprocessing(resize[0], size, mean, std, mode)  # type: ignore[arg-type]
+
+    return settings
+
+
 def torchvision_transform(name: str, weights: str = DEFAULT) -> ImageTransform:
-    """The preprocessing of ``name``'s weights (random weights use the default weights' preprocessing)."""
+    """The preprocessing of ``name``'s weights (random weights use the default weights' preprocessing).
+
+    Its ``describe`` reads the weights' real resize and crop on first use (which imports torchvision).
+    """
     return ImageTransform(
         registered_name(name),
         _transform_factory(name, weights),
-        "torchvision weights.transforms(): resize, center-crop 224, ImageNet mean/std",
+        "torchvision weights.transforms(): resize and center-crop of the weights, ImageNet mean/std",
+        settings=_settings_factory(name, weights),
     )
 
 
