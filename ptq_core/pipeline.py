@@ -469,7 +469,7 @@ class Explorer:
             run.logits = torch.cat([done, run.logits])
         self._remember_logits(logits_key, run.logits)
         metrics = self._metrics(ref, run.logits, len(indices))
-        warnings = [*plan.warnings, *(stats.warnings if stats is not None else [])]
+        warnings = [*self.entry.warnings, *plan.warnings, *(stats.warnings if stats is not None else [])]
         latency = run.latency
         size = quantized_size(prepared, plan, self.model)
         runtime_s = 0.0

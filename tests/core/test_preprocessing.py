@@ -191,3 +191,17 @@ def test_torchvision_description_reports_the_weights_resize_and_crop() -> None:
     b1 = tv.torchvision_transform("efficientnet_b1")
     assert b1.describe == "resize 255 (bilinear), center-crop 240, ImageNet mean/std"
     assert b1.settings is not None and b1.settings.crop == (240, 240)
+
+
+def test_the_model_s_warnings_reach_the_result(tmp_path: Path) -> None:
+    from ptq_core.config import QuantConfig
+    from ptq_core.paths import DATA_ROOTS_ENV
+    from ptq_core.pipeline import Explorer
+
+    path = tmp_path / "mlp.pt2"
+    torch.export.save(torch.export.export(load_model("digits_mlp"), (torch.rand(2, 1, 8, 8),)), str(path))
+    spec = {"kind": "file", "path": str(path)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(DATA_ROOTS_ENV, str(tmp_path))
+        result = Explorer(spec, "digits").evaluate(QuantConfig.from_dict({"model": spec, "evaluation": {"runtime": None}}))
+    assert any("is not an RGB image" in w for w in result.warnings)
