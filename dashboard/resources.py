@@ -28,7 +28,7 @@
   looking frozen: the CPUs are shared, so N running evaluations make each about N times slower.
   What-ifs come first: the integer runtime check (background work, and a latency measurement
   that means nothing on a saturated server) runs one at a time on the server, and only once no
-  session's what-if has run for :data:`QUIET_S`.
+  other session's what-if has run for :data:`QUIET_S`.
 
 Progress: the cached functions draw their own progress bar in a placeholder they create and
 empty again before returning. Streamlit replays elements a cached function drew on every
@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 import torch
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from ptq_core.allocator import tune_malloc
 from ptq_core.calibration_check import check_calibration
@@ -207,9 +208,10 @@ def result_store() -> ResultStore:
     return ResultStore()
 
 
-# A background part starts only after this long without any what-if on the server. With thirty sessions a
+# A background part starts only after this long without another session's what-if. With thirty sessions a
 # what-if ends every second or so: the checks then wait (their latency would be measured under load anyway),
 # and each what-if keeps the CPU to itself. Measured by bench_room: checks in every gap cost 0.7 CPU-s per change.
+# A session's own what-if does not count: alone on the server, its check starts as soon as its numbers are drawn.
 QUIET_S = 2.0
 
 
@@ -227,13 +229,14 @@ class Activity:
         self.foreground = 0  # of which what-ifs a user waits for (not the background runtime check)
         self.waiting = 0  # background parts holding back while what-ifs run
         self._background = threading.Lock()  # one background part at a time on the whole server
-        self.last_foreground_end = 0.0  # time.monotonic() when the last what-if ended
+        self._ended: dict[str, float] = {}  # session -> time.monotonic() when its last what-if ended
         self.peak = 0
         self.solo_s: dict[tuple[str, ...], float] = {}
 
     @contextmanager
-    def evaluation(self, *, background: bool = False) -> Iterator[int]:
-        """Count one evaluation as running while the block runs; yields how many others were running at its start."""
+    def evaluation(self, *, background: bool = False, session: str = "") -> Iterator[int]:
+        """Count one evaluation (of ``session``) as running while the block runs; yields how many others were
+        running at its start."""
         with self._lock:
             others = self.running
             self.running += 1
@@ -246,22 +249,29 @@ class Activity:
                 self.running -= 1
                 self.foreground -= not background
                 if not background:
-                    self.last_foreground_end = time.monotonic()
+                    now = time.monotonic()
+                    self._ended = {k: t for k, t in self._ended.items() if now - t < 60}  # bounded: recent only
+                    self._ended[session] = now
 
     @contextmanager
-    def quiet(self, on_wait: Callable[[int], None], poll_s: float = 0.5, quiet_s: float = QUIET_S) -> Iterator[None]:
-        """Run the block once no what-if has run anywhere for ``quiet_s`` and no other background part runs.
+    def quiet(self, on_wait: Callable[[int], None], poll_s: float = 0.5, quiet_s: float | None = None,
+              session: str = "") -> Iterator[None]:
+        """Run the block once no what-if runs, none of another session ended in the last ``quiet_s``, and no
+        other background part runs.
 
-        ``on_wait(n)`` is called every ``poll_s`` while waiting, ``n`` the what-ifs running (0: what-ifs
-        ended less than ``quiet_s`` ago, or another background part holds the slot). It must touch
-        Streamlit: that is where a control change stops the waiting run.
+        ``on_wait(n)`` is called every ``poll_s`` while waiting, ``n`` the what-ifs running (0: another
+        session's what-if ended less than ``quiet_s`` ago, or another background part holds the slot).
+        It must touch Streamlit: that is where a control change stops the waiting run.
         """
+        quiet_s = QUIET_S if quiet_s is None else quiet_s
         with self._lock:
             self.waiting += 1
         try:
             while True:
                 n = self.foreground
-                settled = time.monotonic() - self.last_foreground_end >= quiet_s
+                now = time.monotonic()
+                with self._lock:
+                    settled = all(now - t >= quiet_s for k, t in self._ended.items() if k != session)
                 if n == 0 and settled and self._background.acquire(blocking=False):
                     break
                 on_wait(n)
@@ -357,7 +367,7 @@ def compute(config_json: str, part: str = "main") -> dict[str, Any]:
         if found is not None:
             return found
         busy, timing_key = activity(), (*_speed_key(config), part)
-        with busy.evaluation(background=part in BACKGROUND) as others:
+        with busy.evaluation(background=part in BACKGROUND, session=_session_id()) as others:
             notice = st.empty()
             if others:  # say it is waiting, and roughly how long, instead of looking frozen
                 notice.info(busy_note(others, busy.estimate_s(timing_key, others)), icon=":material/hourglass_top:")
@@ -536,14 +546,20 @@ def _quiet(slot: Any, part: str) -> Iterator[None]:
     def on_wait(n: int) -> None:
         if n != shown[0]:
             shown[0] = n
-            why = (f"while {n} what-if evaluation{'s' if n != 1 else ''} of other sessions run" if n
-                   else f"until the server has had no what-if for {QUIET_S:.0f} s and no other check runs")
+            why = (f"while {n} what-if evaluation{'s' if n != 1 else ''} run" if n
+                   else f"until other sessions' what-ifs have paused for {QUIET_S:.0f} s and no other check runs")
             slot.info(f"{LABELS[part]}: waits {why}; what-ifs come first, and latency is measured on a quiet "
                       "server. The numbers above are complete.", icon=":material/schedule:")
         st.session_state["_quiet_wait"] = n  # touching session state is where a control change stops this run
 
-    with activity().quiet(on_wait):
+    with activity().quiet(on_wait, session=_session_id()):
         yield
+
+
+def _session_id() -> str:
+    """This browser session's id (what tells its own what-ifs from other sessions'); "" outside a script run."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else ""
 
 
 def validate_for_model(config: QuantConfig) -> None:

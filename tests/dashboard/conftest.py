@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from dashboard import resources
 from ptq_core.pipeline import Explorer
 
 
@@ -20,3 +21,10 @@ def _one_torch_thread(one_torch_thread: None) -> None:
 def explorer() -> Explorer:
     """The reference: a separate Explorer, so the app's numbers are checked against a fresh run."""
     return Explorer("digits_cnn", "digits")
+
+
+@pytest.fixture(autouse=True)
+def _no_quiet_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AppTest sessions run one after another: there is no room to yield to, so a runtime check need not wait
+    ``resources.QUIET_S`` after the previous test's what-ifs (the waiting itself is tested in test_busy.py)."""
+    monkeypatch.setattr(resources, "QUIET_S", 0.0)

@@ -118,6 +118,32 @@ def test_background_parts_run_one_at_a_time_and_only_without_what_ifs() -> None:
     assert busy.waiting == 0
 
 
+class _Stopped(Exception):
+    """What Streamlit raises in a waiting run when the user changes a control."""
+
+
+def test_only_another_sessions_recent_what_if_delays_a_background_part() -> None:
+    busy = resources.Activity()
+    with busy.evaluation(session="me"):
+        pass
+    with busy.quiet(lambda n: pytest.fail("waited for its own what-if"), quiet_s=3600, session="me"):
+        pass  # alone on the server: the check starts as soon as the numbers are drawn
+
+    with busy.evaluation(session="other"):
+        pass
+    waits: list[int] = []
+
+    def stop_after_first_wait(n: int) -> None:
+        waits.append(n)
+        raise _Stopped  # the user changed a control while the check waited
+
+    with pytest.raises(_Stopped), busy.quiet(stop_after_first_wait, quiet_s=3600, session="me"):
+        pytest.fail("started although another session's what-if just ended")
+    assert waits == [0] and busy.waiting == 0
+    with busy.quiet(lambda n: None, quiet_s=0.0, session="me"):
+        pass  # the slot was not left taken by the stopped wait
+
+
 def test_the_runtime_check_waits_while_another_sessions_what_if_runs() -> None:
     busy = resources.activity()
     base = default_config()
