@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch  # noqa: E402
 
 from ptq_core.allocator import tune_malloc  # noqa: E402
 from ptq_core.config import QuantConfig  # noqa: E402
+from ptq_core.machine import machine_line  # noqa: E402
 from ptq_core.pipeline import Explorer  # noqa: E402
 
 
@@ -114,10 +113,8 @@ def main() -> None:
     torch.set_num_threads(1)
     all_rows = rows(args.adaround_iterations, args.finetune_steps)
     names = list(all_rows) if args.rows == "all" else list(QUICK) if args.rows == "quick" else args.rows.split(",")
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
-    print(f"machine: {model_name}, {torch.get_num_threads()} torch thread, torch {torch.__version__}, "
-          f"python {platform.python_version()}; AdaRound {args.adaround_iterations} iterations, "
+    print(f"machine: {machine_line()}, {torch.get_num_threads()} torch thread, torch {torch.__version__}; "
+          f"AdaRound {args.adaround_iterations} iterations, "
           f"fine-tune {args.finetune_steps} steps\n", flush=True)
     for model in args.models.split(","):
         if model == "efficientnet" and not SAMPLES.is_dir():

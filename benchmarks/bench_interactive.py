@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,6 +40,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ptq_core.machine import machine_line  # noqa: E402
+
 SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-samples"
 APP = ROOT / "dashboard" / "app.py"
 GOALS = {"first": (2.0, 1.0), "complete": (5.0, 3.0), "cold": (30.0, 15.0), "warm": (5.0, 5.0)}  # (must, goal) seconds
@@ -234,14 +236,6 @@ def _verdict(value: float | None, kind: str) -> str:
     return "goal met" if value <= goal else ("ok" if value <= must else "over")
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -258,7 +252,7 @@ def main() -> None:
     if "efficientnet" in models and not SAMPLES.is_dir():
         print(f"skipping EfficientNet-Lite0: {SAMPLES} is absent", file=sys.stderr)
         models.remove("efficientnet")
-    print(f"Machine: {_machine()}; load average at start {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}\n")
+    print(f"Machine: {machine_line()}; load average at start {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}\n")
     for model in models:
         with tempfile.TemporaryDirectory(prefix="ptq_bench_cache_") as cache:
             cold = _spawn("cold", model, cache)

@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import platform
 import random
 import resource
 import signal
@@ -71,6 +70,7 @@ set_log_level("error")  # importing the dashboard's cached functions outside a s
 from dashboard import labels, sharing  # noqa: E402
 from dashboard.state import default_config  # noqa: E402
 from ptq_core.config import QuantConfig  # noqa: E402
+from ptq_core.machine import machine_line  # noqa: E402
 
 # -- what a session changes: widget key, its kind, the config field, the values it may take ----------------
 GRAN = labels.GRANULARITY
@@ -610,14 +610,6 @@ def _own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def report(name: str, t: Timings, n: int, seconds: float, peak: int, idle: int, goal: bool, cpu: tuple[float, float],
@@ -660,7 +652,7 @@ def main() -> None:
     if args.efficientnet and not SAMPLES.is_dir():
         print(f"skipping EfficientNet-Lite0: {SAMPLES} is absent", file=sys.stderr)
         args.efficientnet = 0
-    print(f"Machine: {_machine()}; load average at start {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}\n")
+    print(f"Machine: {machine_line()}; load average at start {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}\n")
     with tempfile.TemporaryDirectory(prefix="ptq_bench_room_") as tmp, Server(Path(tmp)) as server:
         def phase(kind: str, n: int) -> tuple[Timings, dict[str, Any]]:
             server.peak = 0

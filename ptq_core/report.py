@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResultFileError
+from .machine import cpu_name
 from .result import Result
 
 __all__ = ["ReportEntry", "build_report", "load_results", "machine"]
@@ -112,12 +113,7 @@ def load_results(paths: Sequence[str | os.PathLike[str]]) -> list[ReportEntry]:
 # -- what goes on the page ---------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     """The machine and package versions the report is written with (not necessarily the Results')."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = {}
     for name in VERSIONED:
         try:
