@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from ptq_core.errors import ModelError
 from ptq_core.models import get_model_entry, load_model
@@ -24,25 +23,15 @@ from ptq_core.models.preprocessing import (
     Preprocessing,
     parse_preprocessing,
 )
+from tests.models import TinyImageNet
 
 HALF = [0.5, 0.5, 0.5]
-
-
-class Tiny(nn.Module):
-    """Any input size: conv, global pool, linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 4, 8, stride=8), nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
 def _pt2(tmp_path: Path, size: tuple[int, int] = (240, 240), dynamic_batch: bool = True) -> Path:
     path = tmp_path / f"tiny_{size[0]}x{size[1]}.pt2"
     shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    program = torch.export.export(Tiny().eval(), (torch.rand(2, 3, *size),), dynamic_shapes=shapes)
+    program = torch.export.export(TinyImageNet().eval(), (torch.rand(2, 3, *size),), dynamic_shapes=shapes)
     torch.export.save(program, str(path))
     return path
 

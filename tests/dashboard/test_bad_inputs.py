@@ -20,24 +20,14 @@ import pytest
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from torch import nn
 
 from ptq_core.config import MAX_GROUP_SIZE
 from ptq_core.models import load_model
 from tests.dashboard.helpers import metric, new_app, open_page, problems
+from tests.models import TinyImageNet
 
 TINY = {"fmt": "torchscript", "shape": "3, 224, 224", "prep": "imagenet"}  # a 224x224 image model, fast on CPU
 TOO_LONG = "weights.group_size: got 1000; allowed: 1 to 288 for this model, the longest row among the per_group layers"
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 8, stride=8)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1), 1))
 
 
 def _jpeg(seed: int) -> bytes:
@@ -60,7 +50,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        torch.jit.trace(Tiny().eval(), torch.randn(2, 3, 224, 224)).save(str(root / "tiny_ts.pt"))
+        torch.jit.trace(TinyImageNet().eval(), torch.randn(2, 3, 224, 224)).save(str(root / "tiny_ts.pt"))
     for name, data in _folder_images(_jpeg(7)[:500]).items():
         (root / "corrupt" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "corrupt" / name).write_bytes(data)

@@ -14,19 +14,10 @@ import pytest
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from torch import nn
 
 from dashboard import state
 from tests.dashboard.helpers import new_app, problems
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 4, 8, stride=8), nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+from tests.models import TinyImageNet
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +25,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prep") / "root"
     root.mkdir()
     torch.manual_seed(0)
-    program = torch.export.export(Tiny().eval(), (torch.rand(2, 3, 240, 240),),
+    program = torch.export.export(TinyImageNet().eval(), (torch.rand(2, 3, 240, 240),),
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
     torch.export.save(program, str(root / "tiny240.pt2"))
     for c in range(3):

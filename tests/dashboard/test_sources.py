@@ -30,25 +30,13 @@ from ptq_core.models import load_model
 from ptq_core.models.entry import ModelEntry
 from ptq_core.pipeline import Explorer
 from tests.dashboard.helpers import metric, new_app, open_page, problems
+from tests.models import TinyImageNet
 
 if TYPE_CHECKING:
     from tests.conftest import Registrations
 
 TS_DIGITS = {"format": "torchscript", "input_shape": [1, 8, 8], "preprocessing": "none"}
 TINY_IMAGE = {"format": "torchscript", "input_shape": [3, 224, 224], "preprocessing": "imagenet"}
-
-
-class TinyImageNet(nn.Module):
-    """A 3-class image classifier small enough to run on 224x224 in milliseconds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 8, stride=8)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 class GroupNormDigits(nn.Module):
