@@ -268,12 +268,13 @@ class Explorer:
             limit = WEIGHT_CACHE_VARIANTS * max(1, len(prepared.units))
             while len(self._plan_cache) > limit:  # oldest first: dicts keep insertion order
                 self._plan_cache.pop(next(iter(self._plan_cache)))
-        if config.algorithms.cross_layer_equalization:
-            plan.algorithms = {"cle": dict(self._cle_reports.get(config.fold_batchnorm, {}))}
-            plan.algorithm_key = "cle"
+        if config.algorithms.any:  # refuse or warn once here, whether or not the work below is cached
             from .algorithms import check
 
             plan.warnings.extend(check(prepared, plan, config))
+        if config.algorithms.cross_layer_equalization:
+            plan.algorithms = {"cle": dict(self._cle_reports.get(config.fold_batchnorm, {}))}
+            plan.algorithm_key = "cle"
         if config.algorithms.after_rounding:
             plan = self._improve(config, prepared, plan, on_progress)
         return plan
@@ -335,8 +336,8 @@ class Explorer:
         start = time.perf_counter()
         computed: list[bool] = []  # whether the algorithms ran now (not found in memory or on disk)
         found = self._once(("algorithms", key), find, compute)
-        # the cached plan's warnings are those of the config that made it; this config's own come from ``plan``
-        return dataclasses.replace(found, warnings=list(plan.warnings) + list(found.algorithms.get("warnings", [])),
+        # the cached plan's warnings are those of the config that made it; this config's own are ``plan``'s
+        return dataclasses.replace(found, warnings=list(plan.warnings),
                                    algorithms={**found.algorithms,
                                                "seconds_now": time.perf_counter() - start if computed else 0.0})
 
@@ -791,10 +792,8 @@ def _restore_improved(plan: QuantPlan, stored: Any, key: str) -> QuantPlan | Non
             layers[name] = dataclasses.replace(lq, fq_weight=w, bias=entry["bias"], error=dict(entry["error"]))
         points = dict(plan.points)
         for name, scale in stored["points"].items():
-            pq = points[name]
-            if scale != pq.scale and pq.zero_point is not None:
-                points[name] = dataclasses.replace(pq, scale=float(scale), lo=(pq.qmin - pq.zero_point) * float(scale),
-                                                   hi=(pq.qmax - pq.zero_point) * float(scale))
+            if scale != points[name].scale:
+                points[name] = points[name].with_scale(scale)
         return QuantPlan(plan.mode, layers, points, list(plan.warnings), algorithm_key=key,
                          algorithms=dict(stored["algorithms"]))
     except (KeyError, TypeError, AttributeError):

@@ -103,6 +103,12 @@ class PointQuant:
     qmax: int = 0
     error: RangeError | None = None  # expected error on the calibration distribution
 
+    def with_scale(self, scale: float) -> PointQuant:
+        """The same quantizer with another scale (fine-tuned), its range following: ``[(qmin - zp) s, (qmax - zp) s]``."""
+        assert self.zero_point is not None
+        s = float(torch.tensor(scale, dtype=torch.float32))  # the float32 value the simulation uses
+        return dataclasses.replace(self, scale=s, lo=(self.qmin - self.zero_point) * s, hi=(self.qmax - self.zero_point) * s)
+
 
 @dataclass
 class LayerQuant:
@@ -347,17 +353,22 @@ def _module_name(prefix: str, name: str) -> str:
     return prefix + "".join(c if c.isalnum() else "_" for c in name)
 
 
+def set_layer_weights(gm: torch.fx.GraphModule, lq: LayerQuant) -> None:
+    """Give ``lq``'s Conv/Linear module in ``gm`` (a copy of the prepared model) its weight and bias, where set."""
+    if lq.fq_weight is None and lq.bias is None:
+        return
+    assert lq.unit.module is not None
+    mod = gm.get_submodule(lq.unit.module)
+    if lq.fq_weight is not None:
+        mod.weight = nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
+    if lq.bias is not None:
+        mod.bias = nn.Parameter(lq.bias.clone(), requires_grad=False)
+
+
 def set_weights(gm: torch.fx.GraphModule, plan: QuantPlan) -> None:
     """Give the Conv/Linear modules of ``gm`` (a copy of the prepared model) the plan's weights and biases."""
     for lq in plan.layers.values():
-        if lq.fq_weight is None and lq.bias is None:
-            continue
-        assert lq.unit.module is not None
-        mod = gm.get_submodule(lq.unit.module)
-        if lq.fq_weight is not None:
-            mod.weight = nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
-        if lq.bias is not None:
-            mod.bias = nn.Parameter(lq.bias.clone(), requires_grad=False)
+        set_layer_weights(gm, lq)
 
 
 def build_quantized_model(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModule, dict[str, str]]:

@@ -33,7 +33,7 @@ from ..config import Algorithms, QuantConfig
 from ..errors import ConfigError
 from ..graph import PreparedModel
 from ..progress import ProgressFn
-from ..quantize import LayerQuant, PointQuant, QuantPlan, build_quantized_model, set_weights
+from ..quantize import FakeQuantize, LayerQuant, QuantPlan, build_quantized_model, set_layer_weights
 from ..ranges import _broadcast_qparams, weight_error
 from .adaround import adaround_layer
 from .bias_correction import corrected_bias, corrected_bias_through
@@ -83,13 +83,11 @@ def improve(
     ``batches``: the calibration images (the same subset as the statistics); ``teacher_logits``: the FP32 model's
     logits on them, in the same order (needed for fine-tuning); ``key`` identifies the result in caches.
     """
-    previous = torch.is_grad_enabled()
     flush = torch.set_flush_denormal(True)  # Adam's second moments and h(V) near 0 or 1 go denormal: 3-10x slower
     try:
         return _improve(prepared, plan, config, batches=batches, teacher_logits=teacher_logits, key=key,
                         on_progress=on_progress)
     finally:
-        torch.set_grad_enabled(previous)
         if flush:
             torch.set_flush_denormal(False)
 
@@ -140,11 +138,7 @@ def _improve(
 
                 report["layers"][name] = _repair_layer(prepared, lq, geo, w, scale, zp, data, algo, seed_offset=done[0],
                                                        on_step=step)
-                mod = q_gm.get_submodule(paths[name])
-                assert lq.fq_weight is not None
-                mod.weight = torch.nn.Parameter(lq.fq_weight.clone(), requires_grad=False)
-                if lq.bias is not None:
-                    mod.bias = torch.nn.Parameter(lq.bias.clone(), requires_grad=False)
+                set_layer_weights(q_gm, lq)  # the forward goes on through the repaired layer
                 done[0] += 1
 
             return callback
@@ -157,9 +151,7 @@ def _improve(
         if teacher_logits is None:
             raise ConfigError("algorithms.finetune: needs the FP32 model's logits on the calibration images")
         start = time.perf_counter()
-        tmp = QuantPlan(plan.mode, layers, points, list(plan.warnings))
-        gm, _ = build_quantized_model(prepared, tmp)
-        set_weights(gm, tmp)
+        gm, _ = build_quantized_model(prepared, QuantPlan(plan.mode, layers, points))
         qat_layers = {}
         for name in quantized:
             lq = layers[name]
@@ -171,14 +163,12 @@ def _improve(
             b = bias if bias is not None else torch.zeros(w.shape[0])
             qat_layers[name] = (lq.unit.module, QATWeight(gm.get_submodule(lq.unit.module), start_w, scale.expand_as(w),
                                                           zp.float().expand_as(w), lq.qparams.qmin, lq.qparams.qmax, b))
-        modules = dict(gm.named_modules())
         qat_points = {}
-        for mod_path, mod in modules.items():
-            point = getattr(mod, "point", None)
-            if point in points and type(mod).__name__ == "FakeQuantize":
-                pq = points[point]
+        for mod_path, mod in gm.named_modules():
+            if isinstance(mod, FakeQuantize):  # static quantizers; dynamic ones have no scale to train
+                pq = points[mod.point]
                 assert pq.scale is not None and pq.zero_point is not None
-                qat_points[point] = (mod_path, LearnableFakeQuantize(pq.scale, pq.zero_point, pq.qmin, pq.qmax))
+                qat_points[mod.point] = (mod_path, LearnableFakeQuantize(pq.scale, pq.zero_point, pq.qmin, pq.qmax))
         ft = algo.finetune
         images = torch.cat(list(batches))
         step = (lambda d, t: on_progress(d, t, f"fine-tuning: step {d} of {t}")) if on_progress is not None else None
@@ -189,15 +179,15 @@ def _improve(
             assert lq.qparams is not None
             lq.fq_weight = w_new.to(prepared.weight(lq.unit).dtype)
             lq.bias = b_new
-            lq.error = dict(weight_error(prepared.weight(lq.unit), lq.qparams))
-            lq.error.update(_grid_error(prepared.weight(lq.unit), lq.fq_weight))
+            lq.error = _weight_error(prepared.weight(lq.unit), lq)
             report["layers"].setdefault(name, {"weight_sqnr_db_nearest": plan.layers[name].error.get("sqnr_db")})
             report["layers"][name]["weight_sqnr_db"] = lq.error["sqnr_db"]
         for name, new_scale in scales.items():
-            points[name] = _rescaled(points[name], new_scale)
+            points[name] = points[name].with_scale(new_scale)
         report["finetune"] = summary
         report["seconds"]["finetune"] = time.perf_counter() - start
-    return QuantPlan(plan.mode, layers, points, list(plan.warnings) + warnings, algorithm_key=key,
+    return QuantPlan(plan.mode, layers, points, list(plan.warnings) + [w for w in warnings if w not in plan.warnings],
+                     algorithm_key=key,
                      algorithms={**plan.algorithms, **report})
 
 
@@ -224,8 +214,7 @@ def _repair_layer(prepared: PreparedModel, lq: LayerQuant, geo: LayerGeometry, w
         row.update(stats)
     shape, dtype = prepared.weight(lq.unit).shape, prepared.weight(lq.unit).dtype
     lq.fq_weight = wq.reshape(shape).to(dtype)
-    lq.error = dict(weight_error(prepared.weight(lq.unit), lq.qparams))
-    lq.error.update(_grid_error(prepared.weight(lq.unit), lq.fq_weight))
+    lq.error = _weight_error(prepared.weight(lq.unit), lq)
     row["weight_sqnr_db"] = lq.error["sqnr_db"]
     if algo.bias_correction:
         if lq.unit.fused_activation is not None:
@@ -239,16 +228,14 @@ def _repair_layer(prepared: PreparedModel, lq: LayerQuant, geo: LayerGeometry, w
     return row
 
 
-def _grid_error(w: torch.Tensor, w_q: torch.Tensor) -> dict[str, float]:
-    """Error of weights placed on the grid by an algorithm (not the grid's nearest point): mse and SQNR."""
+def _weight_error(w: torch.Tensor, lq: LayerQuant) -> dict[str, float]:
+    """``weight_error`` of the layer's grid, with mse and SQNR those of the weights the algorithm placed on it
+    (not the grid's nearest points)."""
     from ..metrics import sqnr_db
 
-    wf, qf = w.double(), w_q.double()
-    mse = float((wf - qf).square().mean())
-    return {"mse": mse, "sqnr_db": sqnr_db(float(wf.square().mean()), mse)}
-
-
-def _rescaled(pq: PointQuant, scale: float) -> PointQuant:
-    assert pq.zero_point is not None
-    s = float(torch.tensor(scale, dtype=torch.float32))
-    return dataclasses.replace(pq, scale=s, lo=(pq.qmin - pq.zero_point) * s, hi=(pq.qmax - pq.zero_point) * s)
+    assert lq.qparams is not None and lq.fq_weight is not None
+    error = dict(weight_error(w, lq.qparams))
+    wf = w.double()
+    mse = float((wf - lq.fq_weight.double()).square().mean())
+    error.update({"mse": mse, "sqnr_db": sqnr_db(float(wf.square().mean()), mse)})
+    return error

@@ -9,6 +9,7 @@ AdaRound runs 150 iterations there (seconds, not minutes) and already shows its 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -209,6 +210,10 @@ def test_bad_algorithm_inputs_name_the_field(cnn: Explorer) -> None:
                                      "algorithms": {"finetune": {"steps": 2, "lr": 1e-5, "batch_size": 8}}})
     result = cnn.evaluate(dynamic)
     assert any(w.startswith("algorithms.finetune: dynamic activations have no scale to train") for w in result.warnings)
+    with_cle = dynamic.replace(algorithms=dataclasses.replace(dynamic.algorithms, cross_layer_equalization=True))
+    for _ in range(2):  # computed, then from the cache: said once each time
+        said = [w for w in cnn.evaluate(with_cle).warnings if w.startswith("algorithms.finetune: dynamic")]
+        assert len(said) == 1
 
 
 def test_a_second_explorer_reads_the_improved_plan_from_the_disk_cache(cnn: Explorer, one_torch_thread: None) -> None:
