@@ -55,7 +55,6 @@ class LayerData:
     hessian: torch.Tensor | None
     x: torch.Tensor | None
     y: torch.Tensor | None
-    positions: int  # positions averaged over (images x output positions)
 
 
 @dataclass
@@ -134,7 +133,6 @@ def layer_data(x: torch.Tensor, geo: LayerGeometry, fp: _FP32Layer | None, *, he
         hessian=h_sum / n if h_sum is not None else None,
         x=torch.cat(xs, dim=-1) if xs else None,
         y=torch.cat(fp.ys, dim=-1) if fp is not None and fp.ys else None,
-        positions=n,
     )
 
 

@@ -16,7 +16,7 @@ best rounding there is instead of undoing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.fx
@@ -118,7 +118,3 @@ def finetune(
     k = max(1, min(10, len(losses) // 5))
     summary = {"kl_start": sum(losses[:k]) / k, "kl_end": sum(losses[-k:]) / k} if losses else {}
     return weights, scales, summary
-
-
-def qat_images(batches: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(list(batches))

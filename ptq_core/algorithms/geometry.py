@@ -70,9 +70,6 @@ class LayerGeometry:
         """Weight ``[out, ...]`` as ``[G, out/G, K/...]`` (a view when possible)."""
         return w.reshape(self.groups, self.out_channels // self.groups, -1)
 
-    def unmatrix(self, m: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-        return m.reshape(shape)
-
     def columns(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as im2col columns ``[G, I, N]`` (N = batch x output positions)."""
         if self.kind == "linear":
