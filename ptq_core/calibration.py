@@ -93,8 +93,12 @@ def instrument(prepared: PreparedModel) -> tuple[torch.fx.GraphModule, dict[str,
 
 
 def batches(dataset: torch.utils.data.Dataset, indices: Sequence[int], batch_size: int) -> DataLoader:
-    """Deterministic, in-order batches of ``dataset[indices]`` (no shuffling, no worker processes)."""
-    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=0)
+    """Deterministic, in-order batches of ``dataset[indices]`` (no shuffling, no worker processes).
+
+    A data set with a ``collate`` method collates its own batches (text: trimmed to the batch's longest text).
+    """
+    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=0,
+                      collate_fn=getattr(dataset, "collate", None))
 
 
 def load_batch(dataset: torch.utils.data.Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

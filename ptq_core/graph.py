@@ -17,7 +17,10 @@ and what the ONNX export reproduces one for one:
 2. A residual addition (tensor + tensor) is a unit too, with a following ReLU fused; so are
    concatenation, elementwise multiplication and average pooling: a runtime requantizes their
    outputs (QLinearAdd, QLinearConcat, QLinearMul, QLinearAveragePool), so each gets its own
-   quantizer.
+   quantizer. So is a matrix product of two activations (``torch.matmul``/``@``/``bmm``: a
+   transformer's Q·Kᵀ and attention·V): both operands are quantized and the product requantized,
+   as onnxruntime runs a MatMul between QDQ pairs (QLinearMatMul). A transformer's LayerNorm,
+   softmax and GELU are rule 5: float between a dequantize and a quantize.
 3. Static mode: one quantizer on every tensor that a quantized unit produces or consumes
    (the model input included). Units listed in ``keep_float`` run in float: their input is
    dequantized, their output is float unless a quantized unit consumes it.
@@ -33,6 +36,10 @@ and what the ONNX export reproduces one for one:
 6. Dynamic mode: only the inputs of quantized Conv/Linear units are quantized, from each
    input's own range at inference; outputs stay float (``quantize_dynamic`` semantics).
    Weight-only mode: no activation quantizers at all.
+7. Only floating-point tensors are points. Integer and boolean tensors (token ids, an attention
+   mask, the comparisons made from it) are never quantized; a model whose mask must stay exact
+   applies it with ``masked_fill``/``where`` (float ops), not with an add or a multiply, which
+   would be quantized units (see :mod:`ptq_core.models.minilm`).
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ _REQUANT_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.Adaptiv
 _REQUANT_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.cat, torch.concat}
 _ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
 _MUL_FUNCTIONS = {operator.mul, torch.mul}
+_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm}
 
 
 @dataclass
@@ -85,7 +93,7 @@ class Unit:
     """A quantizable op with its fused activation. ``name`` is the module path for Conv/Linear."""
 
     name: str
-    kind: str  # conv | linear | add | mul | cat | avgpool
+    kind: str  # conv | linear | add | mul | cat | avgpool | matmul
     node: str  # fx node name of the op itself
     output_node: str  # fx node name of the tensor after the fused activation
     module: str | None = None  # module path for conv/linear
@@ -239,6 +247,11 @@ def _is_tensor(node: torch.fx.Node) -> bool:
     return isinstance(node.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)
 
 
+def _is_float_tensor(node: torch.fx.Node) -> bool:
+    """A floating-point tensor (rule 7: only these carry quantizers)."""
+    return _is_tensor(node) and node.meta["tensor_meta"].dtype.is_floating_point
+
+
 def _requant_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
     if node.op == "call_module":
         return "avgpool" if isinstance(modules.get(str(node.target)), _REQUANT_MODULES) else None
@@ -252,6 +265,11 @@ def _requant_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | N
             return "add"
         if node.target in _MUL_FUNCTIONS and both:
             return "mul"
+        if node.target in _MATMUL_FUNCTIONS and both:
+            return "matmul"
+    if node.op == "call_method" and node.target in ("matmul", "bmm") and any(
+            isinstance(a, torch.fx.Node) and _is_tensor(a) for a in node.args[1:2]):
+        return "matmul"
     if node.op == "call_method" and node.target in ("add", "add_", "mul"):
         others = [a for a in node.args[1:2] if isinstance(a, torch.fx.Node) and _is_tensor(a)]
         return ("add" if node.target != "mul" else "mul") if others else None
@@ -384,7 +402,7 @@ def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) ->
     points: list[Point] = []
     point_of_node: dict[str, Point] = {}
     for node in nodes:
-        if not _is_tensor(node) or node.op in ("output", "get_attr"):
+        if not _is_float_tensor(node) or node.op in ("output", "get_attr"):
             continue
         if node.op == "placeholder":
             producer = "input"

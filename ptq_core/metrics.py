@@ -1,5 +1,8 @@
 """What a run measures: accuracy, agreement, output divergence, SQNR and model size.
 
+Classifiers are compared by their logits (top-1/top-5, agreement, KL); embedding models by
+:func:`embedding_metrics` (cosine to FP32, nearest-neighbour agreement, recall@10, k-NN accuracy).
+
 Pure functions of tensors and plans; nothing here runs a model. SQNR (signal-to-quantization-
 noise ratio) is ``10 * log10(sum(x**2) / sum((x - x_q)**2))`` in dB: each bit of a uniform
 quantizer adds about 6 dB, so INT8 on a well-scaled Gaussian tensor gives roughly 40 dB.
@@ -55,6 +58,77 @@ def mean_kl_divergence(reference: torch.Tensor, other: torch.Tensor) -> float:
     p_log = F.log_softmax(reference.double(), dim=1)
     q_log = F.log_softmax(other.double(), dim=1)
     return float((p_log.exp() * (p_log - q_log)).sum(dim=1).mean())
+
+
+# -- embeddings (a sentence-embedding model's outputs; rows need not be unit length) --------------
+# all-MiniLM-L6-v2 was trained with a contrastive loss on cosine similarities scaled by 20 (sentence-
+# transformers' MultipleNegativesRankingLoss default): the distributions whose KL is reported.
+SIMILARITY_SCALE = 20.0
+RECALL_K = 10
+KNN_K = 5  # neighbours voting in the k-NN topic accuracy
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every row of ``a`` with every row of ``b``, float64 ``[N, M]``."""
+    return F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T
+
+
+def _neighbour_similarities(embeddings: torch.Tensor) -> torch.Tensor:
+    """Cosines among the rows, with each row's own entry at -inf (a sentence is not its own neighbour)."""
+    sims = _cosines(embeddings, embeddings)
+    sims.fill_diagonal_(-math.inf)
+    return sims
+
+
+def knn_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int = KNN_K) -> float:
+    """Leave-one-out k-NN classification accuracy: each sample's label voted by its ``k`` nearest others.
+
+    Votes are weighted by cosine similarity, so ties go to the closer neighbours. Example: labels
+    [0, 0, 1], k = 1: each sample takes the label of its single nearest other sample.
+    """
+    n = embeddings.shape[0]
+    if n < 2:
+        return float("nan")
+    k = min(k, n - 1)
+    sims = _neighbour_similarities(embeddings)
+    top = sims.topk(k, dim=1)
+    votes = torch.zeros((n, int(labels.max()) + 1), dtype=torch.float64)
+    votes.scatter_add_(1, labels[top.indices], top.values.clamp(min=0) + 1e-9)
+    return float((votes.argmax(dim=1) == labels).double().mean())
+
+
+def embedding_metrics(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+    """How far quantized embeddings ``other`` are from the FP32 ``reference`` (``[N, D]`` each).
+
+    ``cosine_mean``/``cosine_min``: cosine of each sample's two embeddings. ``neighbour_agreement``:
+    share of samples whose nearest other sample is the same under both (each model searched among
+    its own embeddings), the embedding counterpart of top-1 agreement and returned as ``agreement``
+    too. ``recall_at_10``: mean share of the FP32 10 nearest neighbours that the quantized model also
+    ranks in its 10 nearest. ``kl_divergence``: mean KL between the two models' softmax over scaled
+    cosine similarities to the other samples (scale :data:`SIMILARITY_SCALE`, the model's training
+    temperature). With ``labels``: ``fp32_top1``/``quant_top1``, leave-one-out k-NN topic accuracy.
+    """
+    pair = (F.normalize(reference.double(), dim=1) * F.normalize(other.double(), dim=1)).sum(dim=1)
+    out: dict[str, float] = {"cosine_mean": float(pair.mean()), "cosine_min": float(pair.min())}
+    n = reference.shape[0]
+    if n >= 2:
+        ref_sims, q_sims = _neighbour_similarities(reference), _neighbour_similarities(other)
+        out["neighbour_agreement"] = float((ref_sims.argmax(dim=1) == q_sims.argmax(dim=1)).double().mean())
+        k = min(RECALL_K, n - 1)
+        ref_top, q_top = ref_sims.topk(k, dim=1).indices, q_sims.topk(k, dim=1).indices
+        hits = (ref_top.unsqueeze(2) == q_top.unsqueeze(1)).any(dim=2).double().sum(dim=1) / k
+        out["recall_at_10"] = float(hits.mean())
+        eye = torch.eye(n, dtype=torch.bool)
+        p_log = F.log_softmax((SIMILARITY_SCALE * ref_sims).masked_fill(eye, -math.inf), dim=1).masked_fill(eye, 0.0)
+        q_log = F.log_softmax((SIMILARITY_SCALE * q_sims).masked_fill(eye, -math.inf), dim=1).masked_fill(eye, 0.0)
+        out["kl_divergence"] = float((p_log.exp() * (p_log - q_log)).sum(dim=1).mean())
+    else:  # one sample has no neighbours: agreement is about the embedding itself
+        out.update(neighbour_agreement=1.0, recall_at_10=1.0, kl_divergence=0.0)
+    out["agreement"] = out["neighbour_agreement"]
+    if labels is not None and n >= 2:
+        out["fp32_top1"] = knn_accuracy(reference, labels)
+        out["quant_top1"] = knn_accuracy(other, labels)
+    return out
 
 
 def sqnr_db(signal_power: float, noise_power: float) -> float:

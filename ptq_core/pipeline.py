@@ -41,9 +41,9 @@ from .calibration import CalibrationStats, chunks, collect_stats, load_batch, st
 from .config import Algorithms, Calibration, Evaluation, QuantConfig
 from .data import Dataset, dataset_fingerprint, load_dataset, select_calibration
 from .diskcache import default_cache, digest, module_fingerprint
-from .errors import CalibrationError
+from .errors import CalibrationError, DataError
 from .graph import PreparedModel, prepare
-from .metrics import agreement, mean_kl_divergence, quantized_size, topk_accuracy
+from .metrics import agreement, embedding_metrics, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
 from .models.device import device_context, moved_copy, resolve_device
 from .observers import NUM_BINS
@@ -93,6 +93,12 @@ class Explorer:
         self.model: nn.Module = self.entry.build().eval()
         self.dataset_spec = dataset if dataset is not None else self.entry.default_dataset
         self.dataset: Dataset = load_dataset(self.dataset_spec, transform=self.entry.transform)
+        if self.dataset.modality != self.entry.modality:
+            raise DataError(
+                f"dataset: {self.dataset.description} is {self.dataset.modality} data, and the model {self.entry.name} "
+                f"reads {self.entry.modality}; allowed: " + (
+                    'a text data set ("sentences", or {"kind": "text_file", "path": "FILE"})' if self.entry.modality == "text"
+                    else "digits or an image folder (a text data set needs the text model all_minilm_l6_v2)"))
         self._lock = threading.RLock()
         self._prepared: dict[tuple[bool, bool], PreparedModel] = {}  # (fold_batchnorm, equalized) -> model
         self._cle_reports: dict[bool, dict[str, Any]] = {}
@@ -470,7 +476,7 @@ class Explorer:
             run.logits = torch.cat([done, run.logits])
         self._remember_logits(logits_key, run.logits)
         metrics = self._metrics(ref, run.logits, len(indices))
-        warnings = [*self.entry.warnings, *plan.warnings, *(stats.warnings if stats is not None else [])]
+        warnings = [*self.entry.warnings, *self.dataset.warnings, *plan.warnings, *(stats.warnings if stats is not None else [])]
         latency = run.latency
         size = quantized_size(prepared, plan, self.model)
         runtime_s = 0.0
@@ -530,7 +536,7 @@ class Explorer:
             warnings=warnings,
             environment={**environment(), **run.environment},
             pending=pending,
-            predictions=run.logits.argmax(dim=1).tolist() if run.logits.ndim == 2 else [],
+            predictions=run.logits.argmax(dim=1).tolist() if run.logits.ndim == 2 and self.entry.task == "classification" else [],
             algorithms=algorithms,
         )
 
@@ -590,6 +596,8 @@ class Explorer:
                 self._logits.popitem(last=False)
 
     def _metrics(self, ref: FloatReference, q_logits: torch.Tensor, num_eval: int) -> dict[str, Any]:
+        if self.entry.task == "embedding":
+            return self._embedding_metrics(ref, q_logits, num_eval)
         metrics: dict[str, Any] = {
             "agreement": agreement(ref.logits, q_logits),
             "kl_divergence": mean_kl_divergence(ref.logits, q_logits),
@@ -604,6 +612,14 @@ class Explorer:
                 metrics["quant_top5"] = topk_accuracy(q_logits, ref.labels, 5)
         if not self.entry.pretrained:
             metrics["note"] = "random weights: accuracy is not reported (meaningless); agreement with FP32 and KL are"
+        return metrics
+
+    def _embedding_metrics(self, ref: FloatReference, q: torch.Tensor, num_eval: int) -> dict[str, Any]:
+        labels = ref.labels if self.entry.pretrained else None
+        metrics: dict[str, Any] = {**embedding_metrics(ref.logits, q, labels), "num_eval_samples": num_eval,
+                                   "labeled": ref.labels is not None, "task": "embedding"}
+        if not self.entry.pretrained:
+            metrics["note"] = "random weights: k-NN topic accuracy is not reported (meaningless); cosine and neighbours are"
         return metrics
 
     def _model_info(self, prepared: PreparedModel) -> dict[str, Any]:

@@ -13,7 +13,9 @@ options go to that loader as keyword arguments. New sources plug in with
 * ``{"kind": "image_folder", "path": "PATH", "num_calibration": 128, "seed": 0, "max_images": null}``:
   images on disk (class sub-folders, ``labels.csv`` or unlabeled), split once by a seeded
   permutation into a calibration pool and a disjoint evaluation split, both recorded in the
-  spec so an exported config reproduces them (:mod:`ptq_core.data.image_dataset`).
+  spec so an exported config reproduces them (:mod:`ptq_core.data.image_dataset`);
+* ``{"kind": "text_file", "path": "PATH", ...}`` and ``"sentences"``: text, one sample a line,
+  tokenized by the text model (:mod:`ptq_core.data.text`).
 
 Nothing here downloads anything.
 
@@ -36,6 +38,7 @@ from torch.utils.data import Subset
 from ptq_core.config import SELECTIONS
 from ptq_core.diskcache import digest
 from ptq_core.errors import ConfigError, DataError
+from ptq_core.models.entry import Modality
 
 from . import digits as _digits
 
@@ -97,8 +100,10 @@ class Dataset:
     evaluation_labels: torch.Tensor | None  # int64 [len(evaluation)]; None: accuracy not reported
     num_classes: int
     class_names: list[str] | None
-    input_shape: tuple[int, ...]  # per sample, e.g. (1, 8, 8)
+    input_shape: tuple[int, ...]  # per sample, e.g. (1, 8, 8); (2, L) token ids and mask for text
     info: dict[str, Any] = field(default_factory=dict)  # anything worth showing: split sizes, source
+    modality: Modality = "image"  # "image" (digits, image folders) or "text": must match the model's (ModelEntry.modality)
+    warnings: list[str] = field(default_factory=list)  # said in every Result on this data set (e.g. truncated texts)
 
 
 @dataclass(frozen=True)
@@ -323,3 +328,6 @@ register_dataset(
     _load_image_folder,
     "Images on disk (class sub-folders, labels.csv, or unlabeled), split into a calibration pool and evaluation set",
 )
+
+
+from . import text as _text  # noqa: E402, F401  (registers text_file and sentences; it imports Dataset from here)

