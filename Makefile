@@ -4,7 +4,7 @@
 #   make run      start the dashboard (extra streamlit flags: make run ARGS="--server.port 8600")
 #   make browser  install chromium + chromedriver for the browser test, if possible (never fails)
 #   make test     lint (ruff), type-check (mypy), tests (pytest)
-#   make bench    run every benchmarks/*.py script
+#   make bench    run every benchmarks/*.py script (peer_aimet.py only through compare_peers.py, in .venv-bench)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -28,6 +28,19 @@ $(STAMP):
 	$(BIN)/pip install -r requirements.txt
 	@rm -f $(VENV)/.requirements-*
 	@sha256sum requirements.txt > $@
+
+# Benchmark-only environment for the AIMET peer comparison (benchmarks/peer_aimet.py): its own venv,
+# because aimet-torch pulls bokeh/panel/tensorboard/cvxpy and moves tornado under Streamlit. Same
+# stamp scheme as .venv, keyed on requirements-bench.txt; only `make bench` needs it.
+BENCH_VENV := .venv-bench
+BENCH_REQ_SHA := $(shell sha256sum requirements-bench.txt | cut -c1-16)
+BENCH_STAMP := $(BENCH_VENV)/.requirements-bench-$(BENCH_REQ_SHA)
+
+$(BENCH_STAMP):
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -r requirements-bench.txt
+	@rm -f $(BENCH_VENV)/.requirements-bench-*
+	@sha256sum requirements-bench.txt > $@
 
 run: venv
 	PYTHONPATH=$(CURDIR) $(BIN)/streamlit run dashboard/app.py $(ARGS)
@@ -63,10 +76,11 @@ test: venv browser
 	$(BIN)/mypy ptq_core
 	$(BIN)/pytest -q
 
-bench: venv
+bench: venv $(BENCH_STAMP)
 	@shopt -s nullglob; scripts=(benchmarks/*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "bench: no benchmarks/*.py scripts"; fi; \
 	for script in "$${scripts[@]}"; do \
+		if [ "$$script" = benchmarks/peer_aimet.py ]; then continue; fi; \
 		echo "== $$script"; \
 		PYTHONPATH=$(CURDIR) $(BIN)/python "$$script" || exit 1; \
 	done
