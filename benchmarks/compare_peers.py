@@ -2,6 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/compare_peers.py                     # digits CNN (+ EfficientNet-Lite0 if available)
     PYTHONPATH=. .venv/bin/python benchmarks/compare_peers.py --models digits_cnn --json out/peers.json
+    PYTHONPATH=. .venv/bin/python benchmarks/compare_peers.py --models efficientnet_lite0 --threads 1 --aimet
 
 One process, one model at a time, every tool fed the same preloaded tensors (decoding JPEGs is not
 timed): ptq_core W8A8 per-channel with each clipping method (exported to ONNX and run in
@@ -20,6 +21,16 @@ EfficientNet-Lite0 runs when ``../shared/data/imagenet-samples`` exists and its 
 installed: 128 images (seeded) calibrate, the other 372 evaluate; top-1 on all 500 is shown too, to
 compare with figures quoted on the whole set. Preprocessing: resize 256, center-crop 224,
 ``(x - 0.5) / 0.5`` (timm's, which reproduces the published 88.4%).
+
+W4A8 next to AIMET (EfficientNet-Lite0; ``--no-aimet`` skips it): weights 4 bits symmetric per channel,
+activations 8 bits, one thread, the same calibration and held-out images. ptq_core rows, simulated (MSE
+weight clipping, percentile 99.999 activations, as bench_int4.py): round-to-nearest, GPTQ + bias
+correction, and AdaRound (``--adaround-iterations``, default 50 per layer) + bias correction; their
+calibration s = statistics + plan + algorithms. AIMET rows (aimet-torch round-to-nearest and AdaRound with
+the same iterations, benchmarks/peer_aimet.py) run in ``.venv-bench`` (``make bench`` creates it) as a
+subprocess with OMP_NUM_THREADS=1, fed these tensors through a temporary ``.pt``; without .venv-bench or
+aimet_torch one line says why they are skipped. AIMET's calibration s: AdaRound plus its activation
+encodings; its peak RSS is the subprocess's own.
 """
 
 from __future__ import annotations
@@ -33,9 +44,11 @@ import datetime
 import gc
 import io
 import json
+import os
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +63,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from ptq_core.algorithms import improve
 from ptq_core.calibration import collect_stats
 from ptq_core.config import QuantConfig
 from ptq_core.graph import prepare
@@ -62,6 +76,9 @@ IMAGENET = ROOT.parent / "shared" / "data" / "imagenet-samples"
 NUM_CALIBRATION = 128
 BATCH = 32  # calibration and evaluation batch; also the "batch N" of the latency columns
 CLIPPINGS = ("minmax", "percentile", "mse", "kl")
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"  # AIMET's own environment (requirements-bench.txt)
+W4A8 = {"weights": {"bits": 4, "scheme": "symmetric", "granularity": "per_channel", "clipping": "mse"},
+        "activations": {"bits": 8, "scheme": "asymmetric", "clipping": "percentile", "percentile": 99.999}}
 
 
 # -- measuring ---------------------------------------------------------------------------------------------
@@ -137,6 +154,7 @@ class Bench:
     y: torch.Tensor
     heldout: torch.Tensor  # bool mask over x: not used for calibration
     rows: list[dict[str, Any]] = field(default_factory=list)
+    w4a8: list[dict[str, Any]] = field(default_factory=list)  # the W4A8 table: ptq_core next to AIMET
     notes: list[str] = field(default_factory=list)
     onnx: dict[str, Path] = field(default_factory=dict)  # tool -> exported model, kept for the interleaved latency
     folder: tempfile.TemporaryDirectory[str] = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="peers_"))
@@ -180,7 +198,8 @@ def load_efficientnet() -> Bench | str:
 
 
 # -- rows ---------------------------------------------------------------------------------------------------
-def _row(b: Bench, tool: str, out: torch.Tensor, ref: torch.Tensor | None, **extra: Any) -> dict[str, Any]:
+def _row(b: Bench, tool: str, out: torch.Tensor, ref: torch.Tensor | None, into: list[dict[str, Any]] | None = None,
+         **extra: Any) -> dict[str, Any]:
     pred = out.argmax(1)
     h = b.heldout
     row = {"tool": tool, "top1": float((pred[h] == b.y[h]).float().mean()),
@@ -188,7 +207,7 @@ def _row(b: Bench, tool: str, out: torch.Tensor, ref: torch.Tensor | None, **ext
     if ref is not None:
         row["agreement"] = float((pred[h] == ref.argmax(1)[h]).float().mean())
     row.update(extra)
-    b.rows.append(row)
+    (b.rows if into is None else into).append(row)
     return row
 
 
@@ -313,6 +332,81 @@ def run_ort(b: Bench, ref: torch.Tensor, budget_s: float, methods: tuple[str, ..
         _release()
 
 
+@contextlib.contextmanager
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_ptq_w4a8(b: Bench, ref: torch.Tensor, iterations: int) -> None:
+    """ptq_core at W4A8 with GPTQ+BC and AdaRound+BC, one thread: statistics, plan and algorithms timed together."""
+    cal = torch.utils.data.TensorDataset(b.cal, torch.zeros(len(b.cal)))
+    batches = [b.cal[i : i + BATCH] for i in range(0, len(b.cal), BATCH)]
+    ada = {"rounding": "adaround", "adaround": {"iterations": iterations, "seed": 0}, "bias_correction": True}
+    for name, algorithms in (("round-to-nearest", {}), ("GPTQ+BC", {"rounding": "gptq", "bias_correction": True}),
+                             (f"AdaRound({iterations})+BC", ada)):
+        config = QuantConfig.from_dict({**W4A8, "algorithms": algorithms})
+
+        def calibrate(config: QuantConfig = config, name: str = name) -> tuple[Any, Any]:
+            prepared = prepare(b.model, b.x[:1])
+            stats = collect_stats(prepared, cal, list(range(len(b.cal))), batch_size=BATCH)
+            return prepared, improve(prepared, make_plan(prepared, config, stats), config, batches=batches, key=name)
+
+        with one_thread():
+            (prepared, plan), seconds, peak = measured(calibrate)
+            qgm, _ = build_quantized_model(prepared, plan)
+            _row(b, f"ptq_core W4A8 {name}", logits(torch_fn(qgm), b.x), ref, into=b.w4a8, calib_s=seconds, peak_gb=peak)
+
+
+def aimet_unavailable() -> str | None:
+    """Why the AIMET rows cannot run here, or None."""
+    if not BENCH_PYTHON.exists():
+        return f"{BENCH_PYTHON.relative_to(ROOT)} not found (make bench creates it from requirements-bench.txt)"
+    probe = subprocess.run([str(BENCH_PYTHON), "-c", "import aimet_torch"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return "aimet_torch does not import in .venv-bench: " + (probe.stderr.strip().splitlines() or ["?"])[-1]
+    return None
+
+
+def run_aimet(b: Bench, iterations: int) -> dict[str, Any] | None:
+    """AIMET round-to-nearest and AdaRound (benchmarks/peer_aimet.py in .venv-bench) on this Bench's tensors."""
+    with tempfile.TemporaryDirectory(prefix="aimet_") as tmp:
+        tensors, out, log = Path(tmp) / "tensors.pt", Path(tmp) / "aimet.json", Path(tmp) / "aimet.log"
+        torch.save({"cal": b.cal, "x": b.x[b.heldout], "y": b.y[b.heldout]}, tensors)
+        cmd = [str(BENCH_PYTHON), str(ROOT / "benchmarks" / "peer_aimet.py"), "--tensors", str(tensors), "--json", str(out),
+               "--iterations", str(iterations), "--threads", "1"]
+        with open(log, "w") as fh:
+            rc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=fh, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            tail = "\n".join("    " + line for line in log.read_text(errors="replace").splitlines()[-15:])
+            b.notes.append(f"AIMET failed (exit {rc}): {' '.join(cmd)}\n{tail}")
+            return None
+        r: dict[str, Any] = json.loads(out.read_text())
+    tool = f"AIMET {r['aimet']} W4A8"
+    b.w4a8 += [{"tool": f"AIMET {r['aimet']} FP32 (its copy of the model)", "top1": r["fp32_top1"]},
+               {"tool": f"{tool} round-to-nearest", "top1": r["rtn_top1"], "agreement": r["rtn_agreement"], "calib_s": r["rtn_s"],
+                "peak_gb": r["rtn_peak_gb"]},
+               {"tool": f"{tool} AdaRound({r['adaround_iterations']})", "top1": r["adaround_top1"],
+                "agreement": r["adaround_agreement"], "calib_s": r["adaround_s"] + r["adaround_activations_s"],
+                "peak_gb": r["adaround_peak_gb"]}]
+    b.notes.append(f"AIMET {r['aimet']} (torch {r['torch']}, {r['threads']} thread): {r['settings']}; AdaRound "
+                   f"{r['adaround_s']:.0f} s for {r['adaround_iterations']} iterations per layer on {r['num_calibration']} images, "
+                   f"then {r['adaround_activations_s']:.0f} s of activation encodings")
+    return r
+
+
+def w4a8_table(b: Bench) -> str:
+    lines = ["| tool (W4A8, 1 thread) | top-1 | agreement w/ FP32 | calibration s | peak RSS GB |", "|---|---|---|---|---|"]
+    for r in b.w4a8:
+        lines.append(f"| {r['tool']} | {_fmt(r['top1'], '.1%')} | {_fmt(r.get('agreement'), '.1%')} | "
+                     f"{_fmt(r.get('calib_s'), '.0f')} | {_fmt(r.get('peak_gb'), '.2f')} |")
+    return "\n".join(lines)
+
+
 def interleaved(b: Bench, rounds: int) -> str:
     """Latency of the onnxruntime models measured back to back, round after round, so that load
     from other processes hits them alike: the comparison to quote on a shared machine."""
@@ -401,8 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ort-methods", nargs="*", default=["MinMax", "Entropy", "Percentile"])
     parser.add_argument("--skip-fx", action="store_true")
     parser.add_argument("--interleave", type=int, default=60, help="rounds of the back-to-back latency comparison")
+    parser.add_argument("--aimet", action=argparse.BooleanOptionalAction, default=None,
+                        help="the W4A8 table with AIMET (EfficientNet-Lite0); default: with AIMET when .venv-bench has it")
+    parser.add_argument("--adaround-iterations", type=int, default=50, help="AdaRound iterations per layer, AIMET and ptq_core")
     parser.add_argument("--json", default=None, help="also write every number as JSON")
     args = parser.parse_args(argv)
+    aimet_missing = aimet_unavailable() if args.aimet is not False and "efficientnet_lite0" in args.models else None
+    if args.aimet and aimet_missing:
+        parser.error(f"--aimet: {aimet_missing}")
     torch.set_num_threads(args.threads)
     env = environment(args.threads)
     load = open("/proc/loadavg").read().split()[:3]
@@ -420,16 +520,25 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_fx:
             run_fx(bench, ref, args.latency_budget)
         run_ort(bench, ref, args.latency_budget, tuple(args.ort_methods))
+        if name == "efficientnet_lite0" and args.aimet is not False:
+            bench.w4a8.append({"tool": "PyTorch FP32", "top1": bench.rows[0]["top1"]})
+            run_ptq_w4a8(bench, ref, args.adaround_iterations)
+            if aimet_missing:
+                print(f"AIMET rows skipped: {aimet_missing}")
+            else:
+                run_aimet(bench, args.adaround_iterations)
         load = " ".join(open("/proc/loadavg").read().split()[:3])
         print(f"## {name}: calibrate on {len(bench.cal)}, evaluate on {int(bench.heldout.sum())} held-out images "
               f"({time.perf_counter() - t0:.0f} s; load average at the end {load})\n")
         print(table(bench) + "\n")
         print(f"latency measured interleaved ({args.interleave} rounds, models back to back):\n")
         print(interleaved(bench, args.interleave) + "\n")
+        if bench.w4a8:
+            print(w4a8_table(bench) + "\n")
         for line in [*bench.notes, *goals(bench, forward_s)]:
             print(line)
         print()
-        results["models"][name] = {"rows": bench.rows, "notes": bench.notes, "fp32_forward_s": forward_s}
+        results["models"][name] = {"rows": bench.rows, "w4a8": bench.w4a8, "notes": bench.notes, "fp32_forward_s": forward_s}
         sys.stdout.flush()
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
