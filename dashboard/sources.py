@@ -1,8 +1,11 @@
 """The sidebar's "Model and data" section: where the model and the data set come from.
 
-Model: a registered model (the digits models, EfficientNet-Lite0, torchvision classifiers, each
-also with random weights), or the user's own file, typed as a path under the data roots or
-uploaded. Data: a registered data set, or an image folder, typed as a path or uploaded as a zip.
+Model: a registered model (the digits models, EfficientNet-Lite0, torchvision classifiers, the
+text model all-MiniLM-L6-v2, each also with random weights), or the user's own file, typed as a
+path under the data roots or uploaded. Data: a registered data set, or, for an image model, an
+image folder typed as a path or uploaded as a zip; for the text model, a .txt/.csv file typed as
+a path or uploaded. The data pickers offer only what the chosen model reads (its modality), and
+switch to the model's default data set when a model of the other modality is chosen.
 
 The pickers (keys ``src_*``) are a pending choice; what the config uses is ``sb_model`` and
 ``sb_dataset``. **Load** builds the pair FIRST (path checked, upload size-checked and stored,
@@ -10,7 +13,7 @@ file read and lifted, images listed, the model traced on one sample, all through
 Explorer cache) and only then sets them, clearing the layer names of the old model. Anything
 wrong is a PTQError: its message is shown and the session stays exactly as it was. Model and
 data are applied together because each constrains the other (an image model needs an image
-folder; an image folder needs a model with image preprocessing).
+folder; an image folder needs a model with image preprocessing; text needs the text model).
 
 When ``sb_model``/``sb_dataset`` change elsewhere (an imported config, a restore), the pickers
 are set to show them. Everything here is per session (``st.session_state``); only the
@@ -19,6 +22,7 @@ Explorer (``st.cache_resource``) and the content-addressed upload folder are sha
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +32,10 @@ import streamlit as st
 
 from ptq_core.data import available_datasets
 from ptq_core.data.image_dataset import image_folder_spec
+from ptq_core.data.text import KIND as TEXT_FILE
+from ptq_core.data.text import SENTENCES
 from ptq_core.errors import DataError, ModelError, PTQError
-from ptq_core.models import available_models, get_model_entry
+from ptq_core.models import MINILM, available_models, get_model_entry
 from ptq_core.models.files import DEFAULT_INPUT_SHAPE, FORMATS, check_model_file, detect_format
 from ptq_core.models.preprocessing import INTERPOLATIONS
 from ptq_core.paths import MAX_MODEL_MB_ENV, MAX_UPLOAD_MB_ENV, max_model_bytes, max_upload_bytes, upload_max_age_s
@@ -39,6 +45,12 @@ from . import labels, resources, state, uploads
 
 MODEL_FROM = {"registered": "registered model", "path": "model file on the server", "upload": "upload a model file"}
 DATA_FROM = {"registered": "registered data set", "path": "image folder on the server", "upload": "upload a zip of images"}
+TEXT_DATA_FROM = {"registered": "registered data set", "path": "text file on the server",
+                  "upload": "upload a text file (.txt or .csv)"}
+# The registry does not say what a data set holds without loading it; these are the text ones the dashboard
+# offers (ptq_core.data.text). Every other registered data set is image (or tensor) data.
+TEXT_DATASETS = (SENTENCES,)
+PATH_KINDS = ("image_folder", TEXT_FILE)  # registered data-set kinds that need a path: offered as their own source
 NO_ARCHITECTURE = ""  # the architecture picker's "none" (only state dicts take one)
 DEFAULT_PREPROCESSING = "default"  # the file spec leaves preprocessing out: the architecture's, else imagenet
 CUSTOM_PREPROCESSING = "custom"  # the file spec states an object built from the fields below (empty = default)
@@ -50,6 +62,7 @@ FORMAT_LABELS = {"auto": "auto (from the file)", "torchscript": "TorchScript", "
                  "state_dict": "state dict"}
 PICKERS = ("src_m_from", "src_m_name", "src_m_path", "src_m_format", "src_m_arch", "src_m_shape", "src_m_prep",
            *PREP_FIELDS.values(), "src_d_from", "src_d_name", "src_d_path", "src_d_num_cal", "src_d_seed", "src_d_max_images")
+UPLOADERS = ("src_m_upload", "src_d_zip", "src_d_text")  # file pickers: a pending choice is their file id
 
 
 # -- what the pickers offer and how they are labeled ---------------------------------------------
@@ -57,13 +70,13 @@ def _random_variant(name: str) -> dict[str, Any] | None:
     """The random-weights spec of a registered image model (offered next to it: no download needed)."""
     if name.startswith("torchvision:"):
         return {"kind": "torchvision", "name": name.split(":", 1)[1], "weights": "random"}
-    if name == "efficientnet_lite0":
-        return {"kind": "efficientnet_lite0", "weights": "random"}
+    if name in ("efficientnet_lite0", MINILM):
+        return {"kind": name, "weights": "random"}
     return None
 
 
 def model_options() -> list[str]:
-    """Registered models, each image model followed by its random-weights variant (as spec strings)."""
+    """Registered models, each followed by its random-weights variant where it has one (as spec strings)."""
     options = []
     for name in available_models():
         options.append(name)
@@ -84,6 +97,8 @@ def model_label(value: str) -> str:
         if spec.startswith("torchvision:"):
             name = spec.split(":", 1)[1]
             return f"{name} (torchvision, {'ImageNet' if entry.pretrained else 'random'} weights)"
+        if entry.modality == "text":
+            return f"{spec} (text: sentence embeddings{'' if entry.pretrained else ', random weights'})"
         return spec + ("" if entry.pretrained else " (random weights)")
     kind = spec.get("kind")
     if kind == "torchvision":
@@ -91,6 +106,8 @@ def model_label(value: str) -> str:
         return f"{spec.get('name')} (torchvision, {'random weights' if weights == 'random' else f'{weights} weights'})"
     if kind == "efficientnet_lite0":
         return f"efficientnet_lite0 ({'random weights' if spec.get('weights') == 'random' else 'ImageNet weights'})"
+    if kind == MINILM:
+        return f"{MINILM} (text: sentence embeddings{', random weights' if spec.get('weights') == 'random' else ''})"
     if kind == "file" and isinstance(spec.get("path"), str):
         where = "uploaded to this server" if uploads.is_upload(spec["path"]) else "file"
         return f"your model {Path(spec['path']).name} ({where})"
@@ -104,22 +121,50 @@ def data_label(value: str) -> str:
     if spec.get("kind") == IMAGE_FOLDER and isinstance(spec.get("path"), str):
         where = "uploaded zip on this server" if uploads.is_upload(spec["path"]) else "on the server"
         return f"image folder {Path(spec['path']).name} ({where})"
+    if spec.get("kind") == TEXT_FILE and isinstance(spec.get("path"), str):
+        where = "uploaded to this server" if uploads.is_upload(spec["path"]) else "on the server"
+        return f"text file {Path(spec['path']).name} ({where})"
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def model_modality(value: str) -> str:
+    """What a model spec string reads: "text" (the text model) or "image" (every other, a user's file included).
+
+    A user's file is an image (or tensor) classifier and is not read here; a spec the engine refuses
+    counts as image (loading it says what is wrong). Cached: entries are fixed per spec.
+    """
+    spec = state.spec_value(value)
+    if isinstance(spec, dict) and spec.get("kind") == "file":
+        return "image"
+    try:
+        return get_model_entry(spec).modality
+    except PTQError:
+        return "image"
+
+
+def picked_modality() -> str:
+    """What the model in the pickers (not yet loaded, perhaps) reads: the data pickers offer that kind of data."""
+    ss = st.session_state
+    return model_modality(ss["src_m_name"]) if ss["src_m_from"] == "registered" else "image"
 
 
 def _options_with(current: str, options: list[str]) -> list[str]:
     return options if current in options else [*options, current]
 
 
-def _data_options() -> list[str]:
-    return [d for d in available_datasets() if d != IMAGE_FOLDER]
+def data_options(modality: str) -> list[str]:
+    """The registered data sets offered for a model of ``modality`` (those needing a path have their own source)."""
+    names = [d for d in available_datasets() if d not in PATH_KINDS]
+    return [d for d in names if (d in TEXT_DATASETS) == (modality == "text")]
 
 
 def _preprocessing_options() -> list[str]:
     image_models = []
     for name in available_models():
         try:
-            if get_model_entry(name).transform is not None:
+            entry = get_model_entry(name)
+            if entry.transform is not None and entry.modality == "image":  # the text model's tokenizer is no option
                 image_models.append(name)
         except PTQError:
             continue
@@ -155,28 +200,32 @@ def _pickers_for(model_value: str, data_value: str) -> dict[str, Any]:
         })
     else:
         values.update({"src_m_from": "registered", "src_m_name": model_value})
+    return {**values, **_data_pickers(data_value), "src_d_modality": model_modality(model_value)}
+
+
+def _data_pickers(data_value: str) -> dict[str, Any]:
+    """Picker values that show a data set: a registered name, or a path (image folder or text file) and its split."""
     data = state.spec_value(data_value)
-    if isinstance(data, dict) and data.get("kind") == IMAGE_FOLDER and isinstance(data.get("path"), str):
-        values.update({
+    if isinstance(data, dict) and data.get("kind") in PATH_KINDS and isinstance(data.get("path"), str):
+        return {
             "src_d_from": "path", "src_d_path": data["path"], "src_d_num_cal": int(data.get("num_calibration") or 0),
-            "src_d_seed": int(data.get("seed") or 0), "src_d_max_images": int(data.get("max_images") or 0),
-        })
-    else:
-        values.update({"src_d_from": "registered", "src_d_name": data_value})
-    return values
+            "src_d_seed": int(data.get("seed") or 0),
+            "src_d_max_images": int(data.get("max_images") or data.get("max_lines") or 0),  # one picker, both kinds
+        }
+    return {"src_d_from": "registered", "src_d_name": data_value}
 
 
 def _defaults() -> dict[str, Any]:
     return {"src_m_from": "registered", "src_m_name": "digits_cnn", "src_m_path": "", "src_m_format": "auto",
             "src_m_arch": NO_ARCHITECTURE, "src_m_shape": ", ".join(str(d) for d in DEFAULT_INPUT_SHAPE),
             "src_m_prep": DEFAULT_PREPROCESSING, **dict.fromkeys(PREP_FIELDS.values(), ""), "src_d_from": "registered", "src_d_name": "digits", "src_d_path": "",
-            "src_d_num_cal": 0, "src_d_seed": 0, "src_d_max_images": 0}
+            "src_d_num_cal": 0, "src_d_seed": 0, "src_d_max_images": 0, "src_d_modality": "image"}
 
 
 def _snapshot() -> tuple[Any, ...]:
     """The pickers' values (uploads by file id), to tell a pending choice from the loaded one."""
     ss = st.session_state
-    files = tuple(getattr(ss.get(k), "file_id", None) for k in ("src_m_upload", "src_d_zip"))
+    files = tuple(getattr(ss.get(k), "file_id", None) for k in UPLOADERS)
     return (*(ss.get(k) for k in PICKERS), *files)
 
 
@@ -272,6 +321,8 @@ def _data_spec(created: list[Path], names: dict[str, str]) -> str | dict[str, An
     source = ss["src_d_from"]
     if source == "registered":
         return state.spec_value(ss["src_d_name"])
+    if picked_modality() == "text":
+        return _text_spec(created, names)
     if source == "path":
         folder = uploads.check_dashboard_path(ss["src_d_path"], what="image folder")
     else:
@@ -287,6 +338,24 @@ def _data_spec(created: list[Path], names: dict[str, str]) -> str | dict[str, An
         raise DataError(f"image folder: {str(folder)!r} is not a folder; allowed: a folder of images")
     return image_folder_spec(folder, num_calibration=int(ss["src_d_num_cal"]) or None, seed=int(ss["src_d_seed"]),
                              max_images=int(ss["src_d_max_images"]) or None)
+
+
+def _text_spec(created: list[Path], names: dict[str, str]) -> dict[str, Any]:
+    """The ``text_file`` spec of the text pickers: a typed path or an upload (the engine reads and checks the file)."""
+    ss = st.session_state
+    if ss["src_d_from"] == "path":
+        path = uploads.check_dashboard_path(ss["src_d_path"], what="text file")
+    else:
+        uploaded = ss.get("src_d_text")
+        if uploaded is None:
+            raise DataError("text upload: no file chosen; allowed: a .txt file (one text a line) or a .csv (columns "
+                            "text and, optionally, label)")
+        path, new = uploads.store_text_upload(uploaded.getvalue(), uploaded.name)
+        if new:
+            created.append(path)
+        names[str(path)] = names[path.name] = f"{uploaded.name} (uploaded)"
+    return {"kind": TEXT_FILE, "path": str(path), "num_calibration": int(ss["src_d_num_cal"]) or None,
+            "seed": int(ss["src_d_seed"]), "max_lines": int(ss["src_d_max_images"]) or None}
 
 
 def check_pair(model: str | dict[str, Any], dataset: str | dict[str, Any], fold_batchnorm: bool) -> Explorer:
@@ -344,7 +413,7 @@ def _load() -> None:
 
 
 def upload_limit_mb(kind: str) -> tuple[int | None, str]:
-    """(the uploader's own limit in MiB, a sentence saying where it comes from) for ``kind`` model | zip.
+    """(the uploader's own limit in MiB, a sentence saying where it comes from) for ``kind`` model | zip | text.
 
     The limit is this server's (``PTQ_MAX_MODEL_MB`` / ``PTQ_MAX_UPLOAD_MB``), capped by Streamlit's
     ``server.maxUploadSize`` (the repository's ``.streamlit/config.toml`` sets it to the default
@@ -371,6 +440,34 @@ def _choose(key: str, value: str) -> Callable[[], None]:
     return callback
 
 
+def _choose_model(source: str | None) -> Callable[[], None]:
+    """A model picker's callback: choose that source (None: the radio did), and fit the data pickers to the model."""
+    def callback() -> None:
+        if source is not None:
+            st.session_state["src_m_from"] = source
+        _fit_data_to_model()
+    return callback
+
+
+def _fit_data_to_model() -> None:
+    """A model of the other modality was picked: show its default data set (a text model reads no images)."""
+    ss = st.session_state
+    modality = picked_modality()
+    if ss.get("src_d_modality", "image") == modality:
+        return
+    default: str = "digits"
+    if ss["src_m_from"] == "registered":
+        try:
+            default = labels.spec(get_model_entry(state.spec_value(ss["src_m_name"])).default_dataset)
+        except PTQError:
+            pass  # Load says what is wrong with the model
+    ss.update({**_defaults_of("src_d_"), **_data_pickers(default), "src_d_modality": modality})
+
+
+def _defaults_of(prefix: str) -> dict[str, Any]:
+    return {k: v for k, v in _defaults().items() if k.startswith(prefix)}
+
+
 # -- drawing -------------------------------------------------------------------------------------
 def render() -> None:
     """Draw the section in the sidebar (before any control that reads the model's layer names)."""
@@ -380,15 +477,16 @@ def render() -> None:
     roots = ", ".join(str(r) for r in uploads.allowed_roots() if not uploads.is_upload(r)) or "none configured"
 
     m_from = ss["src_m_from"]
-    sb.radio("Model from", list(MODEL_FROM), key="src_m_from", format_func=MODEL_FROM.get)
+    sb.radio("Model from", list(MODEL_FROM), key="src_m_from", format_func=MODEL_FROM.get, on_change=_choose_model(None))
     sb.selectbox("Registered model", _options_with(ss["src_m_name"], model_options()), key="src_m_name",
-                 format_func=model_label, on_change=_choose("src_m_from", "registered"),
-                 help="Random-weights variants need no download; they report agreement with FP32, never accuracy.")
+                 format_func=model_label, on_change=_choose_model("registered"),
+                 help="Random-weights variants need no download; they report agreement with FP32, never accuracy. "
+                      "The text model reads sentences (a .txt or .csv file); every other model reads images.")
     with sb.expander("Your own model file", expanded=m_from != "registered"):
-        st.text_input("Path on the server", key="src_m_path", on_change=_choose("src_m_from", "path"),
+        st.text_input("Path on the server", key="src_m_path", on_change=_choose_model("path"),
                       help=f"A .pt/.pth/.pt2 file under the data roots: {roots}.")
         model_mb, model_limit = upload_limit_mb("model")
-        st.file_uploader("Upload", key="src_m_upload", on_change=_choose("src_m_from", "upload"),
+        st.file_uploader("Upload", key="src_m_upload", on_change=_choose_model("upload"),
                          max_upload_size=model_mb,
                          help="Kept on this server, named by its SHA-256. TorchScript, torch.export (.pt2) or a "
                               f"state dict; nothing in it is unpickled as Python objects. {model_limit}")
@@ -425,25 +523,7 @@ def render() -> None:
         c2.text_input("Std", key="src_m_std", disabled=custom_off, placeholder="ImageNet",
                       help="Per RGB channel, positive, e.g. 0.5, 0.5, 0.5. Empty: ImageNet's 0.229, 0.224, 0.225.")
 
-    d_from = ss["src_d_from"]
-    sb.radio("Data from", list(DATA_FROM), key="src_d_from", format_func=DATA_FROM.get)
-    sb.selectbox("Registered data set", _options_with(ss["src_d_name"], _data_options()), key="src_d_name",
-                 format_func=data_label, on_change=_choose("src_d_from", "registered"))
-    with sb.expander("Image folder", expanded=d_from != "registered"):
-        st.text_input("Folder on the server", key="src_d_path", on_change=_choose("src_d_from", "path"),
-                      help=f"Class sub-folders, a folder with labels.csv, or a flat folder (unlabeled), under: {roots}.")
-        zip_mb, zip_limit = upload_limit_mb("zip")
-        st.file_uploader("Zip of images", type=["zip"], key="src_d_zip", on_change=_choose("src_d_from", "upload"),
-                         max_upload_size=zip_mb,
-                         help="Extracted once on this server; a zip holding one top-level folder is read from inside it. "
-                              f"{zip_limit}")
-        off = d_from == "registered"
-        c1, c2, c3 = st.columns(3)
-        c1.number_input("Calibration", min_value=0, step=16, key="src_d_num_cal", disabled=off,
-                        help="Images set aside as the calibration pool (0: min(128, half the folder)); the rest evaluate.")
-        c2.number_input("Split seed", min_value=0, step=1, key="src_d_seed", disabled=off)
-        c3.number_input("Max images", min_value=0, step=100, key="src_d_max_images", disabled=off,
-                        help="Read only the first N images in file order (0: all).")
+    _data_section(roots)
 
     snapshot = _snapshot()
     if ss.get("src_snapshot") is None:
@@ -460,6 +540,47 @@ def render() -> None:
     _describe_loaded()
 
 
+def _data_section(roots: str) -> None:
+    """The data pickers for the picked model's modality: an image folder or zip, or a text file (typed or uploaded)."""
+    ss = st.session_state
+    sb = st.sidebar
+    d_from = ss["src_d_from"]
+    text = picked_modality() == "text"
+    sources = TEXT_DATA_FROM if text else DATA_FROM
+    sb.radio("Data from", list(sources), key="src_d_from", format_func=sources.get)
+    sb.selectbox("Registered data set", _options_with(ss["src_d_name"], data_options("text" if text else "image")),
+                 key="src_d_name", format_func=data_label, on_change=_choose("src_d_from", "registered"))
+    with sb.expander("Text file" if text else "Image folder", expanded=d_from != "registered"):
+        # Path, split and size pickers are shared by both kinds (Streamlit keys them by key, not by label);
+        # the uploaders are not: a zip and a text file are different files.
+        if text:
+            st.text_input("File on the server", key="src_d_path", on_change=_choose("src_d_from", "path"),
+                          help="A UTF-8 .txt file (one text a line, unlabeled) or a .csv with a text column and, "
+                               f"optionally, a label column (topics), under: {roots}.")
+            text_mb, text_limit = upload_limit_mb("text")
+            st.file_uploader("Text file (.txt or .csv)", type=["txt", "csv"], key="src_d_text",
+                             on_change=_choose("src_d_from", "upload"), max_upload_size=text_mb,
+                             help=f"Kept on this server, named by its SHA-256. {text_limit}")
+        else:
+            st.text_input("Folder on the server", key="src_d_path", on_change=_choose("src_d_from", "path"),
+                          help=f"Class sub-folders, a folder with labels.csv, or a flat folder (unlabeled), under: {roots}.")
+            zip_mb, zip_limit = upload_limit_mb("zip")
+            st.file_uploader("Zip of images", type=["zip"], key="src_d_zip", on_change=_choose("src_d_from", "upload"),
+                             max_upload_size=zip_mb,
+                             help="Extracted once on this server; a zip holding one top-level folder is read from "
+                                  f"inside it. {zip_limit}")
+        what = "Texts" if text else "Images"
+        off = d_from == "registered"
+        c1, c2, c3 = st.columns(3)
+        c1.number_input("Calibration", min_value=0, step=16, key="src_d_num_cal", disabled=off,
+                        help=f"{what} set aside as the calibration pool (0: "
+                             + ("a quarter of the file, at most 128" if text else "min(128, half the folder)")
+                             + "); the rest evaluate.")
+        c2.number_input("Split seed", min_value=0, step=1, key="src_d_seed", disabled=off)
+        c3.number_input("Max lines" if text else "Max images", min_value=0, step=100, key="src_d_max_images",
+                        disabled=off, help=f"Read only the first N {what.lower()} in file order (0: all).")
+
+
 def _describe_loaded() -> None:
     """What the config uses now, said honestly: random weights, unlabeled data, uploads, float layers."""
     ss = st.session_state
@@ -474,7 +595,9 @@ def _describe_loaded() -> None:
     if not explorer.entry.pretrained:
         notes.append("**Random weights**: no accuracy is reported, only agreement with FP32.")
     if explorer.dataset.evaluation_labels is None:
-        notes.append("**Unlabeled images**: the numbers are agreement with FP32, not accuracy.")
+        notes.append("**Unlabeled texts**: the numbers are closeness to FP32, not topic accuracy."
+                     if explorer.entry.modality == "text" else
+                     "**Unlabeled images**: the numbers are agreement with FP32, not accuracy.")
     sb.caption(" ".join(notes), help=explorer.entry.description + "\n\n" + explorer.dataset.description)
     for warning in explorer.entry.warnings:  # preprocessing defaulted or disagreeing with the model's input
         sb.warning(warning, icon=":material/warning:")

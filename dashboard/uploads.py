@@ -10,7 +10,9 @@ accepts (the server chose that path, the user did not type it):
 Files are named by the SHA-256 of their content: two sessions uploading the same file share
 one copy, two different files never collide, and a config naming an upload keeps meaning the
 same bytes. An uploaded zip of images is extracted once into ``images/<sha256>/``; uploading
-it again reuses that folder. Sizes are checked BEFORE anything is written.
+it again reuses that folder. An uploaded text file (.txt/.csv, the text model's data) is kept as
+``texts/<sha256><suffix>``: the suffix says how the engine reads it. Sizes are checked BEFORE
+anything is written.
 
 The folder is bounded (:func:`tidy`, after every upload): uploads not uploaded again for
 ``PTQ_UPLOAD_MAX_AGE_H`` hours are removed, and when the folder holds more than
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from ptq_core.data.image_folder import IMAGE_EXTENSIONS, LABELS_FILE
+from ptq_core.data.text import KIND as TEXT_KIND
+from ptq_core.data.text import SUFFIXES as TEXT_SUFFIXES
 from ptq_core.errors import DataError
 from ptq_core.paths import (
     check_upload_size,
@@ -54,7 +58,7 @@ log = logging.getLogger(__name__)
 UPLOAD_DIR_ENV = "PTQ_UPLOAD_DIR"
 DEFAULT_UPLOAD_DIR_NAME = "ptq_explorer_uploads"
 MODEL_SUFFIXES = (".pt", ".pth", ".pt2")  # kept from the uploaded name (format is read from the content anyway)
-KINDS = ("models", "images")  # the upload folder's sub-folders; each entry in them is one upload
+KINDS = ("models", "images", "texts")  # the upload folder's sub-folders; each entry in them is one upload
 _TIDY = threading.Lock()  # one session tidies at a time (uploads are rare; tidying is a directory walk)
 _MIB = 1024 * 1024
 
@@ -97,9 +101,14 @@ def spec_paths(spec: str | dict[str, Any]) -> list[str]:
     return []
 
 
+def data_what(dataset: str | dict[str, Any]) -> str:
+    """What a data-set spec's path is, in messages: ``"text file"`` or ``"image folder"``."""
+    return "text file" if isinstance(dataset, dict) and dataset.get("kind") == TEXT_KIND else "image folder"
+
+
 def check_spec_paths(model: str | dict[str, Any], dataset: str | dict[str, Any]) -> None:
     """Raise DataError unless every path the two specs name is one the dashboard may read."""
-    for what, spec in (("model file", model), ("image folder", dataset)):
+    for what, spec in (("model file", model), (data_what(dataset), dataset)):
         for path in spec_paths(spec):
             check_dashboard_path(path, what=what)
 
@@ -125,6 +134,20 @@ def _write_atomically(data: bytes, target: Path) -> None:
             os.unlink(tmp_name)
 
 
+def _store_file(data: bytes, kind: str, suffix: str) -> tuple[Path, bool]:
+    """Keep ``data`` as ``<kind>/<sha256><suffix>`` (sizes already checked); the path and whether this call wrote it."""
+    folder = upload_dir() / kind
+    folder.mkdir(mode=0o700, exist_ok=True)
+    target = folder / (_sha256(data) + suffix)
+    if target.is_file() and target.stat().st_size == len(data):
+        os.utime(target)  # uploaded again: last used now (the age-out and the quota count from here)
+        tidy(keep=target)
+        return target, False
+    _write_atomically(data, target)
+    tidy(keep=target)
+    return target, True
+
+
 def store_model_upload(data: bytes, filename: str) -> tuple[Path, bool]:
     """Size-check an uploaded model file, then keep it as ``models/<sha256><suffix>``.
 
@@ -136,16 +159,25 @@ def store_model_upload(data: bytes, filename: str) -> tuple[Path, bool]:
     check_upload_size(len(data), limit, what=f"model upload {filename!r}")
     _check_quota(len(data), f"model upload {filename!r}")
     suffix = Path(filename).suffix.lower()
-    folder = upload_dir() / "models"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    target = folder / (_sha256(data) + (suffix if suffix in MODEL_SUFFIXES else ".pt"))
-    if target.is_file() and target.stat().st_size == len(data):
-        os.utime(target)  # uploaded again: last used now (the age-out and the quota count from here)
-        tidy(keep=target)
-        return target, False
-    _write_atomically(data, target)
-    tidy(keep=target)
-    return target, True
+    return _store_file(data, "models", suffix if suffix in MODEL_SUFFIXES else ".pt")
+
+
+def store_text_upload(data: bytes, filename: str) -> tuple[Path, bool]:
+    """Size-check an uploaded text file (the text model's data), then keep it as ``texts/<sha256><suffix>``.
+
+    The suffix (.txt: one text a line; .csv: text and label columns) is how the engine reads the
+    file, so any other is refused before anything is written, as are files over
+    ``PTQ_MAX_UPLOAD_MB`` or the quota. The content (UTF-8, a text column) is the engine's to
+    check when the data set loads. Returns the path and whether this call created it.
+    """
+    what = f"text upload {filename!r}"
+    suffix = Path(filename).suffix.lower()
+    if suffix not in TEXT_SUFFIXES:
+        raise DataError(f"{what}: {suffix or 'no suffix'} is not a text file; allowed: .txt (one text a line) or "
+                        ".csv (columns text and, optionally, label)")
+    check_upload_size(len(data), max_upload_bytes(), what=what)
+    _check_quota(len(data), what)
+    return _store_file(data, "texts", suffix)
 
 
 def store_zip_upload(data: bytes, filename: str) -> tuple[Path, bool]:
