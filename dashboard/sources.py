@@ -5,7 +5,8 @@ text model all-MiniLM-L6-v2, each also with random weights), or the user's own f
 path under the data roots or uploaded. Data: a registered data set, or, for an image model, an
 image folder typed as a path or uploaded as a zip; for the text model, a .txt/.csv file typed as
 a path or uploaded. The data pickers offer only what the chosen model reads (its modality), and
-switch to the model's default data set when a model of the other modality is chosen.
+switch to the model's default data set when a model of the other modality is chosen. What the
+pickers offer and how each choice reads is :mod:`dashboard.choices`.
 
 The pickers (keys ``src_*``) are a pending choice; what the config uses is ``sb_model`` and
 ``sb_dataset``. **Load** builds the pair FIRST (path checked, upload size-checked and stored,
@@ -22,7 +23,6 @@ Explorer (``st.cache_resource``) and the content-addressed upload folder are sha
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,34 +30,28 @@ from typing import Any
 
 import streamlit as st
 
-from ptq_core.data import available_datasets
 from ptq_core.data.image_dataset import image_folder_spec
 from ptq_core.data.text import KIND as TEXT_FILE
-from ptq_core.data.text import SENTENCES
 from ptq_core.errors import DataError, ModelError, PTQError
-from ptq_core.models import MINILM, available_models, get_model_entry
+from ptq_core.models import available_models, get_model_entry
 from ptq_core.models.files import DEFAULT_INPUT_SHAPE, FORMATS, check_model_file, detect_format
 from ptq_core.models.preprocessing import INTERPOLATIONS
 from ptq_core.paths import MAX_MODEL_MB_ENV, MAX_UPLOAD_MB_ENV, max_model_bytes, max_upload_bytes, upload_max_age_s
 from ptq_core.pipeline import Explorer
 
 from . import labels, resources, state, uploads
+from .choices import PATH_KINDS, data_label, data_options, model_label, model_modality, model_options
 
 MODEL_FROM = {"registered": "registered model", "path": "model file on the server", "upload": "upload a model file"}
 DATA_FROM = {"registered": "registered data set", "path": "image folder on the server", "upload": "upload a zip of images"}
 TEXT_DATA_FROM = {"registered": "registered data set", "path": "text file on the server",
                   "upload": "upload a text file (.txt or .csv)"}
-# The registry does not say what a data set holds without loading it; these are the text ones the dashboard
-# offers (ptq_core.data.text). Every other registered data set is image (or tensor) data.
-TEXT_DATASETS = (SENTENCES,)
-PATH_KINDS = ("image_folder", TEXT_FILE)  # registered data-set kinds that need a path: offered as their own source
 NO_ARCHITECTURE = ""  # the architecture picker's "none" (only state dicts take one)
 DEFAULT_PREPROCESSING = "default"  # the file spec leaves preprocessing out: the architecture's, else imagenet
 CUSTOM_PREPROCESSING = "custom"  # the file spec states an object built from the fields below (empty = default)
 # preprocessing field -> its picker (text; interpolation a choice, "" = default)
 PREP_FIELDS = {"resize": "src_m_resize", "crop": "src_m_crop", "mean": "src_m_mean", "std": "src_m_std",
                "interpolation": "src_m_interp"}
-IMAGE_FOLDER = "image_folder"  # a registered data-set kind that needs a path: offered as its own source
 FORMAT_LABELS = {"auto": "auto (from the file)", "torchscript": "TorchScript", "export": "torch.export (.pt2)",
                  "state_dict": "state dict"}
 PICKERS = ("src_m_from", "src_m_name", "src_m_path", "src_m_format", "src_m_arch", "src_m_shape", "src_m_prep",
@@ -65,84 +59,7 @@ PICKERS = ("src_m_from", "src_m_name", "src_m_path", "src_m_format", "src_m_arch
 UPLOADERS = ("src_m_upload", "src_d_zip", "src_d_text")  # file pickers: a pending choice is their file id
 
 
-# -- what the pickers offer and how they are labeled ---------------------------------------------
-def _random_variant(name: str) -> dict[str, Any] | None:
-    """The random-weights spec of a registered image model (offered next to it: no download needed)."""
-    if name.startswith("torchvision:"):
-        return {"kind": "torchvision", "name": name.split(":", 1)[1], "weights": "random"}
-    if name in ("efficientnet_lite0", MINILM):
-        return {"kind": name, "weights": "random"}
-    return None
-
-
-def model_options() -> list[str]:
-    """Registered models, each followed by its random-weights variant where it has one (as spec strings)."""
-    options = []
-    for name in available_models():
-        options.append(name)
-        variant = _random_variant(name)
-        if variant is not None:
-            options.append(labels.spec(variant))
-    return options
-
-
-def model_label(value: str) -> str:
-    """How a model spec string reads in pickers: torchvision and random weights said, files by name."""
-    spec = state.spec_value(value)
-    if isinstance(spec, str):
-        try:
-            entry = get_model_entry(spec)
-        except PTQError:
-            return spec
-        if spec.startswith("torchvision:"):
-            name = spec.split(":", 1)[1]
-            return f"{name} (torchvision, {'ImageNet' if entry.pretrained else 'random'} weights)"
-        if entry.modality == "text":
-            return f"{spec} (text: sentence embeddings{'' if entry.pretrained else ', random weights'})"
-        return spec + ("" if entry.pretrained else " (random weights)")
-    kind = spec.get("kind")
-    if kind == "torchvision":
-        weights = spec.get("weights", "DEFAULT")
-        return f"{spec.get('name')} (torchvision, {'random weights' if weights == 'random' else f'{weights} weights'})"
-    if kind == "efficientnet_lite0":
-        return f"efficientnet_lite0 ({'random weights' if spec.get('weights') == 'random' else 'ImageNet weights'})"
-    if kind == MINILM:
-        return f"{MINILM} (text: sentence embeddings{', random weights' if spec.get('weights') == 'random' else ''})"
-    if kind == "file" and isinstance(spec.get("path"), str):
-        where = "uploaded to this server" if uploads.is_upload(spec["path"]) else "file"
-        return f"your model {Path(spec['path']).name} ({where})"
-    return value
-
-
-def data_label(value: str) -> str:
-    spec = state.spec_value(value)
-    if isinstance(spec, str):
-        return spec
-    if spec.get("kind") == IMAGE_FOLDER and isinstance(spec.get("path"), str):
-        where = "uploaded zip on this server" if uploads.is_upload(spec["path"]) else "on the server"
-        return f"image folder {Path(spec['path']).name} ({where})"
-    if spec.get("kind") == TEXT_FILE and isinstance(spec.get("path"), str):
-        where = "uploaded to this server" if uploads.is_upload(spec["path"]) else "on the server"
-        return f"text file {Path(spec['path']).name} ({where})"
-    return value
-
-
-@functools.lru_cache(maxsize=64)
-def model_modality(value: str) -> str:
-    """What a model spec string reads: "text" (the text model) or "image" (every other, a user's file included).
-
-    A user's file is an image (or tensor) classifier and is not read here; a spec the engine refuses
-    counts as image (loading it says what is wrong). Cached: entries are fixed per spec.
-    """
-    spec = state.spec_value(value)
-    if isinstance(spec, dict) and spec.get("kind") == "file":
-        return "image"
-    try:
-        return get_model_entry(spec).modality
-    except PTQError:
-        return "image"
-
-
+# -- what the pickers offer for the picked model ---------------------------------------------------
 def picked_modality() -> str:
     """What the model in the pickers (not yet loaded, perhaps) reads: the data pickers offer that kind of data."""
     ss = st.session_state
@@ -151,12 +68,6 @@ def picked_modality() -> str:
 
 def _options_with(current: str, options: list[str]) -> list[str]:
     return options if current in options else [*options, current]
-
-
-def data_options(modality: str) -> list[str]:
-    """The registered data sets offered for a model of ``modality`` (those needing a path have their own source)."""
-    names = [d for d in available_datasets() if d not in PATH_KINDS]
-    return [d for d in names if (d in TEXT_DATASETS) == (modality == "text")]
 
 
 def _preprocessing_options() -> list[str]:
