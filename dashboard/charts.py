@@ -64,15 +64,19 @@ def pareto_front(sizes: Sequence[float], scores: Sequence[float]) -> list[int]:
 def tradeoff_scatter(
     rows: Sequence[dict[str, Any]], ids: Sequence[int], current_id: int | None, metric: str, fp32: dict[str, Any],
 ) -> go.Figure:
-    """Size vs ``metric`` (quant_top1 | agreement) of every config evaluated, Pareto frontier drawn.
+    """Size vs ``metric`` of every config evaluated, Pareto frontier drawn.
 
-    ``customdata`` of each point is its history id, so a selection event names the config.
+    ``metric``: quant_top1 | agreement (classification), cosine_mean | neighbour_agreement (embeddings, the
+    text model: rows of one task only). ``customdata`` of each point is its history id, so a selection event
+    names the config.
     """
-    metric_name = {"quant_top1": "Quantized top-1 accuracy (%)", "agreement": "Top-1 agreement with FP32 (%)"}[metric]
+    metric_name, scale = labels.measure_axis(metric)
     kib = [r["quant_bytes"] / 1024 for r in rows]
-    score = [100 * (r[metric] if r[metric] is not None else math.nan) for r in rows]
-    hover = [f"{r['label']}<br>size {labels.size_bytes(r['quant_bytes'])} ({r['compression_ratio']:.2f}x)"
-             f"<br>top-1 {labels.pct(r['quant_top1'])}, agreement {labels.pct(r['agreement'])}" for r in rows]
+    score = [scale * (r[metric] if r.get(metric) is not None else math.nan) for r in rows]
+    hover = [f"{r['label']}<br>size {labels.size_bytes(r['quant_bytes'])} ({r['compression_ratio']:.2f}x)<br>"
+             + (f"cosine {labels.cosine(r['cosine_mean'])}, neighbour agreement {labels.pct(r['neighbour_agreement'])}"
+                if r.get("task") == labels.EMBEDDING else
+                f"top-1 {labels.pct(r['quant_top1'])}, agreement {labels.pct(r['agreement'])}") for r in rows]
     fig = go.Figure()
     valid = [i for i, s in enumerate(score) if not math.isnan(s)]
     front = [valid[j] for j in pareto_front([kib[i] for i in valid], [score[i] for i in valid])]
@@ -87,9 +91,9 @@ def tradeoff_scatter(
         marker={"color": QUANT_COLOR, "size": sizes, "line": {"width": [3 if i_d == current_id else 0 for i_d in ids],
                                                                "color": "black"}},
     ))
-    ref = fp32.get("fp32_top1") if metric == "quant_top1" else 1.0
+    ref = fp32.get("fp32_top1") if metric == "quant_top1" else 1.0  # FP32 agrees with itself; cosine 1 to itself
     if ref is not None and fp32.get("fp32_bytes"):
-        fig.add_trace(go.Scatter(x=[fp32["fp32_bytes"] / 1024], y=[100 * ref], mode="markers", name="FP32",
+        fig.add_trace(go.Scatter(x=[fp32["fp32_bytes"] / 1024], y=[scale * ref], mode="markers", name="FP32",
                                  marker={"color": FP32_COLOR, "size": 14, "symbol": "star"},
                                  hovertext=[f"FP32 {labels.size_bytes(fp32['fp32_bytes'])}"], hoverinfo="text"))
     return _layout(fig, "Accuracy vs size: every configuration of this session (click one to restore it)",
@@ -258,12 +262,13 @@ def compare_bars(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> go.Fig
     """
     full = list(names)
     names = [f"#{i + 1}" for i in range(len(full))]
+    fp32_name, quant_name, agreement_name = _accuracy_names(rows)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy (%)", "Model size (KiB)"))
-    fig.add_trace(go.Bar(x=names, y=[100 * (r["fp32_top1"] or 0) for r in rows], name="FP32 top-1",
+    fig.add_trace(go.Bar(x=names, y=[100 * (r["fp32_top1"] or 0) for r in rows], name=fp32_name,
                          marker={"color": FP32_COLOR}), row=1, col=1)
-    fig.add_trace(go.Bar(x=names, y=[100 * (r["quant_top1"] or 0) for r in rows], name="quantized top-1",
+    fig.add_trace(go.Bar(x=names, y=[100 * (r["quant_top1"] or 0) for r in rows], name=quant_name,
                          marker={"color": QUANT_COLOR}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=names, y=[100 * r["agreement"] for r in rows], mode="markers", name="agreement with FP32",
+    fig.add_trace(go.Scatter(x=names, y=[100 * r["agreement"] for r in rows], mode="markers", name=agreement_name,
                              marker={"color": "black", "symbol": "diamond", "size": 10}), row=1, col=1)
     fig.add_trace(go.Bar(x=names, y=[r["fp32_bytes"] / 1024 for r in rows], name="FP32 size",
                          marker={"color": FP32_COLOR}, showlegend=False), row=1, col=2)
@@ -277,6 +282,16 @@ def compare_bars(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> go.Fig
     fig.update_layout(height=420, margin=_MARGIN, barmode="group",
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 0})
     return fig
+
+
+def _accuracy_names(rows: Sequence[dict[str, Any]]) -> tuple[str, str, str]:
+    """The legend names of the accuracy bars: top-1 for classifiers, k-NN topic accuracy for embeddings."""
+    task = labels.rows_task(rows)
+    if task == "classification":
+        return "FP32 top-1", "quantized top-1", "agreement with FP32"
+    if task == labels.EMBEDDING:
+        return "FP32 k-NN topic accuracy", "quantized k-NN topic accuracy", "nearest-neighbour agreement"
+    return "FP32 top-1 or k-NN accuracy", "quantized top-1 or k-NN accuracy", "top-1 or nearest-neighbour agreement"
 
 
 # -- Calibration check -----------------------------------------------------------------------------
@@ -406,19 +421,21 @@ def histogram_with_clip(values: np.ndarray, lo: float, hi: float) -> go.Figure:
 
 
 # -- Sensitivity ------------------------------------------------------------------------------------
-def sensitivity_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
+def sensitivity_bars(rows: Sequence[dict[str, Any]], agreement: str = "agreement") -> go.Figure:
     """Agreement lost when only the layer is quantized (measured), most damaging at the top; unmeasured rows show
-    the proxy's shortfall instead, greyed."""
+    the proxy's shortfall instead, greyed. ``agreement``: what the task calls it (nearest-neighbour agreement for
+    embeddings)."""
     names = [r["name"] for r in rows][::-1]
     measured = [100 * (1 - r["only"]["agreement"]) if r.get("only") else None for r in rows][::-1]
     spared = [100 * (1 - r["all_but"]["agreement"]) if r.get("all_but") else None for r in rows][::-1]
     fig = go.Figure()
     fig.add_trace(go.Bar(y=names, x=measured, orientation="h", name="only this layer quantized", marker_color=QUANT_COLOR,
-                         hovertemplate="%{y}: %{x:.2f} points of agreement lost<extra>only this layer</extra>"))
+                         hovertemplate=f"%{{y}}: %{{x:.2f}} points of {agreement} lost<extra>only this layer</extra>"))
     fig.add_trace(go.Bar(y=names, x=spared, orientation="h", name="every layer but this one", marker_color=FP32_COLOR,
                          hovertemplate="%{y}: %{x:.2f} points lost with this layer spared<extra>all but this one</extra>"))
-    return _layout(fig, "Agreement lost (points) when only this layer is quantized, and when it alone is spared",
-                   "agreement with FP32 lost (points)", "", height=max(320, 18 * len(rows) + 120), barmode="group")
+    return _layout(fig, f"{agreement[0].upper()}{agreement[1:]} lost (points) when only this layer is quantized, and "
+                   "when it alone is spared", f"{agreement} with FP32 lost (points)", "",
+                   height=max(320, 18 * len(rows) + 120), barmode="group")
 
 
 def proxy_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
@@ -431,14 +448,16 @@ def proxy_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
                    "expected SQNR", "SQNR (dB), lower is worse", "", height=max(320, 14 * len(ordered) + 120))
 
 
-def search_scatter(points: Sequence[dict[str, Any]], int8_bytes: int, best_label: str | None) -> go.Figure:
-    """Every configuration the search evaluated: weight bytes (% of all-INT8) against agreement; frontier joined."""
+def search_scatter(points: Sequence[dict[str, Any]], int8_bytes: int, best_label: str | None,
+                   agreement: str = "agreement") -> go.Figure:
+    """Every configuration the search evaluated: weight bytes (% of all-INT8) against agreement (``agreement``: what
+    the task calls it); frontier joined."""
     xs = [100 * p["weight_bytes"] / max(int8_bytes, 1) for p in points]
     ys = [100 * p["agreement"] for p in points]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="evaluated", text=[p["label"] for p in points],
                              marker={"color": [QUANT_COLOR if p["meets"] else NEUTRAL_COLOR for p in points], "size": 8},
-                             hovertemplate="%{text}<br>%{x:.1f}% of all-INT8, agreement %{y:.2f}%<extra></extra>"))
+                             hovertemplate=f"%{{text}}<br>%{{x:.1f}}% of all-INT8, {agreement} %{{y:.2f}}%<extra></extra>"))
     front = [i for i in pareto_front(xs, ys)]
     fig.add_trace(go.Scatter(x=[xs[i] for i in front], y=[ys[i] for i in front], mode="lines", name="frontier",
                              line={"color": QUANT_COLOR, "dash": "dot"}, hoverinfo="skip"))
@@ -448,7 +467,7 @@ def search_scatter(points: Sequence[dict[str, Any]], int8_bytes: int, best_label
             fig.add_trace(go.Scatter(x=[xs[best]], y=[ys[best]], mode="markers", name="answer",
                                      marker={"symbol": "star", "size": 16, "color": FLAG_COLOR}, hoverinfo="skip"))
     return _layout(fig, "Mixed-precision search: every configuration evaluated (orange: meets the target)",
-                   "weight bytes (% of the all-INT8 model)", "agreement with FP32 (%)")
+                   "weight bytes (% of the all-INT8 model)", f"{agreement} with FP32 (%)")
 
 
 # -- Algorithms (Layer error page) --------------------------------------------------------------------

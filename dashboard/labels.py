@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 SCHEME = {"symmetric": "symmetric", "asymmetric": "asymmetric"}
@@ -75,6 +76,62 @@ def pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f} %"
 
 
+def cosine(x: float | None) -> str:
+    """A cosine similarity with four decimals (0.9986): the differences that matter are in the third."""
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+# -- tasks: what a Result's numbers mean ----------------------------------------------------------------
+EMBEDDING = "embedding"  # metrics["task"] of the text model; classification Results have no "task" key
+
+
+def task(metrics: dict[str, Any]) -> str:
+    """``"embedding"`` (the text model: cosine, neighbours, k-NN topic accuracy) or ``"classification"``."""
+    return str(metrics.get("task", "classification"))
+
+
+def is_embedding(metrics: dict[str, Any]) -> bool:
+    return task(metrics) == EMBEDDING
+
+
+# How each task's numbers are called where a page names them (sensitivity, search, layer error).
+WORDS: dict[str, dict[str, str]] = {
+    "classification": {"accuracy": "top-1", "agreement": "agreement", "kl": "output KL"},
+    EMBEDDING: {"accuracy": "k-NN topic accuracy", "agreement": "nearest-neighbour agreement",
+                "kl": "neighbour-similarity KL"},
+}
+
+
+def words(metrics: dict[str, Any]) -> dict[str, str]:
+    """The names of a Result's accuracy, agreement and KL, by its task."""
+    return WORDS[EMBEDDING if is_embedding(metrics) else "classification"]
+
+
+# The accuracy measures of the accuracy-size scatter, per task: row key -> (axis title, scale to the axis).
+# Cosine stays a cosine (0.99 is not "99 %"); the rest are shares shown in percent.
+ACCURACY_MEASURES: dict[str, dict[str, tuple[str, float]]] = {
+    "classification": {"quant_top1": ("Quantized top-1 accuracy (%)", 100.0),
+                       "agreement": ("Top-1 agreement with FP32 (%)", 100.0)},
+    EMBEDDING: {"cosine_mean": ("Cosine to FP32 (mean)", 1.0),
+                "neighbour_agreement": ("Nearest-neighbour agreement with FP32 (%)", 100.0)},
+}
+
+
+def measure_axis(metric: str) -> tuple[str, float]:
+    """(axis title, scale) of a scatter measure of any task."""
+    return next(measures[metric] for measures in ACCURACY_MEASURES.values() if metric in measures)
+
+
+def rows_task(rows: Sequence[dict[str, Any]]) -> str:
+    """What a set of summary rows measured: "classification", "embedding", or "mixed" (tables and bars name it)."""
+    tasks = {row.get("task", "classification") for row in rows}
+    return tasks.pop() if len(tasks) == 1 else ("classification" if not tasks else "mixed")
+
+
+MEASURE_CHOICES = {"quant_top1": "top-1 accuracy", "agreement": "agreement with FP32",
+                   "cosine_mean": "cosine to FP32 (mean)", "neighbour_agreement": "nearest-neighbour agreement"}
+
+
 def db(x: float | None) -> str:
     """SQNR in dB; None (no quantization noise) reads as 'exact'."""
     if x is None or (isinstance(x, float) and math.isinf(x)):
@@ -95,10 +152,15 @@ BACKEND = {"torch": "PyTorch (reference)", "onnxruntime": "onnxruntime (float32 
 
 def backend_comparison(result: dict[str, Any], reference: dict[str, Any]) -> str:
     """One paragraph: how the onnxruntime-backend numbers compare with the PyTorch reference's, decision by decision."""
+    m, r = result["metrics"], reference["metrics"]
+    if is_embedding(m):  # no decisions to count: the two backends' embeddings, each against FP32
+        return (f"**PyTorch reference**: cosine to FP32 {cosine(m['cosine_mean'])} here, {cosine(r['cosine_mean'])} in "
+                f"PyTorch; nearest-neighbour agreement {pct(m['neighbour_agreement'])} here, "
+                f"{pct(r['neighbour_agreement'])} in PyTorch. Both run the same float32 fake-quantize arithmetic; "
+                "the exported JSON names the backend, and `python -m ptq_core run` reproduces its numbers exactly.")
     ours, theirs = result["predictions"], reference["predictions"]
     differ = sum(a != b for a, b in zip(ours, theirs, strict=True))
     n = len(ours)
-    m, r = result["metrics"], reference["metrics"]
     acc = ""
     if "quant_top1" in m and "quant_top1" in r:
         acc = f" Top-1: {pct(m['quant_top1'])} here, {pct(r['quant_top1'])} in PyTorch."
@@ -141,5 +203,11 @@ def runtime_agreement(metrics: dict[str, Any]) -> str | None:
     """``simulation matches onnxruntime on N/M samples (max |Δ logit| X)``; None when the check did not run."""
     if "runtime_agreement" not in metrics:
         return None
+    if is_embedding(metrics):  # the runtime's embeddings against the simulation's
+        low = metrics.get("runtime_cosine_min")
+        detail = ([f"cosine at least {cosine(low)}"] if low is not None else []) + [
+            f"max |Δ| {metrics['runtime_max_abs_diff']:.3g}"]
+        return (f"simulation and onnxruntime give the same nearest neighbour on {metrics['runtime_matching_samples']}/"
+                f"{metrics['num_eval_samples']} sentences ({', '.join(detail)})")
     return (f"simulation matches onnxruntime on {metrics['runtime_matching_samples']}/{metrics['num_eval_samples']} "
             f"samples (max |Δ logit| {metrics['runtime_max_abs_diff']:.3g})")

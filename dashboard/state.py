@@ -197,6 +197,9 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "pretrained": result["model"]["pretrained"],
         "dataset": result["dataset"]["name"],
     })
+    m = result["metrics"]
+    if labels.is_embedding(m):  # what the scatter and tables show for embeddings (classification rows stay as they were)
+        row.update({key: m.get(key) for key in ("task", "cosine_mean", "cosine_min", "neighbour_agreement", "recall_at_10")})
     return row
 
 

@@ -1,4 +1,9 @@
-"""Overview page: FP32 vs quantized headline numbers, and the accuracy-size scatter of this session."""
+"""Overview page: FP32 vs quantized headline numbers, and the accuracy-size scatter of this session.
+
+Classification models show top-1 and agreement; the text model (``metrics["task"] == "embedding"``)
+shows cosine to FP32, nearest-neighbour agreement, recall and k-NN topic accuracy, with a
+plain-words box saying what they mean (:mod:`dashboard.embeddings`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, labels, resources, state
+from dashboard import charts, embeddings, labels, resources, state
 from ptq_core.config import QuantConfig
 from ptq_core.errors import PTQError
 
@@ -110,9 +115,13 @@ def reference_section(config: QuantConfig, result: dict[str, Any]) -> None:
     if st.session_state.get("ov_reference_for") != key:
         c1, c2 = st.columns([1, 3], vertical_alignment="center")
         c1.button("Compare with the PyTorch reference", key="ov_reference", on_click=_ask_reference, args=(key,))
-        c2.caption("Runs the same simulation in PyTorch eager, the reference implementation, and counts the top-1 "
-                   "decisions on which the two backends differ (a few near-ties at a rounding boundary are expected "
-                   "on large models).")
+        if labels.is_embedding(result["metrics"]):
+            c2.caption("Runs the same simulation in PyTorch eager, the reference implementation, and compares the "
+                       "two backends' cosine to FP32 and nearest-neighbour agreement.")
+        else:
+            c2.caption("Runs the same simulation in PyTorch eager, the reference implementation, and counts the "
+                       "top-1 decisions on which the two backends differ (a few near-ties at a rounding boundary are "
+                       "expected on large models).")
         return
     try:
         ref = resources.compute(key, "reference")
@@ -122,18 +131,37 @@ def reference_section(config: QuantConfig, result: dict[str, Any]) -> None:
     st.info(labels.backend_comparison(result, ref))
 
 
-
-
-
 def _card(col: Any, label: str, value: str, **kwargs: Any) -> None:
     col.metric(label, value, border=True, **kwargs)
 
 
+def _subset(result: dict[str, Any]) -> str:
+    """What a first answer on a subset says on every number measured on it ("" for the whole evaluation)."""
+    data = result["dataset"]
+    return (f" · first {data['num_eval_samples']} of {data.get('num_eval_samples_config', '?')}"
+            if "samples" in result.get("pending", []) else "")
+
+
+def _size_card(col: Any, size: dict[str, Any]) -> None:
+    saved = size["fp32_bytes"] - size["quant_bytes"]
+    _card(col, "Size", labels.size_bytes(size["quant_bytes"]),
+          delta=f"{size['compression_ratio']:.2f}x smaller (−{labels.size_bytes(saved)})", delta_color="off",
+          delta_arrow="off", help=f"{size['quant_bytes']:,} bytes quantized vs {size['fp32_bytes']:,} bytes FP32.")
+
+
+def _latency_card(col: Any, block: dict[str, Any]) -> None:
+    lat = labels.latency(block)
+    speed = lat["fp32_ms"] / lat["quant_ms"] if lat["quant_ms"] else float("nan")
+    _card(col, lat["title"], f"{lat['quant_ms']:.3g} ms", delta=f"FP32 {lat['fp32_ms']:.3g} ms ({speed:.2f}x)",
+          delta_color="off", delta_arrow="off", help=lat["note"])
+
+
 def metric_cards(result: dict[str, Any]) -> None:
-    m, size, data = result["metrics"], result["size"], result["dataset"]
-    # A first answer on a subset says so on every number measured on it.
-    subset = (f" · first {data['num_eval_samples']} of {data.get('num_eval_samples_config', '?')}"
-              if "samples" in result.get("pending", []) else "")
+    if labels.is_embedding(result["metrics"]):
+        embedding_cards(result)
+        return
+    m = result["metrics"]
+    subset = _subset(result)
     cols = st.columns(5)  # FP32 top-1 | quantized top-1 | agreement | size | latency
     if "fp32_top1" in m:
         _card(cols[0], "FP32 top-1" + subset, labels.pct(m["fp32_top1"]))
@@ -149,16 +177,38 @@ def metric_cards(result: dict[str, Any]) -> None:
         _card(cols[1], "Quantized top-1", "n/a", help=f"Not reported: {why}.")
     _card(cols[2], "Agreement with FP32" + subset, labels.pct(m["agreement"]),
                    help="Share of evaluation samples whose top-1 class is the same as the FP32 model's.")
-    saved = size["fp32_bytes"] - size["quant_bytes"]
-    _card(cols[3], "Size", labels.size_bytes(size["quant_bytes"]),
-                   delta=f"{size['compression_ratio']:.2f}x smaller (−{labels.size_bytes(saved)})", delta_color="off",
-                   delta_arrow="off",
-                   help=f"{size['quant_bytes']:,} bytes quantized vs {size['fp32_bytes']:,} bytes FP32.")
-    lat = labels.latency(result["latency"])
-    speed = lat["fp32_ms"] / lat["quant_ms"] if lat["quant_ms"] else float("nan")
-    _card(cols[4], lat["title"], f"{lat['quant_ms']:.3g} ms",
-          delta=f"FP32 {lat['fp32_ms']:.3g} ms ({speed:.2f}x)",
-          delta_color="off", delta_arrow="off", help=lat["note"])
+    _size_card(cols[3], result["size"])
+    _latency_card(cols[4], result["latency"])
+
+
+def embedding_cards(result: dict[str, Any]) -> None:
+    """The text model's cards: how far quantization moved each sentence's embedding, and whether neighbours stayed."""
+    m = result["metrics"]
+    subset = _subset(result)
+    cols = st.columns(5)  # cosine | nearest-neighbour agreement | recall@10 | size | latency
+    _card(cols[0], "Cosine to FP32 (mean)" + subset, labels.cosine(m["cosine_mean"]),
+          delta=f"min {labels.cosine(m['cosine_min'])}", delta_color="off", delta_arrow="off",
+          help=embeddings.COSINE_HELP)
+    _card(cols[1], "Nearest-neighbour agreement" + subset, labels.pct(m["neighbour_agreement"]),
+          help=embeddings.NEIGHBOUR_HELP)
+    _card(cols[2], "Recall@10" + subset, labels.pct(m["recall_at_10"]), help=embeddings.RECALL_HELP)
+    _size_card(cols[3], result["size"])
+    _latency_card(cols[4], result["latency"])
+    cols = st.columns(5)
+    n = result["dataset"]["num_eval_samples"]
+    if "fp32_top1" in m:
+        _card(cols[0], "k-NN topic accuracy, FP32" + subset, labels.pct(m["fp32_top1"]), help=embeddings.KNN_HELP)
+        delta_pp = 100 * (m["quant_top1"] - m["fp32_top1"])
+        same = abs(delta_pp) < 0.005
+        _card(cols[1], "k-NN topic accuracy, quantized" + subset, labels.pct(m["quant_top1"]),
+              delta="same as FP32" if same else f"{delta_pp:+.2f} pp vs FP32", help=embeddings.KNN_HELP,
+              **({"delta_color": "off", "delta_arrow": "off"} if same else {}))
+        cols[2].caption(f"k-NN topic accuracy is leave-one-out k-NN (k={embeddings.KNN_K}) on the {n} evaluation "
+                        "sentences: each sentence's topic voted by its nearest other sentences.")
+    else:  # the engine reports no topic accuracy for random weights or unlabeled texts
+        why = "random weights" if not result["model"]["pretrained"] else "the sentences have no topic labels"
+        _card(cols[0], "k-NN topic accuracy, FP32", "n/a", help=f"Not reported: {why}. Cosine and neighbours still are.")
+        _card(cols[1], "k-NN topic accuracy, quantized", "n/a", help=f"Not reported: {why}.")
 
 
 def render() -> None:
@@ -172,6 +222,8 @@ def render() -> None:
         st.info("Layers with weights ptq_core does not quantize stay in float (their size and error count as FP32): "
                 + ", ".join(result["model"]["unsupported_layers"]))
     metric_cards(result)
+    if labels.is_embedding(result["metrics"]):
+        embeddings.explain()
     st.caption(run_note(result))
     note = algorithms_note(result)
     if note is not None:
@@ -181,14 +233,23 @@ def render() -> None:
         st.warning(w)
 
     st.subheader("Accuracy–size tradeoff")
+    task = labels.task(result["metrics"])
     entries = state.history()
-    current_id = next((e["id"] for e in entries if e["config_json"] == config.to_json()), None)
+    # one task's measures on one axis: a cosine and a top-1 are not the same scale (history rows say their task)
+    plotted = [e for e in entries if e["row"].get("task", "classification") == task]
+    current_id = next((e["id"] for e in plotted if e["config_json"] == config.to_json()), None)
     c1, c2 = st.columns([3, 1])
-    metric = c2.radio("Accuracy measure", ["quant_top1", "agreement"], key="ov_metric",
-                      format_func={"quant_top1": "top-1 accuracy", "agreement": "agreement with FP32"}.get)
+    if labels.is_embedding(result["metrics"]):
+        metric = c2.radio("Accuracy measure", list(labels.ACCURACY_MEASURES[task]), key="ov_metric_embedding",
+                          format_func=labels.MEASURE_CHOICES.get,
+                          help="Cosine: how far quantization moved the embeddings. Nearest-neighbour agreement: "
+                               "whether each sentence's nearest other sentence stayed the same.")
+    else:
+        metric = c2.radio("Accuracy measure", ["quant_top1", "agreement"], key="ov_metric",
+                          format_func={"quant_top1": "top-1 accuracy", "agreement": "agreement with FP32"}.get)
     if "quant_top1" not in result["metrics"] and metric == "quant_top1":
         metric = "agreement"
-    fig = charts.tradeoff_scatter([e["row"] for e in entries], [e["id"] for e in entries], current_id, metric,
+    fig = charts.tradeoff_scatter([e["row"] for e in plotted], [e["id"] for e in plotted], current_id, metric,
                                   {"fp32_top1": result["metrics"].get("fp32_top1"), "fp32_bytes": result["size"]["fp32_bytes"]})
     with c1:
         st.plotly_chart(fig, key="ov_scatter", on_select=_restore_from_scatter, selection_mode="points")
