@@ -72,7 +72,7 @@ _PASS_THROUGH_FUNCTIONS = {
     F.dropout, F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
 }  # operator.getitem: see is_pass_through
 _PASS_THROUGH_METHODS = {
-    "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "contiguous", "expand",
+    "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "transpose", "contiguous", "expand",
     "__getitem__", "view_as", "reshape_as",
 }
 # Ops returning a tuple of parts of one tensor (ONNX Split/Slice): the parts stay on its grid.
@@ -455,6 +455,11 @@ def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) ->
     if unsupported:
         log.info("layers with weights that ptq_core does not quantize (kept in float): %s", ", ".join(unsupported))
     return PreparedModel(graph_module=gm, units=units, points=points, fold_batchnorm=fold_bn, unsupported=unsupported)
+
+
+def is_tokens(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a text model's input: ``[N, 2, L]`` integer token ids and attention mask (:mod:`ptq_core.models.minilm`)."""
+    return not x.is_floating_point() and x.dim() == 3 and x.shape[1] == 2
 
 
 def node_map(gm: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:

@@ -28,10 +28,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..config import Algorithms, QuantConfig
 from ..errors import ConfigError
-from ..graph import PreparedModel
+from ..graph import PreparedModel, is_tokens
 from ..progress import ProgressFn
 from ..quantize import FakeQuantize, LayerQuant, QuantPlan, build_quantized_model, set_layer_weights
 from ..ranges import _broadcast_qparams, weight_error
@@ -59,6 +60,10 @@ def check(prepared: PreparedModel, plan: QuantPlan, config: QuantConfig) -> list
     if algo.cross_layer_equalization and prepared.variant == "cle" and not find_pairs(prepared):
         warnings.append("algorithms.cross_layer_equalization: this model has no pair of consecutive Conv/Linear layers "
                         "(joined by nothing, ReLU or ReLU6) to equalize; nothing changed")
+    if algo.smoothquant is not None and config.mode != "static":
+        warnings.append(f"algorithms.smoothquant: applies to static activations only (this config's are "
+                        f"{'dynamic' if config.mode == 'dynamic' else 'not quantized'}: no fixed grid to spare an outlier); "
+                        "nothing changed")
     if algo.finetune is not None and config.mode == "dynamic":
         warnings.append("algorithms.finetune: dynamic activations have no scale to train; weights and biases train, the "
                         "activation ranges stay dynamic")
@@ -92,6 +97,14 @@ def improve(
             torch.set_flush_denormal(False)
 
 
+def _joined(batches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The batches as one tensor; token batches of different lengths padded at the end (id 0, mask 0)."""
+    if batches and is_tokens(batches[0]):
+        width = max(int(b.shape[-1]) for b in batches)
+        return torch.cat([F.pad(b, (0, width - int(b.shape[-1]))) for b in batches])
+    return torch.cat(list(batches))
+
+
 def _improve(
     prepared: PreparedModel, plan: QuantPlan, config: QuantConfig, *, batches: Sequence[torch.Tensor],
     teacher_logits: torch.Tensor | None, key: str, on_progress: ProgressFn | None,
@@ -103,6 +116,9 @@ def _improve(
     report: dict[str, Any] = {"seconds": {}, "layers": {}, "warnings": warnings}
     quantized = [name for name, lq in layers.items() if lq.quant is not None]
     layerwise = algo.rounding != "nearest" or algo.bias_correction
+    # A text model's batches are [N, 2, L] tokens, each batch as long as its longest text: the algorithms see
+    # every sample's real tokens only (padding is computed by the model but never used).
+    lengths = [int(n) for b in batches for n in b[:, 1].sum(dim=1)] if batches and is_tokens(batches[0]) else None
     if layerwise:
         start = time.perf_counter()
         q_gm, _ = build_quantized_model(prepared, plan)
@@ -117,7 +133,7 @@ def _improve(
                 on_progress(0, len(quantized), f"{what}: FP32 outputs of every layer")
             fp32 = read_fp32(copy.deepcopy(prepared.graph_module),
                              {paths[n]: (views[n][0], views[n][1].shape[2]) for n in quantized}, batches,
-                             sample=sampled, seed=algo.adaround.seed)
+                             sample=sampled, seed=algo.adaround.seed, lengths=lengths)
         done = [0]
 
         def repair(name: str) -> Callable[[torch.Tensor], None]:
@@ -127,7 +143,7 @@ def _improve(
                 lq = layers[name]
                 geo, w, scale, zp = views[name]
                 data = layer_data(x, geo, fp32[paths[name]] if fp32 is not None else None,
-                                  hessian=algo.rounding == "gptq")
+                                  hessian=algo.rounding == "gptq", lengths=lengths)
                 step = None
                 if on_progress is not None:
                     k = done[0]
@@ -143,7 +159,7 @@ def _improve(
 
             return callback
 
-        walk_quantized(q_gm, torch.cat(list(batches)), {paths[name]: repair(name) for name in quantized})
+        walk_quantized(q_gm, _joined(batches), {paths[name]: repair(name) for name in quantized})
         if on_progress is not None:
             on_progress(len(quantized), len(quantized), f"{what}: done")
         report["seconds"]["layerwise"] = time.perf_counter() - start
@@ -170,7 +186,7 @@ def _improve(
                 assert pq.scale is not None and pq.zero_point is not None
                 qat_points[mod.point] = (mod_path, LearnableFakeQuantize(pq.scale, pq.zero_point, pq.qmin, pq.qmax))
         ft = algo.finetune
-        images = torch.cat(list(batches))
+        images = _joined(batches)
         step = (lambda d, t: on_progress(d, t, f"fine-tuning: step {d} of {t}")) if on_progress is not None else None
         new_weights, scales, summary = finetune(gm, qat_layers, qat_points, images, teacher_logits, steps=ft.steps, lr=ft.lr,
                                                 batch_size=ft.batch_size, seed=ft.seed, on_step=step)

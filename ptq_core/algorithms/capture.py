@@ -70,15 +70,24 @@ def _sample_count(geo: LayerGeometry, in_per_group: int, images: int, positions_
     return max(1, min(positions_per_image, math.ceil(limit / max(1, images))))
 
 
+def _real(t: torch.Tensor, geo: LayerGeometry, lengths: Sequence[int] | None, i: int) -> torch.Tensor:
+    """Sample ``i``'s tensor ``[1, L, K]`` at a Linear, cut to its ``lengths[i]`` real tokens (text: padding is at the end)."""
+    if lengths is None or geo.kind != "linear" or t.dim() != 3:
+        return t
+    return t[:, : lengths[i]]
+
+
 def read_fp32(
     fp_gm: nn.Module, layers: dict[str, tuple[LayerGeometry, int]], batches: Sequence[torch.Tensor], *,
-    sample: set[str], seed: int,
+    sample: set[str], seed: int, lengths: Sequence[int] | None = None,
 ) -> dict[str, _FP32Layer]:
     """One FP32 forward: per layer (module path -> (geometry, inputs per group)) the output sums and, for the layers
-    in ``sample``, the outputs at sampled positions (drawn here, seeded per layer)."""
+    in ``sample``, the outputs at sampled positions (drawn here, seeded per layer). ``lengths``: per sample, its
+    number of real tokens (a text model); positions past it are padding, left out of every statistic."""
     images = sum(int(b.shape[0]) for b in batches)
     out = {path: _FP32Layer(picks=[] if path in sample else None, ys=[] if path in sample else None) for path in layers}
     gens = {path: torch.Generator().manual_seed(seed * 1_000_003 + k) for k, path in enumerate(layers)}
+    seen = dict.fromkeys(layers, 0)  # samples each layer has seen so far (they arrive batch by batch)
     handles = []
 
     def hook(path: str) -> Callable[..., None]:
@@ -87,6 +96,8 @@ def read_fp32(
 
         def fn(_m: nn.Module, _args: Any, y: torch.Tensor) -> None:
             for img in y.split(1):
+                img = _real(img, geo, lengths, seen[path])
+                seen[path] += 1
                 rows = geo.rows(img.float())  # [G, O, L]
                 rec.y_sum = rows.sum(-1) if rec.y_sum is None else rec.y_sum + rows.sum(-1)
                 rec.n += rows.shape[-1]
@@ -110,14 +121,16 @@ def read_fp32(
     return out
 
 
-def layer_data(x: torch.Tensor, geo: LayerGeometry, fp: _FP32Layer | None, *, hessian: bool) -> LayerData:
-    """What the algorithms need of one layer, from its input ``x`` in the quantized model (all calibration images)."""
+def layer_data(x: torch.Tensor, geo: LayerGeometry, fp: _FP32Layer | None, *, hessian: bool,
+               lengths: Sequence[int] | None = None) -> LayerData:
+    """What the algorithms need of one layer, from its input ``x`` in the quantized model (all calibration images);
+    ``lengths`` as :func:`read_fp32` takes them."""
     x_sum: torch.Tensor | None = None
     h_sum: torch.Tensor | None = None
     xs: list[torch.Tensor] = []
     n = 0
     for i, img in enumerate(x.split(1)):  # one image at a time: a 3x3 depthwise conv's columns are 9x its input
-        cols = geo.columns(img.float())  # [G, I, L]
+        cols = geo.columns(_real(img, geo, lengths, i).float())  # [G, I, L]
         x_sum = cols.sum(-1) if x_sum is None else x_sum + cols.sum(-1)
         if hessian:
             h = torch.bmm(cols, cols.transpose(1, 2))

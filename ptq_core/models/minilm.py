@@ -101,17 +101,15 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(c.hidden_size, c.hidden_size)
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, H*D] -> [N, H, L, D]
-        n, length = x.shape[0], x.shape[1]
-        return x.view(n, length, self.heads, self.head_size).permute(0, 2, 1, 3)
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, H*D] -> [N, H, L, D]; no shape is read, so exports stay dynamic
+        return x.unflatten(-1, (self.heads, self.head_size)).permute(0, 2, 1, 3)
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_size)
         scores = scores.masked_fill(padding, torch.finfo(torch.float32).min)  # padding [N, 1, 1, L]: True = pad
         context = torch.matmul(scores.softmax(dim=-1), v)  # [N, H, L, D]
-        n, length = context.shape[0], context.shape[2]
-        return context.permute(0, 2, 1, 3).reshape(n, length, self.heads * self.head_size)
+        return context.permute(0, 2, 1, 3).flatten(2)
 
 
 class Layer(nn.Module):

@@ -72,7 +72,16 @@ from ..graph import PreparedModel
 from ..quantize import QuantPlan
 from .qdq import TORCH_MAX_OPSET, example_input, export_module, set_opset, strip_markers, torch_export
 from .report import ExportReport, activation_entries, classify, tensor_types, unit_nodes
-from .rewrite import OnnxGraph, emit_dynamic, emit_nbits, fold_pads_into_convs, integer_pads, rewrite_dq, weight_format
+from .rewrite import (
+    OnnxGraph,
+    emit_dynamic,
+    emit_nbits,
+    fold_pads_into_convs,
+    integer_pads,
+    rewrite_dq,
+    shapes_from_codes,
+    weight_format,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +144,7 @@ def export_onnx(
     marked = strip_markers(model)
     model = set_opset(model, opset)
     g = OnnxGraph(model)
+    shapes_from_codes(g)
     weights: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     for name, lq in plan.layers.items():

@@ -32,6 +32,7 @@ from ..graph import (
     is_pass_through,
     is_split,
     is_stochastic_depth_identity,
+    is_tokens,
     pass_through_source,
 )
 from ..primitives import fake_quantize
@@ -39,6 +40,8 @@ from ..quantize import PointQuant, QuantPlan, set_weights
 
 TORCH_MAX_OPSET = 20  # the TorchScript exporter stops at 20; 21 is reached with onnx's converter
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# A text model's one tensor [N, 2, L] (ids, mask: ptq_core.models.minilm) is given back to users as two inputs.
+TOKEN_INPUTS, EMBEDDING_OUTPUT = ("input_ids", "attention_mask"), "embeddings"
 MARKER_DOMAIN = "ptq"  # a temporary identity op marking each activation point; removed before saving
 
 # Modules and calls that vanish from an eval-mode export: no Q/DQ is needed after them.
@@ -146,6 +149,7 @@ def export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.Gr
     """
     gm = copy.deepcopy(prepared.graph_module)
     set_weights(gm, plan)
+    flatten_linear_inputs(gm)
     modules = dict(gm.named_modules())
     point_of_node = {prepared.point(name).node: name for name in plan.points}
     nodes = list(gm.graph.nodes)
@@ -197,19 +201,88 @@ def example_input(prepared: PreparedModel) -> torch.Tensor:
     return torch.zeros(shape, dtype=meta.dtype)
 
 
+class _TokenInputs(nn.Module):
+    """``(input_ids, attention_mask)`` -> the model's one ``[N, 2, L]`` tensor: ONNX gets the two inputs users feed."""
+
+    PREFIX = "inner."  # what the exporter puts before the wrapped model's parameter names
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.stack([input_ids, attention_mask], dim=1))
+
+
+def flatten_linear_inputs(gm: torch.fx.GraphModule) -> int:
+    """Run every Linear on a [.., K] input (rank > 2) as ``reshape(-1, K) -> Linear -> reshape back``, in place.
+
+    The TorchScript exporter writes a Linear on a 2-D input as ``Gemm(A, W, b, transB=1)`` with the
+    layer's own weight initializer, the form the weight rewrites (int8 codes, MatMulNBits,
+    MatMulInteger) look for; on a 3-D input it writes MatMul with a folded, renamed transpose.
+    A reshape keeps the input's grid, so the pass-through rule gives it a Q/DQ of the same scale.
+    Returns how many Linear calls were rewritten.
+    """
+    modules = dict(gm.named_modules())
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.Linear):
+            continue
+        x = node.args[0]
+        meta = x.meta.get("tensor_meta") if isinstance(x, torch.fx.Node) else None
+        if meta is None or len(meta.shape) <= 2:
+            continue
+        in_features, out_features = modules[str(node.target)].in_features, modules[str(node.target)].out_features
+        with gm.graph.inserting_before(node):
+            flat = gm.graph.call_method("reshape", (x, -1, in_features))
+            # reshape back with size(d) of the leading dims: each stays dynamic in the trace (flatten/unflatten
+            # and a sliced torch.Size are written with the example's sizes as constants)
+            lead = [gm.graph.call_method("size", (x, d)) for d in range(len(meta.shape) - 2)]
+        node.args = (flat,)
+        with gm.graph.inserting_after(node):
+            out = gm.graph.call_method("reshape", (node, *lead, -1, out_features))
+        node.replace_all_uses_with(out, delete_user_cb=lambda user, out=out: user is not out)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
 def torch_export(module: nn.Module, example: torch.Tensor, opset: int, *, markers: bool = True) -> onnx.ModelProto:
+    """Export with the TorchScript exporter; a text model gets two inputs (``input_ids``, ``attention_mask``)."""
+    args: tuple[torch.Tensor, ...]
+    if is_tokens(example):
+        module, args = _TokenInputs(module), (example[:, 0].contiguous(), example[:, 1].contiguous())
+        names, out = list(TOKEN_INPUTS), EMBEDDING_OUTPUT
+        axes = {**{n: {0: "batch", 1: "sequence"} for n in names}, out: {0: "batch"}}
+    else:
+        args, names, out = (example,), [INPUT_NAME], OUTPUT_NAME
+        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter warns that it is deprecated in favour of dynamo=True, which needs
         # seconds per export (torch.export tracing) against milliseconds here.
         warnings.simplefilter("ignore")
         torch.onnx.export(  # a BytesIO works; the stub asks for a path
-            module, (example,), buf, dynamo=False, opset_version=min(opset, TORCH_MAX_OPSET),  # type: ignore[arg-type]
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            module, args, buf, dynamo=False, opset_version=min(opset, TORCH_MAX_OPSET),  # type: ignore[arg-type]
+            input_names=names, output_names=[out], dynamic_axes=axes,
             do_constant_folding=True, custom_opsets={MARKER_DOMAIN: 1} if markers else None,
         )
-    return onnx.load_from_string(buf.getvalue())
+    model = onnx.load_from_string(buf.getvalue())
+    if isinstance(module, _TokenInputs):  # weights named as the model names them (the rewrites find them so)
+        _strip_prefix(model, _TokenInputs.PREFIX)
+    return model
+
+
+def _strip_prefix(model: onnx.ModelProto, prefix: str) -> None:
+    renames = {t.name: t.name[len(prefix):] for t in model.graph.initializer if t.name.startswith(prefix)}
+    for t in model.graph.initializer:
+        t.name = renames.get(t.name, t.name)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
 
 
 def strip_markers(model: onnx.ModelProto) -> dict[int, str]:

@@ -325,6 +325,25 @@ def emit_dynamic(g: OnnxGraph, lq: LayerQuant, wname: str, gemm: onnx.NodeProto)
             "axis": 1 if qp.granularity == "per_channel" else None, "node": f"{base}/MatMulInteger"}
 
 
+def shapes_from_codes(g: OnnxGraph) -> int:
+    """``DequantizeLinear -> Shape`` -> ``Shape`` of the DequantizeLinear's input (the codes): the same shape.
+
+    A Linear on a [N, L, K] input is exported as reshape -> Gemm -> reshape back with N and L read
+    from the input (:func:`ptq_core.onnx.qdq.flatten_linear_inputs`); reading them from the codes
+    leaves each DequantizeLinear one consumer, which onnxruntime's QDQ fusions require. Returns how
+    many Shape nodes were moved.
+    """
+    count = 0
+    for node in g.model.graph.node:
+        if node.op_type != "Shape":
+            continue
+        dq = g.producer(node.input[0])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            node.input[0] = dq.input[0]
+            count += 1
+    return count
+
+
 # -- zero padding on the integer codes ---------------------------------------------------------------
 def _const_value(g: OnnxGraph, name: str) -> np.ndarray | None:
     if name in g.inits:

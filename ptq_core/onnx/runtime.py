@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
@@ -50,11 +49,12 @@ from torch import nn
 
 from ..calibration import batches
 from ..errors import ExportError, PTQError
+from ..metrics import embedding_metrics
 from ..progress import StepFn
 from ..timing import LATENCY_BUDGET_S, median_ms
 from .export import export_float_onnx, export_onnx
 from .report import ExportReport
-from .session import int8_kernel_note, make_runtime_session, run_logits, runtime_name
+from .session import input_feed, int8_kernel_note, make_runtime_session, run_logits, runtime_name
 
 if TYPE_CHECKING:
     from ..graph import PreparedModel
@@ -77,7 +77,7 @@ def torch_latency_ms(model: nn.Module, x: torch.Tensor, *, budget_s: float = LAT
 
 
 def session_latency_ms(session: ort.InferenceSession, x: torch.Tensor, *, budget_s: float = LATENCY_BUDGET_S) -> tuple[float, int]:
-    feed = {session.get_inputs()[0].name: x.numpy().astype(np.float32)}
+    feed = input_feed(session, x)
     return median_ms(lambda: session.run(None, feed), budget_s=budget_s)
 
 
@@ -176,6 +176,7 @@ def runtime_check(
     simulated_latency: dict[str, Any],
     cache: RuntimeCache,
     on_step: StepFn | None = None,
+    task: str = "classification",
 ) -> RuntimeCheck:
     """Export ``plan`` on ``prepared``, run it in onnxruntime, compare with the simulation, measure latency.
 
@@ -183,14 +184,17 @@ def runtime_check(
     gave ``sim_logits`` for (``labels``: their labels, None when unlabelled); ``model`` is the
     original FP32 module, timed in eager PyTorch for reference; ``simulated_latency`` is kept in
     the measured block, labelled simulated; ``cache`` holds the FP32 export and its latencies;
-    ``on_step`` is called after each batch run in onnxruntime. Never raises a failure of the export
+    ``on_step`` is called after each batch run in onnxruntime; ``task`` "embedding": outputs are
+    compared by cosine and nearest neighbours (:func:`ptq_core.metrics.embedding_metrics`), not by
+    their argmax. Never raises a failure of the export
     or the runtime: it becomes a warning. What ``on_step`` raises to stop the run (a ``BaseException``, as
     Streamlit's rerun is) propagates.
     """
     start = time.perf_counter()
     out = RuntimeCheck()
     try:
-        _check(out, prepared, plan, model, dataset, indices, batch_size, sim_logits, labels, simulated_latency, cache, on_step)
+        _check(out, prepared, plan, model, dataset, indices, batch_size, sim_logits, labels, simulated_latency, cache, on_step,
+               task)
     except PTQError as exc:
         out.warnings.append(f"onnxruntime check skipped: {exc}")
     except Exception as exc:  # a failed export/runtime must never lose the simulated run
@@ -204,7 +208,7 @@ def runtime_check(
 def _check(
     out: RuntimeCheck, prepared: PreparedModel, plan: QuantPlan, model: nn.Module, dataset: torch.utils.data.Dataset,
     indices: list[int], batch_size: int, sim_logits: torch.Tensor, labels: torch.Tensor | None,
-    simulated_latency: dict[str, Any], cache: RuntimeCache, on_step: StepFn | None,
+    simulated_latency: dict[str, Any], cache: RuntimeCache, on_step: StepFn | None, task: str,
 ) -> None:
     threads = torch.get_num_threads()
     n = min(MAX_LATENCY_BATCH, len(indices))
@@ -230,14 +234,25 @@ def _check(
         step(2)
         kernels, fallback = verify_kernels(report, fused_ops(optimized))
         ort_logits = run_logits(session, dataset, indices, batch_size, lambda done, _: step(2 + done))
-        same = ort_logits.argmax(dim=1) == sim_logits.argmax(dim=1)
-        out.metrics = {
-            "runtime_agreement": float(same.float().mean()),
-            "runtime_matching_samples": int(same.sum()),
-            "runtime_max_abs_diff": float((ort_logits - sim_logits).abs().max()),
-        }
-        if labels is not None:
-            out.metrics["runtime_top1"] = float((ort_logits.argmax(dim=1) == labels).float().mean())
+        if task == "embedding":  # the runtime's embeddings against the simulation's: cosine and nearest neighbours
+            em = embedding_metrics(sim_logits, ort_logits, labels)
+            out.metrics = {
+                "runtime_cosine_mean": em["cosine_mean"], "runtime_cosine_min": em["cosine_min"],
+                "runtime_agreement": em["neighbour_agreement"],
+                "runtime_matching_samples": round(em["neighbour_agreement"] * len(indices)),
+                "runtime_max_abs_diff": float((ort_logits - sim_logits).abs().max()),
+            }
+            if "quant_top1" in em:
+                out.metrics["runtime_top1"] = em["quant_top1"]  # k-NN topic accuracy of the runtime's embeddings
+        else:
+            same = ort_logits.argmax(dim=1) == sim_logits.argmax(dim=1)
+            out.metrics = {
+                "runtime_agreement": float(same.float().mean()),
+                "runtime_matching_samples": int(same.sum()),
+                "runtime_max_abs_diff": float((ort_logits - sim_logits).abs().max()),
+            }
+            if labels is not None:
+                out.metrics["runtime_top1"] = float((ort_logits.argmax(dim=1) == labels).float().mean())
         fp32 = cache.float_reference(prepared, threads)
         batch_rows: dict[str, dict[str, Any]] = {}
         for k, bs in enumerate(latency_batches):

@@ -98,6 +98,14 @@ def make_runtime_session(path: str | Path, *, threads: int, optimized_path: str 
     return ort.InferenceSession(str(path), session_options(threads, optimized_path=optimized_path), providers=[PROVIDER])
 
 
+def input_feed(session: ort.InferenceSession, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """What ``session`` is fed for the batch ``x``: one float32 input, or a text model's ids and mask (int64)."""
+    inputs = [i.name for i in session.get_inputs()]
+    if len(inputs) == 2 and not x.is_floating_point():  # tokens [N, 2, L] -> input_ids, attention_mask
+        return {inputs[0]: x[:, 0].numpy().astype(np.int64), inputs[1]: x[:, 1].numpy().astype(np.int64)}
+    return {inputs[0]: x.numpy() if not x.is_floating_point() else x.numpy().astype(np.float32)}
+
+
 def run_logits(session: ort.InferenceSession, dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,
                on_step: StepFn | None = None) -> torch.Tensor:
     """float32 outputs of ``session`` on ``dataset[indices]``, in order, batched like the simulation.
@@ -105,11 +113,9 @@ def run_logits(session: ort.InferenceSession, dataset: torch.utils.data.Dataset,
     Batches run side by side (:func:`ptq_core.parallel.map_ordered`: ``InferenceSession.run`` may be
     called from several threads at once); the outputs are put together in batch order.
     """
-    name = session.get_inputs()[0].name
-
     def run(chunk: list[int]) -> torch.Tensor:
         x, _ = load_batch(dataset, chunk)
-        return torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]).float()
+        return torch.from_numpy(session.run(None, input_feed(session, x))[0]).float()
 
     return torch.cat(map_ordered(run, chunks(indices, batch_size), on_step=on_step))
 
