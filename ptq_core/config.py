@@ -285,6 +285,20 @@ class Finetune:
 
 
 @dataclass(frozen=True)
+class SmoothQuant:
+    """SmoothQuant (Xiao et al. 2023): move activation outliers into the weights, per input channel of each Linear."""
+
+    # Migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha). 0.5 is the paper's default for
+    # BERT-sized and OPT models (it balances the two ranges); larger moves more of the range into the weights.
+    alpha: float = 0.5
+
+    def validate(self, path: str = "algorithms.smoothquant") -> None:
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, int | float) or not 0.0 <= float(a) <= 1.0:
+            raise _fail(f"{path}.alpha", a, "a number from 0 to 1, e.g. 0.5")
+
+
+@dataclass(frozen=True)
 class Algorithms:
     """What repairs low-bit quantization, each switchable alone (ptq_core.algorithms says how each works).
 
@@ -297,6 +311,8 @@ class Algorithms:
     adaround: AdaRound = field(default_factory=AdaRound)
     gptq: GPTQ = field(default_factory=GPTQ)
     finetune: Finetune | None = None  # null: no fine-tuning
+    # null: none; static activations only (dynamic ranges have no outlier to move: they follow each input)
+    smoothquant: SmoothQuant | None = None
 
     def validate(self, path: str = "algorithms") -> None:
         for name in ("cross_layer_equalization", "bias_correction"):
@@ -307,11 +323,14 @@ class Algorithms:
         self.gptq.validate(f"{path}.gptq")
         if self.finetune is not None:
             self.finetune.validate(f"{path}.finetune")
+        if self.smoothquant is not None:
+            self.smoothquant.validate(f"{path}.smoothquant")
 
     @property
     def any(self) -> bool:
         """Whether anything beyond round-to-nearest is asked for."""
-        return self.cross_layer_equalization or self.bias_correction or self.rounding != "nearest" or self.finetune is not None
+        return (self.cross_layer_equalization or self.bias_correction or self.rounding != "nearest"
+                or self.finetune is not None or self.smoothquant is not None)
 
     @property
     def after_rounding(self) -> bool:
@@ -326,6 +345,7 @@ class Algorithms:
             "adaround": dataclasses.asdict(self.adaround),
             "gptq": dataclasses.asdict(self.gptq),
             "finetune": None if self.finetune is None else dataclasses.asdict(self.finetune),
+            "smoothquant": None if self.smoothquant is None else dataclasses.asdict(self.smoothquant),
         }
 
     @classmethod
@@ -338,6 +358,8 @@ class Algorithms:
             kwargs["gptq"] = _build(f"{path}.gptq", data["gptq"], GPTQ)
         if data.get("finetune") is not None:
             kwargs["finetune"] = _build(f"{path}.finetune", data["finetune"], Finetune)
+        if data.get("smoothquant") is not None:
+            kwargs["smoothquant"] = _build(f"{path}.smoothquant", data["smoothquant"], SmoothQuant)
         obj = cls(**kwargs)
         obj.validate(path)
         return obj

@@ -42,14 +42,14 @@ from .config import Algorithms, Calibration, Evaluation, QuantConfig
 from .data import Dataset, dataset_fingerprint, load_dataset, select_calibration
 from .diskcache import default_cache, digest, module_fingerprint
 from .errors import CalibrationError, DataError
-from .graph import PreparedModel, prepare
+from .graph import PreparedModel, is_tokens, prepare
 from .metrics import agreement, embedding_metrics, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
 from .models.device import device_context, moved_copy, resolve_device
 from .observers import NUM_BINS
 from .parallel import map_ordered
 from .progress import ProgressFn, phase
-from .quantize import QuantPlan, build_quantized_model, make_plan
+from .quantize import QuantPlan, active_points, build_quantized_model, make_plan
 from .ranges import weight_error
 from .result import Result
 
@@ -72,6 +72,7 @@ LOGITS_CACHE_ENTRIES = 8  # configs whose quantized logits are kept (1.5 MB each
 # Below this FP32 agreement of the equalized float model with the original, the Result warns that CLE's
 # ReLU6 -> ReLU changed the model itself (EfficientNet-Lite0: 60%, its FP32 top-1 88.7% -> 58.1%).
 CLE_FP32_AGREEMENT_WARNING = 0.99
+SMOOTHED_CACHE_ENTRIES = 4  # SmoothQuant models kept (alpha x calibration subset; a copy of every weight each)
 IMPROVED_CACHE_ENTRIES = 4  # plans improved by algorithms kept in memory (a copy of every weight each; also on disk)
 
 
@@ -101,6 +102,8 @@ class Explorer:
                     else "digits or an image folder (a text data set needs the text model all_minilm_l6_v2)"))
         self._lock = threading.RLock()
         self._prepared: dict[tuple[bool, bool], PreparedModel] = {}  # (fold_batchnorm, equalized) -> model
+        # (fold_batchnorm, equalized, variant) -> SmoothQuant's model and report (variant names alpha and samples)
+        self._smooth: dict[tuple[bool, bool, str], tuple[PreparedModel, dict[str, Any]]] = {}
         self._cle_reports: dict[bool, dict[str, Any]] = {}
         self._improved: OrderedDict[str, QuantPlan] = OrderedDict()  # algorithm key -> plan (ptq_core.algorithms)
         self._stats: OrderedDict[tuple[Any, ...], CalibrationStats] = OrderedDict()
@@ -136,8 +139,48 @@ class Explorer:
             return self._prepared[key]
 
     def prepared_for(self, config: QuantConfig) -> PreparedModel:
-        """The prepared model ``config`` quantizes: BN folded or not, equalized or not."""
-        return self.prepared(config.fold_batchnorm, config.algorithms.cross_layer_equalization)
+        """The prepared model ``config`` quantizes: BN folded or not, equalized or not, smoothed or not."""
+        base = self.prepared(config.fold_batchnorm, config.algorithms.cross_layer_equalization)
+        sq = config.algorithms.smoothquant
+        if sq is None or config.mode != "static":
+            return base
+        return self._smoothed(base, config, sq.alpha)
+
+    def _smoothed(self, base: PreparedModel, config: QuantConfig, alpha: float) -> PreparedModel:
+        """``base`` after SmoothQuant with the config's calibration samples (:mod:`ptq_core.algorithms.smoothquant`)."""
+        from .algorithms.smoothquant import smooth
+
+        indices, _ = self.calibration_indices(config.calibration)
+        variant = "+".join(v for v in (base.variant, self._smooth_variant(config, indices)) if v)
+        with self._lock:
+            key = (config.fold_batchnorm, config.algorithms.cross_layer_equalization, variant)
+            if key not in self._smooth:
+                pool = self.dataset.calibration_pool
+                batches = [load_batch(pool, chunk)[0] for chunk in chunks(indices, config.calibration.batch_size)]
+                lengths = [int(n) for b in batches for n in b[:, 1].sum(dim=1)] if is_tokens(batches[0]) else None
+                inputs = set(active_points(base, config.replace(algorithms=Algorithms())))
+                self._smooth[key] = smooth(base, inputs, batches, alpha=alpha, example=self.example_input(),
+                                           variant=variant, lengths=lengths)
+                while len(self._smooth) > SMOOTHED_CACHE_ENTRIES:
+                    self._smooth.pop(next(iter(self._smooth)))
+            return self._smooth[key][0]
+
+    @staticmethod
+    def _smooth_variant(config: QuantConfig, indices: list[int]) -> str:
+        """The name of the SmoothQuant variant ``config`` quantizes ("" for none): alpha and the samples it saw."""
+        sq = config.algorithms.smoothquant
+        if sq is None or config.mode != "static":
+            return ""
+        return f"smoothquant:{sq.alpha:g}:{digest('cal', indices, config.calibration.batch_size)[:12]}"
+
+    def smoothquant_report(self, config: QuantConfig) -> dict[str, Any]:
+        """What SmoothQuant did for ``config`` (empty when it does not apply)."""
+        prepared = self.prepared_for(config)
+        with self._lock:
+            for (_, _, variant), (smoothed, report) in self._smooth.items():
+                if smoothed is prepared and variant == prepared.variant:
+                    return report
+        return {}
 
     def on_device(self, what: str, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` on CPU; on another device a cached copy, so the shared CPU module is never moved."""
@@ -254,8 +297,8 @@ class Explorer:
                 self._stats.popitem(last=False)
 
     def _stats_key(self, config: QuantConfig, indices: list[int]) -> tuple[Any, ...]:
-        return (config.fold_batchnorm, config.algorithms.cross_layer_equalization, tuple(indices),
-                config.calibration.batch_size, config.device)
+        return (config.fold_batchnorm, config.algorithms.cross_layer_equalization, self._smooth_variant(config, indices),
+                tuple(indices), config.calibration.batch_size, config.device)
 
     def is_calibrated(self, config: QuantConfig) -> bool:
         """Whether the statistics ``config`` needs are in memory (a what-if then skips the model)."""
@@ -281,6 +324,9 @@ class Explorer:
         if config.algorithms.cross_layer_equalization:
             plan.algorithms = {"cle": dict(self._cle_reports.get(config.fold_batchnorm, {}))}
             plan.algorithm_key = "cle"
+        if config.algorithms.smoothquant is not None and config.mode == "static":
+            plan.algorithms = {**plan.algorithms, "smoothquant": self.smoothquant_report(config)}
+            plan.algorithm_key = prepared.variant
         if config.algorithms.after_rounding:
             plan = self._improve(config, prepared, plan, on_progress)
         return plan
@@ -487,7 +533,7 @@ class Explorer:
             check = check_runtime(
                 prepared, plan, model=self.model, dataset=self.dataset.evaluation, indices=indices,
                 batch_size=ev.batch_size, sim_logits=run.logits, labels=ref.labels, simulated_latency=latency,
-                cache=self.runtime_cache(), on_step=phase(on_progress, "integer runtime check"),
+                cache=self.runtime_cache(), on_step=phase(on_progress, "integer runtime check"), task=self.entry.task,
             )
             metrics.update(check.metrics)
             size.update(check.size)
