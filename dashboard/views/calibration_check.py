@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, labels, resources
+from dashboard import charts, embeddings, labels, resources
 from ptq_core.calibration_check import DEFAULT_SIZES, UNSTABLE_REL_STD
 
 SIZE_CHOICES = [4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -18,6 +18,10 @@ def render() -> None:
                 "the agreement with FP32 move. Statistics are collected once per seed and recombined for the smaller "
                 "subsets; each (size, seed) pair is then evaluated.")
     config, result = resources.current_result(complete=False)
+    # ptq_core.calibration_check scores every subset by class decisions (argmax against the label and against FP32)
+    embeddings.guard(result, "Calibration check", "it scores each calibration subset by class decisions (each "
+                     "sample's largest output against its label and against FP32's), and an embedding is a point, "
+                     "not a choice among classes, so those numbers would mean nothing.")
     if config.mode != "static":
         st.info(f"This config quantizes activations **{labels.ACT_MODE[config.mode]}**: it has no calibration to "
                 "check. Choose *static* activation quantization in the sidebar.")

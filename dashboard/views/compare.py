@@ -1,4 +1,8 @@
-"""Compare page: saved configurations side by side (rename, delete, restore, an HTML report) and a sweep runner."""
+"""Compare page: saved configurations side by side (rename, delete, restore, an HTML report) and a sweep runner.
+
+The accuracy columns are named for what the rows measured: top-1 for classifiers, k-NN topic accuracy,
+nearest-neighbour agreement, cosine and recall for the text model's embeddings (both, said so, when mixed).
+"""
 
 from __future__ import annotations
 
@@ -22,13 +26,28 @@ from ptq_core.report import ReportEntry, build_report
 from ptq_core.sweep import expand_grid
 
 BITS = list(range(MAX_BITS, MIN_BITS - 1, -1))
+# The accuracy columns' names (fp32, quant, delta, agreement), by the tasks of the rows shown.
+CLASSIFICATION_COLUMNS = ("FP32 top-1 (%)", "quantized top-1 (%)", "Δ top-1 (pp)", "agreement (%)")
+EMBEDDING_COLUMNS = ("FP32 k-NN topic accuracy (%)", "quantized k-NN topic accuracy (%)", "Δ k-NN topic accuracy (pp)",
+                     "nearest-neighbour agreement (%)")
+MIXED_COLUMNS = ("FP32 top-1 or k-NN accuracy (%)", "quantized top-1 or k-NN accuracy (%)", "Δ accuracy (pp)",
+                 "top-1 or nearest-neighbour agreement (%)")
+COSINE, RECALL = "cosine to FP32 (mean)", "recall@10 (%)"  # embeddings only
 NUMBER_FORMATS = {c: st.column_config.NumberColumn(format="%.2f")
-                  for c in ("FP32 top-1 (%)", "quantized top-1 (%)", "Δ top-1 (pp)", "agreement (%)", "compression",
-                            "latency (ms)")}
+                  for c in (*CLASSIFICATION_COLUMNS, *EMBEDDING_COLUMNS, *MIXED_COLUMNS, RECALL, "compression",
+                            "latency (ms)")} | {COSINE: st.column_config.NumberColumn(format="%.4f")}
 MAX_SWEEP = 64  # configurations per sweep: about a minute for the digits CNN on 2 cores
 
 
+def accuracy_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The four accuracy columns' names for these rows: top-1, k-NN (embeddings), or both named when mixed."""
+    return {"classification": CLASSIFICATION_COLUMNS, labels.EMBEDDING: EMBEDDING_COLUMNS,
+            "mixed": MIXED_COLUMNS}[labels.rows_task(rows)]
+
+
 def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    fp32_col, quant_col, delta_col, agreement_col = accuracy_columns([e["row"] for e in entries])
+    embedding = any(e["row"].get("task") == labels.EMBEDDING for e in entries)
     rows = []
     for i, e in enumerate(entries):
         r = e["row"]
@@ -38,10 +57,12 @@ def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             "weights": f"W{r['weight_bits']} {labels.GRANULARITY[r['weight_granularity']]} {labels.CLIPPING[r['weight_clipping']]}",
             "activations": "float" if r["act_bits"] is None else f"A{r['act_bits']} {labels.CLIPPING.get(r['act_clipping'] or '', 'dynamic')}",
             "calibration samples": r["calibration_samples"] if r["mode"] == "static" else None,
-            "FP32 top-1 (%)": None if r["fp32_top1"] is None else 100 * r["fp32_top1"],
-            "quantized top-1 (%)": None if r["quant_top1"] is None else 100 * r["quant_top1"],
-            "Δ top-1 (pp)": None if r["quant_top1"] is None else 100 * (r["quant_top1"] - r["fp32_top1"]),
-            "agreement (%)": 100 * r["agreement"],
+            fp32_col: None if r["fp32_top1"] is None else 100 * r["fp32_top1"],
+            quant_col: None if r["quant_top1"] is None else 100 * r["quant_top1"],
+            delta_col: None if r["quant_top1"] is None else 100 * (r["quant_top1"] - r["fp32_top1"]),
+            agreement_col: 100 * r["agreement"],
+            **({COSINE: r.get("cosine_mean"),
+                RECALL: None if r.get("recall_at_10") is None else 100 * r["recall_at_10"]} if embedding else {}),
             "size (bytes)": r["quant_bytes"],
             "compression": r["compression_ratio"],
             "latency (ms)": r["quant_ms"],

@@ -111,7 +111,7 @@ def cle_section(cle: dict[str, Any], result: dict[str, Any]) -> None:
         lines.append(f"Per-channel weight ranges of a pair's first layer, largest over smallest (median over the "
                      f"pairs): {cle['range_spread_before']:.2f} before, {cle['range_spread_after']:.2f} after.")
     m = result["metrics"]
-    if "fp32_agreement_after" in cle:
+    if "fp32_agreement_after" in cle and not labels.is_embedding(m):  # a top-1 decision: classifiers only
         top1 = ""
         if "fp32_top1_after" in cle and "fp32_top1" in m:
             top1 = f" Top-1 {labels.pct(cle['fp32_top1_after'])} (original FP32 {labels.pct(m['fp32_top1'])})."
@@ -135,10 +135,11 @@ def algorithms_section(config: QuantConfig, result: dict[str, Any]) -> None:
     st.plotly_chart(charts.algorithm_before_after([r["name"] for r in shown], [by_name.get(r["name"], {}) for r in shown],
                                                   shown), key="le_algorithms")
     bm, m = baseline["metrics"], result["metrics"]
-    top1 = (f"Top-1 {labels.pct(bm['quant_top1'])} without, {labels.pct(m['quant_top1'])} with; "
+    said = labels.words(m)
+    top1 = (f"{said['accuracy']} {labels.pct(bm['quant_top1'])} without, {labels.pct(m['quant_top1'])} with; "
             if "quant_top1" in m and "quant_top1" in bm else "")
-    summary = (f"{top1}agreement with FP32 {labels.pct(bm['agreement'])} without, {labels.pct(m['agreement'])} with "
-               f"({m['num_eval_samples']} evaluation samples)")
+    summary = (f"{top1}{said['agreement']} with FP32 {labels.pct(bm['agreement'])} without, "
+               f"{labels.pct(m['agreement'])} with ({m['num_eval_samples']} evaluation samples)")
     st.caption(f"Grey: the same configuration with every algorithm off (round-to-nearest); orange: with "
                f"{algorithm_names(config.algorithms)}. {summary[0].upper()}{summary[1:]}. AdaRound and "
                "GPTQ move weights off their nearest grid point on purpose, so the weight SQNR may fall while the "

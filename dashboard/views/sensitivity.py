@@ -1,4 +1,9 @@
-"""Sensitivity page: which layers hurt (proxy at once, measured on request), and mixed precision to a target."""
+"""Sensitivity page: which layers hurt (proxy at once, measured on request), and mixed precision to a target.
+
+For the text model the same measures are its embedding counterparts (``metrics["agreement"]`` is
+nearest-neighbour agreement, top-1 is k-NN topic accuracy, KL is over neighbour similarities), and
+the page names them so.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ from ptq_core.errors import PTQError
 
 NUM_ACTIONS = 5  # most sensitive layers offered one-click fixes
 TARGETS = {"max_drop": "top-1 drop at most (points)", "min_agreement": "agreement at least (%)", "max_kl": "output KL at most"}
+EMBEDDING_TARGETS = {"max_drop": "k-NN topic accuracy drop at most (points)",
+                     "min_agreement": "nearest-neighbour agreement at least (%)",
+                     "max_kl": "neighbour-similarity KL at most"}
 TARGET_DEFAULTS = {"max_drop": 1.0, "min_agreement": 99.0, "max_kl": 0.01}
 
 
@@ -30,14 +38,14 @@ def _apply(config_json: str) -> None:
     state.flash("success", "The search's answer is now the configuration in the sidebar.")
 
 
-def row_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def row_table(rows: list[dict[str, Any]], agreement: str = "agreement") -> pd.DataFrame:
     def pts(d: dict[str, Any] | None) -> float | None:
         return 100 * (1 - d["agreement"]) if d else None
 
     return pd.DataFrame([{
         "layer": r["name"], "kind": r["kind"], "weights": r["parameters"],
-        "agreement lost, only this layer (pts)": pts(r.get("only")),
-        "agreement lost, all but this layer (pts)": pts(r.get("all_but")),
+        f"{agreement} lost, only this layer (pts)": pts(r.get("only")),
+        f"{agreement} lost, all but this layer (pts)": pts(r.get("all_but")),
         "KL, only this layer": (r.get("only") or {}).get("kl_divergence"),
         "proxy SQNR (dB)": r.get("proxy_db"),
         "why": "; ".join(r.get("hints", [])),
@@ -46,6 +54,7 @@ def row_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def sensitivity_section(config: QuantConfig, result: dict[str, Any]) -> None:
     st.subheader("Which layers hurt")
+    said = labels.words(result["metrics"])
     key = config.to_json()
     try:
         proxy_rows = resources.sensitivity_proxy(key)
@@ -67,21 +76,23 @@ def sensitivity_section(config: QuantConfig, result: dict[str, Any]) -> None:
                    "it. Until then, the proxy below ranks layers from what is already known, with no model run.")
         partial = resources.partial_sensitivity(key)
         rows = partial or proxy_rows
-        st.plotly_chart(charts.sensitivity_bars(partial) if partial else charts.proxy_bars(proxy_rows), key="sens_chart")
+        st.plotly_chart(charts.sensitivity_bars(partial, said["agreement"]) if partial else charts.proxy_bars(proxy_rows),
+                        key="sens_chart")
         if partial:
             st.caption(f"Stopped after {len(partial)} of {n} layers: the rows measured so far. Press the button to "
                        "measure them all.")
     else:
         rows = report["layers"]
         q = report["quantized"]
-        st.caption(f"The whole model quantized: agreement {labels.pct(q['agreement'])}, KL {q['kl_divergence']:.4g}"
-                   + (f", top-1 {labels.pct(q['quant_top1'])} against FP32 {labels.pct(report['fp32_top1'])}"
+        st.caption(f"The whole model quantized: {said['agreement']} {labels.pct(q['agreement'])}, KL {q['kl_divergence']:.4g}"
+                   + (f", {said['accuracy']} {labels.pct(q['quant_top1'])} against FP32 {labels.pct(report['fp32_top1'])}"
                       if q.get("quant_top1") is not None and report.get("fp32_top1") is not None else "")
                    + f". Measured in {report['seconds']:.0f} s.")
-        st.plotly_chart(charts.sensitivity_bars([r for r in rows if r.get("only")]), key="sens_chart")
-    st.dataframe(row_table(rows), hide_index=True, key="sens_table",
+        st.plotly_chart(charts.sensitivity_bars([r for r in rows if r.get("only")], said["agreement"]), key="sens_chart")
+    st.dataframe(row_table(rows, said["agreement"]), hide_index=True, key="sens_table",
                  column_config={c: st.column_config.NumberColumn(format="%.2f") for c in (
-                     "agreement lost, only this layer (pts)", "agreement lost, all but this layer (pts)", "proxy SQNR (dB)")})
+                     f"{said['agreement']} lost, only this layer (pts)", f"{said['agreement']} lost, all but this layer (pts)",
+                     "proxy SQNR (dB)")})
     st.markdown("**Most sensitive layers**")
     for r in rows[:NUM_ACTIONS]:
         c1, c2, c3 = st.columns([4, 1, 1])
@@ -98,7 +109,7 @@ def sensitivity_section(config: QuantConfig, result: dict[str, Any]) -> None:
                "more bits or float are the fixes.")
 
 
-def search_section(config: QuantConfig) -> None:
+def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
     st.subheader("Mixed precision to a target")
     st.caption("The smallest weights that still meet a target: every layer at the widest width first, then each layer "
                "one width narrower alone (damage per byte saved), then the cheapest steps combined, verified by "
@@ -110,7 +121,9 @@ def search_section(config: QuantConfig) -> None:
     ss.setdefault("search_bits", [8, 6, 4])
     ss.setdefault("search_float", False)
     c1, c2, c3, c4 = st.columns([2, 1, 2, 1], vertical_alignment="bottom")
-    c1.selectbox("Target", list(TARGETS), key="search_kind", format_func=TARGETS.get)
+    said = labels.words(result["metrics"])
+    targets = EMBEDDING_TARGETS if labels.is_embedding(result["metrics"]) else TARGETS
+    c1.selectbox("Target", list(targets), key="search_kind", format_func=targets.get)
     c2.number_input("Value", min_value=0.0, step=0.1, key="search_value", format="%.4g")
     c3.multiselect("Weight widths per layer", list(range(MAX_BITS, MIN_BITS - 1, -1)), key="search_bits",
                    format_func=labels.bits)
@@ -134,7 +147,7 @@ def search_section(config: QuantConfig) -> None:
     if points:
         best = outcome["best"]["label"] if outcome and outcome.get("best") else None
         int8 = outcome["int8_weight_bytes"] if outcome and outcome.get("int8_weight_bytes") else ss.get("search_int8", 1)
-        st.plotly_chart(charts.search_scatter(points, int8, best), key="search_chart")
+        st.plotly_chart(charts.search_scatter(points, int8, best, said["agreement"]), key="search_chart")
     if outcome is not None and outcome.get("best"):
         (st.success if outcome["met"] else st.warning)(outcome["message"])
         st.button("Apply the answer to the sidebar", key="search_apply", on_click=_apply,
@@ -143,11 +156,12 @@ def search_section(config: QuantConfig) -> None:
         st.dataframe(pd.DataFrame([{
             "configuration": p["label"], "weight bytes": p["weight_bytes"],
             "% of all-INT8": 100 * p["weight_bytes"] / outcome["int8_weight_bytes"],
-            "agreement (%)": 100 * p["agreement"], "top-1 (%)": 100 * p["quant_top1"] if p["quant_top1"] is not None else None,
+            f"{said['agreement']} (%)": 100 * p["agreement"],
+            f"{said['accuracy']} (%)": 100 * p["quant_top1"] if p["quant_top1"] is not None else None,
             "meets": p["meets"],
         } for p in sorted(frontier, key=lambda p: p["weight_bytes"])]), hide_index=True, key="search_frontier",
-            column_config={c: st.column_config.NumberColumn(format="%.2f") for c in ("% of all-INT8", "agreement (%)",
-                                                                                     "top-1 (%)")})
+            column_config={c: st.column_config.NumberColumn(format="%.2f")
+                           for c in ("% of all-INT8", f"{said['agreement']} (%)", f"{said['accuracy']} (%)")})
 
 
 def render() -> None:
@@ -157,7 +171,7 @@ def render() -> None:
                 f"{result['dataset']['num_eval_samples_config'] if 'num_eval_samples_config' in result['dataset'] else result['dataset']['num_eval_samples']} "
                 "evaluation samples.")
     sensitivity_section(config, result)
-    search_section(config)
+    search_section(config, result)
 
 
 render()
