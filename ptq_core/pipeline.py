@@ -47,6 +47,7 @@ from .metrics import agreement, embedding_metrics, mean_kl_divergence, quantized
 from .models import ModelEntry, get_model_entry
 from .models.device import device_context, moved_copy, resolve_device
 from .observers import NUM_BINS
+from .outliers import ChannelRanges, channel_absmax
 from .parallel import map_ordered
 from .progress import ProgressFn, phase
 from .quantize import QuantPlan, active_points, build_quantized_model, make_plan
@@ -104,6 +105,7 @@ class Explorer:
         self._prepared: dict[tuple[bool, bool], PreparedModel] = {}  # (fold_batchnorm, equalized) -> model
         # (fold_batchnorm, equalized, variant) -> SmoothQuant's model and report (variant names alpha and samples)
         self._smooth: dict[tuple[bool, bool, str], tuple[PreparedModel, dict[str, Any]]] = {}
+        self._outliers: dict[tuple[Any, ...], ChannelRanges] = {}  # per-channel max |x| at Linear inputs (channel_outliers)
         self._cle_reports: dict[bool, dict[str, Any]] = {}
         self._improved: OrderedDict[str, QuantPlan] = OrderedDict()  # algorithm key -> plan (ptq_core.algorithms)
         self._stats: OrderedDict[tuple[Any, ...], CalibrationStats] = OrderedDict()
@@ -172,6 +174,40 @@ class Explorer:
         if sq is None or config.mode != "static":
             return ""
         return f"smoothquant:{sq.alpha:g}:{digest('cal', indices, config.calibration.batch_size)[:12]}"
+
+    def channel_outliers(self, config: QuantConfig) -> list[dict[str, Any]]:
+        """Per Linear input (one row per group of Linears reading it): max |x| per hidden channel on the calibration
+        samples, in the model as traced and, when ``config`` asks for SmoothQuant, after it (:mod:`ptq_core.outliers`).
+
+        Rows: ``layers`` (the Linears), ``point`` / ``absmax`` / ``summary`` before, and ``point_smoothed`` /
+        ``absmax_smoothed`` / ``summary_smoothed`` when smoothed. Kept per model variant and calibration subset.
+        """
+        indices, _ = self.calibration_indices(config.calibration)
+        base = self.prepared(config.fold_batchnorm, config.algorithms.cross_layer_equalization)
+        smoothed = self.prepared_for(config)
+        found = {}
+        for prepared in {id(base): base, id(smoothed): smoothed}.values():
+            key = ("outliers", prepared.variant, config.fold_batchnorm, tuple(indices), config.calibration.batch_size)
+            with self._lock:
+                ranges = self._outliers.get(key)
+            if ranges is None:
+                ranges = channel_absmax(prepared, self.dataset.calibration_pool, indices, batch_size=config.calibration.batch_size)
+                with self._lock:
+                    self._outliers[key] = ranges
+                    while len(self._outliers) > STATS_CACHE_ENTRIES:
+                        self._outliers.pop(next(iter(self._outliers)))
+            found[id(prepared)] = ranges
+        before, after = found[id(base)], found.get(id(smoothed)) if smoothed is not base else None
+        rows = []
+        after_by_layers = {tuple(v): k for k, v in after.consumers.items()} if after is not None else {}
+        for point, layers in before.consumers.items():
+            row: dict[str, Any] = {"layers": layers, "point": point, "absmax": before.absmax[point],
+                                   "summary": before.summary(point)}
+            twin = after_by_layers.get(tuple(layers))
+            if after is not None and twin is not None:
+                row.update(point_smoothed=twin, absmax_smoothed=after.absmax[twin], summary_smoothed=after.summary(twin))
+            rows.append(row)
+        return rows
 
     def smoothquant_report(self, config: QuantConfig) -> dict[str, Any]:
         """What SmoothQuant did for ``config`` (empty when it does not apply)."""

@@ -66,3 +66,16 @@ def test_smoothquant_with_dynamic_activations_is_a_warning_and_changes_nothing(e
     assert explorer.prepared_for(config).variant == ""
     result = explorer.evaluate(config, layer_errors=False)
     assert any(w.startswith("algorithms.smoothquant: applies to static activations") for w in result.warnings)
+
+
+def test_channel_outliers_show_the_hidden_channel_that_smoothquant_tames(explorer: Explorer) -> None:
+    rows = explorer.channel_outliers(_config(0.5))
+    assert len(rows) == 24  # per layer: Q/K/V (one input), attention output, intermediate, output
+    first = rows[0]
+    assert first["layers"] == ["layers.0.attention.query", "layers.0.attention.key", "layers.0.attention.value"]
+    assert len(first["absmax"]) == 384 and first["point"] == "embed"
+    ffn_in = next(r for r in rows if r["layers"] == ["layers.0.intermediate"])  # reads the attention LayerNorm
+    # BERT's known outlier dimension: one channel > 10x the median at the LayerNorm output
+    assert ffn_in["summary"]["ratio"] > 10 and ffn_in["summary"]["channel"] == 99
+    assert ffn_in["summary_smoothed"]["ratio"] < ffn_in["summary"]["ratio"] / 2
+    assert explorer.channel_outliers(_config(None))[0].get("absmax_smoothed") is None

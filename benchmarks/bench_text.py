@@ -1,0 +1,153 @@
+"""The text model (all-MiniLM-L6-v2) at INT8 and INT4: embeddings against FP32, onnxruntime against the simulation, latency.
+
+    .venv/bin/python benchmarks/bench_text.py [--rows all|NAME,NAME] [--json out.json]
+
+On the default sentence set (assets/text/sentences.csv: 750 sentences, 15 topics; 128 calibrate,
+622 evaluate), one torch thread, each row a full evaluation (``Explorer.evaluate``: the simulation,
+then the config exported to ONNX and run in onnxruntime). Columns: mean and lowest cosine of each
+quantized embedding with its FP32 embedding; nearest-neighbour agreement and recall@10 (FP32's
+neighbours among the evaluation sentences); leave-one-out 5-NN topic accuracy; the simulation
+against onnxruntime (mean and lowest cosine of the two embeddings of each sentence); onnxruntime
+latency per batch at batch 1 and 32 with the FP32 model's beside it (the batch of 32 is the first 32
+evaluation sentences, padded to their longest; its sequence length is printed). Per-token dynamic
+activations have no onnxruntime operator (DynamicQuantizeLinear is per tensor): that row has no
+runtime columns, the per-tensor row shows what the runtime runs.
+
+Goals (issue 12): W8A8 dynamic per-token mean cosine >= 0.995 and neighbour agreement >= 97%;
+W4 weight-only group 32 mean cosine >= 0.98 with the best rounding (goal 0.99); static W8A8 with
+SmoothQuant better than without; simulation vs runtime cosine >= 0.999.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from ptq_core.calibration import chunks, load_batch  # noqa: E402
+from ptq_core.config import QuantConfig  # noqa: E402
+from ptq_core.machine import machine_line  # noqa: E402
+from ptq_core.models.minilm import TextTokenizer  # noqa: E402
+from ptq_core.onnx.export import export_float_onnx  # noqa: E402
+from ptq_core.onnx.session import input_feed  # noqa: E402
+from ptq_core.pipeline import Explorer  # noqa: E402
+
+W4G32 = {"bits": 4, "granularity": "per_group", "group_size": 32}
+DYN_TOKEN = {"mode": "dynamic", "granularity": "per_token"}
+DYN_TENSOR = {"mode": "dynamic", "granularity": "per_tensor"}
+STATIC = {"mode": "static", "clipping": "mse"}
+SQ = {"smoothquant": {"alpha": 0.5}}
+
+
+def rows(explorer: Explorer) -> dict[str, dict[str, Any]]:
+    units = explorer.prepared().units
+    residual = [u.name for u in units if u.kind == "add"] + [u.name for u in units if u.name.endswith(".output")]
+    return {
+        "W8A8 dynamic per-token": {"activations": DYN_TOKEN},
+        "W8A8 dynamic per-token, weights MSE": {"activations": DYN_TOKEN, "weights": {"clipping": "mse"}},
+        "W8A8 dynamic per-tensor": {"activations": DYN_TENSOR},
+        "W8 weight-only": {"activations": None},
+        "W4 g32 weight-only, nearest": {"activations": None, "weights": W4G32},
+        "W4 g32 weight-only, GPTQ": {"activations": None, "weights": W4G32, "algorithms": {"rounding": "gptq"}},
+        "W4 g32 MSE weight-only, GPTQ": {"activations": None, "weights": {**W4G32, "clipping": "mse"},
+                                        "algorithms": {"rounding": "gptq"}},
+        "W8A8 static": {"activations": STATIC},
+        "W8A8 static + SmoothQuant 0.5": {"activations": STATIC, "algorithms": SQ},
+        "W8A8 static, residual stream float": {"activations": STATIC, "keep_float": residual},
+        "W8A8 static, residual stream float + SmoothQuant 0.5": {"activations": STATIC, "keep_float": residual,
+                                                                 "algorithms": SQ},
+    }
+
+
+def throughput(explorer: Explorer, texts: list[str], batch: int = 32) -> dict[str, float]:
+    """Sentences per second, tokenizing included, FP32 in PyTorch and in onnxruntime (one thread each)."""
+    tok = TextTokenizer()
+    model = explorer.model
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for piece in chunks(list(range(len(texts))), batch):
+            model(tok.tokenize([texts[i] for i in piece]).tokens)
+    out["pytorch"] = len(texts) / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fp32.onnx"
+        export_float_onnx(explorer.prepared(), path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        start = time.perf_counter()
+        for piece in chunks(list(range(len(texts))), batch):
+            session.run(None, input_feed(session, tok.tokenize([texts[i] for i in piece]).tokens))
+        out["onnxruntime"] = len(texts) / (time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="all")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    explorer = Explorer("all_minilm_l6_v2")
+    data = explorer.dataset
+    x32, _ = load_batch(data.evaluation, list(range(32)))
+    lengths = data.info["tokens"]
+    table = rows(explorer)
+    chosen = list(table) if args.rows == "all" else [r.strip() for r in args.rows.split(",")]
+    print(f"machine: {machine_line()}, 1 torch thread, torch {torch.__version__}, onnxruntime {ort.__version__}")
+    print(f"data: {data.description}; tokens per sentence min {lengths['min']}, mean {lengths['mean']:.1f}, "
+          f"max {lengths['max']}; latency batch 32 = the first 32 evaluation sentences, sequence length {x32.shape[-1]}; "
+          "batch 1 = the first sentence")
+    print()
+    print("| row | cosine mean | cosine min | NN agreement | recall@10 | 5-NN topic acc. | sim vs ORT cosine mean / min "
+          "| ORT ms b1 (FP32) | ORT ms b32 (FP32) | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    out: list[dict[str, Any]] = []
+    fp32_top1 = None
+    for name in chosen:
+        spec = table[name]
+        config = QuantConfig.from_dict({"model": "all_minilm_l6_v2", **spec})
+        start = time.perf_counter()
+        result = explorer.evaluate(config)
+        wall = time.perf_counter() - start
+        m = result.metrics
+        fp32_top1 = m.get("fp32_top1", fp32_top1)
+        lat = result.latency.get("batches", {}) if result.latency.get("kind") == "measured" else {}
+        b1, b32 = lat.get("1", {}), lat.get("32", {})
+
+        def ms(row: dict[str, Any]) -> str:
+            return f"{row['quant_ms']:.1f} ({row['fp32_ms']:.1f})" if row else "—"
+
+        runtime = (f"{m['runtime_cosine_mean']:.5f} / {m['runtime_cosine_min']:.4f}" if "runtime_cosine_mean" in m
+                   else "— (no ORT op)")
+        print(f"| {name} | {m['cosine_mean']:.4f} | {m['cosine_min']:.4f} | {100 * m['neighbour_agreement']:.1f}% | "
+              f"{100 * m['recall_at_10']:.1f}% | {100 * m['quant_top1']:.1f}% | {runtime} | {ms(b1)} | {ms(b32)} | {wall:.0f} |",
+              flush=True)
+        out.append({"row": name, "config": spec, "metrics": {k: v for k, v in m.items() if isinstance(v, int | float)},
+                    "latency": lat, "wall_s": wall, "warnings": result.warnings})
+    print()
+    if fp32_top1 is not None:
+        print(f"FP32 5-NN topic accuracy: {100 * fp32_top1:.1f}%")
+    texts = data.info["texts"]["calibration"] + data.info["texts"]["evaluation"]
+    tp = throughput(explorer, texts)
+    print(f"FP32 tokenize + embed, {len(texts)} sentences in batches of 32, 1 thread: PyTorch {tp['pytorch']:.0f} "
+          f"sentences/s, onnxruntime {tp['onnxruntime']:.0f} sentences/s")
+    med = statistics.median(r["wall_s"] for r in out) if out else 0.0
+    print(f"median wall time per row: {med:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": out, "throughput": tp, "machine": machine_line()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
