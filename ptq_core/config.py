@@ -311,7 +311,8 @@ class Algorithms:
     adaround: AdaRound = field(default_factory=AdaRound)
     gptq: GPTQ = field(default_factory=GPTQ)
     finetune: Finetune | None = None  # null: no fine-tuning
-    # null: none; static activations only (dynamic ranges have no outlier to move: they follow each input)
+    # null: none; applies when activations are quantized (static, or dynamic: a per-token range is still set by
+    # the outlier channel of each token)
     smoothquant: SmoothQuant | None = None
 
     def validate(self, path: str = "algorithms") -> None:

@@ -144,7 +144,7 @@ class Explorer:
         """The prepared model ``config`` quantizes: BN folded or not, equalized or not, smoothed or not."""
         base = self.prepared(config.fold_batchnorm, config.algorithms.cross_layer_equalization)
         sq = config.algorithms.smoothquant
-        if sq is None or config.mode != "static":
+        if sq is None or config.mode == "weight_only":
             return base
         return self._smoothed(base, config, sq.alpha)
 
@@ -171,7 +171,7 @@ class Explorer:
     def _smooth_variant(config: QuantConfig, indices: list[int]) -> str:
         """The name of the SmoothQuant variant ``config`` quantizes ("" for none): alpha and the samples it saw."""
         sq = config.algorithms.smoothquant
-        if sq is None or config.mode != "static":
+        if sq is None or config.mode == "weight_only":
             return ""
         return f"smoothquant:{sq.alpha:g}:{digest('cal', indices, config.calibration.batch_size)[:12]}"
 
@@ -360,7 +360,7 @@ class Explorer:
         if config.algorithms.cross_layer_equalization:
             plan.algorithms = {"cle": dict(self._cle_reports.get(config.fold_batchnorm, {}))}
             plan.algorithm_key = "cle"
-        if config.algorithms.smoothquant is not None and config.mode == "static":
+        if config.algorithms.smoothquant is not None and config.mode != "weight_only":
             plan.algorithms = {**plan.algorithms, "smoothquant": self.smoothquant_report(config)}
             plan.algorithm_key = prepared.variant
         if config.algorithms.after_rounding:

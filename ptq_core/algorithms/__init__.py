@@ -60,10 +60,9 @@ def check(prepared: PreparedModel, plan: QuantPlan, config: QuantConfig) -> list
     if algo.cross_layer_equalization and prepared.variant == "cle" and not find_pairs(prepared):
         warnings.append("algorithms.cross_layer_equalization: this model has no pair of consecutive Conv/Linear layers "
                         "(joined by nothing, ReLU or ReLU6) to equalize; nothing changed")
-    if algo.smoothquant is not None and config.mode != "static":
-        warnings.append(f"algorithms.smoothquant: applies to static activations only (this config's are "
-                        f"{'dynamic' if config.mode == 'dynamic' else 'not quantized'}: no fixed grid to spare an outlier); "
-                        "nothing changed")
+    if algo.smoothquant is not None and config.mode == "weight_only":
+        warnings.append("algorithms.smoothquant: applies when activations are quantized (static or dynamic); this "
+                        "config quantizes weights only, so there is no activation outlier to move; nothing changed")
     if algo.finetune is not None and config.mode == "dynamic":
         warnings.append("algorithms.finetune: dynamic activations have no scale to train; weights and biases train, the "
                         "activation ranges stay dynamic")

@@ -17,8 +17,9 @@ LayerNorm output is also the residual stream, so folding would change the residu
 division is a per-channel multiply inserted right before the Linear(s): a float op between the
 LayerNorm (float) and the input's QuantizeLinear, i.e. one elementwise Mul per group in the
 exported model (a runtime may fold it into the preceding op where that op feeds nothing else).
-It applies to every Linear whose input is statically quantized; dynamic and weight-only modes
-have nothing to gain (dynamic ranges follow each input; unquantized inputs have no grid).
+It applies to every Linear whose input is quantized, static or dynamic: a dynamic per-token range
+is still set by each token's outlier channel, which leaves the other channels few steps (the
+paper's per-token settings use it too). Weight-only mode has no activation grid: nothing to do.
 
 The result is a new :class:`~ptq_core.graph.PreparedModel` (variant ``smoothquant:...``), prepared
 anew so the inserted multiplies are float ops and their outputs the quantized points; the model

@@ -83,7 +83,7 @@ from ..quantize import QuantPlan
 from ..simulation import INPUT, LOGITS, static_feeds, structure_key, weight_key, weight_values
 from ..timing import SIMULATED_BUDGET_S, median_ms
 from .export import export_float_onnx
-from .session import infer_shapes, make_simulation_session, runtime_name
+from .session import infer_shapes, input_feed, make_simulation_session, runtime_name
 from .simulate import Structure, export_structure, with_initializers
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,8 @@ class OrtBackend:
                     options.intra_op_num_threads, options.inter_op_num_threads = SESSION_THREADS, 1
                     options.log_severity_level = 3
                     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                run = lambda: session.run(None, {session.get_inputs()[0].name: x})  # noqa: E731
+                feed = input_feed(session, torch.from_numpy(x))  # a text model's FP32 export takes ids and mask
+                run = lambda: session.run(None, feed)  # noqa: E731
                 self._fp32_ms[key] = median_ms(run, budget_s=SIMULATED_BUDGET_S, warmup=1)[0]
             return self._fp32_ms[key]
 

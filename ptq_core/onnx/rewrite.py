@@ -288,8 +288,10 @@ def emit_dynamic(g: OnnxGraph, lq: LayerQuant, wname: str, gemm: onnx.NodeProto)
     dql = g.producer(cur.input[0])
     if dql is None or dql.op_type != "DynamicQuantizeLinear":
         return None
-    if len(g.consumers(cur.output[0])) != 1 or any(len(g.consumers(n.output[0])) != 1 for n in chain):
+    if any(len(g.consumers(n.output[0])) != 1 for n in chain):
         return None
+    if chain and len(g.consumers(cur.output[0])) != 1 and any(n.op_type != "Reshape" for n in chain):
+        return None  # a shared DequantizeLinear (query, key and value read one input): only this Linear's reshape moves
     qp = lq.qparams
     w = numpy_helper.to_array(g.inits[wname])
     codes = quantize_weight(torch.from_numpy(w.copy()), qp).numpy()
@@ -315,7 +317,8 @@ def emit_dynamic(g: OnnxGraph, lq: LayerQuant, wname: str, gemm: onnx.NodeProto)
     nodes.append(helper.make_node("Mul", [f"{base}/mm_f32", f"{base}/scale"], [out if not bias else f"{base}/mm_scaled"], name=f"{base}/Mul"))
     if bias:
         nodes.append(helper.make_node("Add", [f"{base}/mm_scaled", bias], [out], name=f"{base}/Add"))
-    graph_nodes = [n for n in g.model.graph.node if n is not gemm and n is not cur]
+    shared = len(g.consumers(cur.output[0])) > (0 if chain else 1)  # other readers keep the DequantizeLinear
+    graph_nodes = [n for n in g.model.graph.node if n is not gemm and (shared or n is not cur)]
     i = next(i for i, n in enumerate(graph_nodes) if n is (chain[-1] if chain else dql))
     graph_nodes[i + 1 : i + 1] = nodes
     del g.model.graph.node[:]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -60,12 +58,19 @@ def test_alpha_outside_0_1_is_refused(alpha: object) -> None:
         QuantConfig.from_dict({"algorithms": {"smoothquant": {"alpha": alpha}}})
 
 
-def test_smoothquant_with_dynamic_activations_is_a_warning_and_changes_nothing(explorer: Explorer, tmp_path: Path) -> None:
-    config = QuantConfig.from_dict({"model": "all_minilm_l6_v2", "activations": {"mode": "dynamic"},
+def test_smoothquant_with_weight_only_is_a_warning_and_changes_nothing(explorer: Explorer) -> None:
+    config = QuantConfig.from_dict({"model": "all_minilm_l6_v2", "activations": None,
                                     "algorithms": {"smoothquant": {"alpha": 0.5}}, "evaluation": {"runtime": None}})
     assert explorer.prepared_for(config).variant == ""
     result = explorer.evaluate(config, layer_errors=False)
-    assert any(w.startswith("algorithms.smoothquant: applies to static activations") for w in result.warnings)
+    assert any(w.startswith("algorithms.smoothquant: applies when activations are quantized") for w in result.warnings)
+
+
+def test_smoothquant_applies_to_dynamic_per_token_inputs(explorer: Explorer) -> None:
+    config = QuantConfig.from_dict({"model": "all_minilm_l6_v2", "activations": {"mode": "dynamic", "granularity": "per_token"},
+                                    "algorithms": {"smoothquant": {"alpha": 0.5}}, "evaluation": {"runtime": None}})
+    assert explorer.prepared_for(config).variant.startswith("smoothquant:0.5:")
+    assert explorer.evaluate(config, layer_errors=False).algorithms["smoothquant"]["layers"] == 36
 
 
 def test_channel_outliers_show_the_hidden_channel_that_smoothquant_tames(explorer: Explorer) -> None:
