@@ -56,7 +56,9 @@ def rows(explorer: Explorer) -> dict[str, dict[str, Any]]:
     return {
         "W8A8 dynamic per-token": {"activations": DYN_TOKEN},
         "W8A8 dynamic per-token, weights MSE": {"activations": DYN_TOKEN, "weights": {"clipping": "mse"}},
+        "W8A8 dynamic per-token + SmoothQuant 0.5": {"activations": DYN_TOKEN, "algorithms": SQ},
         "W8A8 dynamic per-tensor": {"activations": DYN_TENSOR},
+        "W8A8 dynamic per-tensor + SmoothQuant 0.5": {"activations": DYN_TENSOR, "algorithms": SQ},
         "W8 weight-only": {"activations": None},
         "W4 g32 weight-only, nearest": {"activations": None, "weights": W4G32},
         "W4 g32 weight-only, GPTQ": {"activations": None, "weights": W4G32, "algorithms": {"rounding": "gptq"}},

@@ -262,7 +262,7 @@ def emit_nbits(g: OnnxGraph, lq: LayerQuant, wname: str, gemm: onnx.NodeProto) -
             "dtype": f"uint{bits} (MatMulNBits)", "block_size": int(block), "bits": int(bits)}
 
 
-_SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+_SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")  # move values, never change them
 
 
 def emit_dynamic(g: OnnxGraph, lq: LayerQuant, wname: str, gemm: onnx.NodeProto) -> dict[str, Any] | None:
@@ -288,10 +288,6 @@ def emit_dynamic(g: OnnxGraph, lq: LayerQuant, wname: str, gemm: onnx.NodeProto)
     dql = g.producer(cur.input[0])
     if dql is None or dql.op_type != "DynamicQuantizeLinear":
         return None
-    if any(len(g.consumers(n.output[0])) != 1 for n in chain):
-        return None
-    if chain and len(g.consumers(cur.output[0])) != 1 and any(n.op_type != "Reshape" for n in chain):
-        return None  # a shared DequantizeLinear (query, key and value read one input): only this Linear's reshape moves
     qp = lq.qparams
     w = numpy_helper.to_array(g.inits[wname])
     codes = quantize_weight(torch.from_numpy(w.copy()), qp).numpy()
@@ -301,14 +297,20 @@ def emit_dynamic(g: OnnxGraph, lq: LayerQuant, wname: str, gemm: onnx.NodeProto)
     z_name = g.add_init(numpy_helper.from_array(zp if zp.ndim else zp.reshape(()), f"{base}.weight_zero_point"))
     s_name = g.add_init(numpy_helper.from_array(qp.scale.numpy().astype(np.float32), f"{base}.weight_scale"))
     a_q, a_s, a_z = dql.output
-    # the shape ops now carry the uint8 codes (value-preserving, so exact)
+    # This Linear's own copy of the shape ops carries the uint8 codes (value-preserving, so exact); the float
+    # chain stays for whoever else reads it (the exporter merges identical reshapes of query, key and value).
     src = a_q
+    nodes = []
     for node in chain:
-        node.input[0] = src
-        node.output[0] = node.output[0] + "_u8"
-        src = node.output[0]
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[0] = src
+        copy.output[0] = f"{base}/{node.output[0]}_u8"
+        copy.name = f"{base}/{node.name}_u8"
+        nodes.append(copy)
+        src = copy.output[0]
     out = gemm.output[0]
-    nodes = [
+    nodes += [
         helper.make_node("MatMulInteger", [src, q_name, a_z, z_name], [f"{base}/mm_i32"], name=f"{base}/MatMulInteger"),
         helper.make_node("Cast", [f"{base}/mm_i32"], [f"{base}/mm_f32"], name=f"{base}/Cast", to=TensorProto.FLOAT),
         helper.make_node("Mul", [a_s, s_name], [f"{base}/scale"], name=f"{base}/ScaleMul"),
@@ -317,12 +319,14 @@ def emit_dynamic(g: OnnxGraph, lq: LayerQuant, wname: str, gemm: onnx.NodeProto)
     nodes.append(helper.make_node("Mul", [f"{base}/mm_f32", f"{base}/scale"], [out if not bias else f"{base}/mm_scaled"], name=f"{base}/Mul"))
     if bias:
         nodes.append(helper.make_node("Add", [f"{base}/mm_scaled", bias], [out], name=f"{base}/Add"))
-    shared = len(g.consumers(cur.output[0])) > (0 if chain else 1)  # other readers keep the DequantizeLinear
-    graph_nodes = [n for n in g.model.graph.node if n is not gemm and (shared or n is not cur)]
-    i = next(i for i, n in enumerate(graph_nodes) if n is (chain[-1] if chain else dql))
-    graph_nodes[i + 1 : i + 1] = nodes
+    graph_nodes = list(g.model.graph.node)
+    i = next(i for i, n in enumerate(graph_nodes) if n is gemm)
+    graph_nodes[i : i + 1] = nodes
     del g.model.graph.node[:]
     g.model.graph.node.extend(graph_nodes)
+    for node in [*reversed(chain), cur]:  # the float path, where nothing reads it any more
+        if not g.consumers(node.output[0]):
+            g.model.graph.node.remove(node)
     g.drop_init(wname)
     return {"format": "dynamic", "initializer": q_name, "scale": s_name, "zero_point": z_name, "dtype": "int8",
             "axis": 1 if qp.granularity == "per_channel" else None, "node": f"{base}/MatMulInteger"}
