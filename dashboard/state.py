@@ -24,7 +24,7 @@ from typing import Any
 
 import streamlit as st
 
-from ptq_core.config import Evaluation, Finetune, QuantConfig
+from ptq_core.config import Evaluation, Finetune, QuantConfig, SmoothQuant
 from ptq_core.result import Result
 
 from . import labels
@@ -51,6 +51,8 @@ ALG_KEYS = {"sb_alg_cle": "cross_layer_equalization", "sb_alg_bias_correction": 
             "sb_alg_rounding": "rounding"}
 ALG_ADAROUND_KEYS = {"sb_alg_adaround_iterations": "iterations"}
 ALG_FINETUNE_KEYS = {"sb_alg_ft_steps": "steps", "sb_alg_ft_lr": "lr", "sb_alg_ft_batch_size": "batch_size"}
+# SmoothQuant: a checkbox ("smoothquant": null when off) and its alpha, held while off as the fine-tune controls are.
+ALG_SMOOTHQUANT_KEYS = {"sb_alg_sq_alpha": "alpha"}
 WEIGHT_ONLY = "weight_only"  # the sb_a_mode value for "activations": null
 DEFAULT_GROUP_SIZE = 32  # what the group-size control shows while granularity is not per_group
 MAX_HISTORY = 300  # evaluated configs kept per session for the Overview scatter
@@ -86,6 +88,9 @@ def _widget_values(config: QuantConfig) -> dict[str, Any]:
     values["sb_alg_finetune"] = alg.finetune is not None
     if alg.finetune is not None:
         values.update({key: getattr(alg.finetune, f) for key, f in ALG_FINETUNE_KEYS.items()})
+    values["sb_alg_smoothquant"] = alg.smoothquant is not None
+    if alg.smoothquant is not None:
+        values.update({key: float(getattr(alg.smoothquant, f)) for key, f in ALG_SMOOTHQUANT_KEYS.items()})
     return values
 
 
@@ -104,6 +109,7 @@ def init_state() -> None:
     defaults = _widget_values(default_config())
     defaults["sb_w_group_size"] = DEFAULT_GROUP_SIZE
     defaults.update({key: getattr(Finetune(), f) for key, f in ALG_FINETUNE_KEYS.items()})  # shown while off
+    defaults.update({key: float(getattr(SmoothQuant(), f)) for key, f in ALG_SMOOTHQUANT_KEYS.items()})  # likewise
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
     st.session_state.setdefault("history", [])  # list of history entries, oldest first
@@ -159,13 +165,22 @@ def _algorithms_from_state(base: dict[str, Any]) -> dict[str, Any]:
                            **{f: float(ss[key]) if f == "lr" else int(ss[key]) for key, f in ALG_FINETUNE_KEYS.items()}}
     else:
         alg["finetune"] = None
+    if ss["sb_alg_smoothquant"]:
+        alg["smoothquant"] = {**(base.get("smoothquant") or {}),
+                              **{f: float(ss[key]) for key, f in ALG_SMOOTHQUANT_KEYS.items()}}
+    else:
+        alg["smoothquant"] = None
     return alg
 
 
 def algorithms_learn() -> bool:
-    """Whether the controls ask for an algorithm that learns from the calibration images (every one but CLE)."""
+    """Whether the controls ask for an algorithm that learns from the calibration images (every one but CLE).
+
+    SmoothQuant reads max |x| per channel from them, in dynamic mode too; weight-only it does nothing.
+    """
     ss = st.session_state
-    return bool(ss["sb_alg_bias_correction"] or ss["sb_alg_rounding"] != "nearest" or ss["sb_alg_finetune"])
+    smooth = ss["sb_alg_smoothquant"] and ss["sb_a_mode"] != WEIGHT_ONLY
+    return bool(ss["sb_alg_bias_correction"] or ss["sb_alg_rounding"] != "nearest" or ss["sb_alg_finetune"] or smooth)
 
 
 def apply_config_to_state(config: QuantConfig) -> None:
