@@ -239,6 +239,39 @@ def method_errors(view: dict[str, Any]) -> go.Figure:
                    "Clipping method", "Mean squared error", barmode="stack", height=340)
 
 
+
+def channel_outliers(row: dict[str, Any], log_y: bool) -> go.Figure:
+    """max |x| per hidden channel at the input of one group of Linears (a row of ``Explorer.channel_outliers``):
+    before, and below it after SmoothQuant when ``row`` has ``absmax_smoothed``; a dashed line at each median.
+
+    Stacked, not overlaid: the smoothed input is another tensor on its own scale (and where the engine reads it
+    reshaped, another channel count), so each panel has its own y axis; the shape is what compares.
+    """
+    smoothed_color = "#16A085"  # still float, so not the quantized orange: the smoothed FP32 model
+    panels = [("before", row["point"], row["absmax"], row["summary"], FP32_COLOR)]
+    if row.get("absmax_smoothed") is not None:
+        panels.append(("after SmoothQuant", row["point_smoothed"], row["absmax_smoothed"], row["summary_smoothed"],
+                       smoothed_color))
+    fig = make_subplots(rows=len(panels), cols=1, vertical_spacing=0.18,
+                        subplot_titles=[f"{when}: {point} ({len(values)} channels), largest {s['ratio']:.1f}x the "
+                                        "median" for when, point, values, s, _ in panels])
+    for i, (when, _, values, s, color) in enumerate(panels, start=1):
+        n = len(values)
+        fig.add_trace(go.Bar(x=list(range(n)), y=values, name=f"max |x| per channel, {when}", marker={"color": color},
+                             hovertemplate="channel %{x}: max |x| %{y:.4g}<extra>" + when + "</extra>"), row=i, col=1)
+        fig.add_trace(go.Scatter(x=[-0.5, n - 0.5], y=[s["median"]] * 2, mode="lines", name="median channel",
+                                 line={"color": NEUTRAL_COLOR, "dash": "dash"}, showlegend=i == 1,
+                                 hovertemplate=f"median channel: {s['median']:.4g}<extra></extra>"), row=i, col=1)
+        if s["max"] > 0:  # annotations on a log axis take log10 of the value
+            fig.add_annotation(x=s["channel"], y=math.log10(s["max"]) if log_y else s["max"], row=i, col=1,
+                               text=f"channel {s['channel']}", showarrow=True, arrowhead=2, ax=30, ay=-20)
+        fig.update_yaxes(type="log" if log_y else "linear", title_text="max |x|" + (" (log)" if log_y else ""),
+                         row=i, col=1)
+        fig.update_xaxes(title_text="hidden channel", row=i, col=1)
+    title = f"{', '.join(row['layers'])} reads {row['point']}: max |x| per channel over the calibration samples"
+    return _layout(fig, title, "hidden channel", "max |x|", height=300 + 260 * (len(panels) - 1), bargap=0)
+
+
 # -- Layer error --------------------------------------------------------------------------------------
 def layer_sqnr(layers: Sequence[dict[str, Any]], flagged: Sequence[str] = ()) -> go.Figure:
     """Per-layer SQNR bars in network order; a missing bar is a layer with no quantization there."""

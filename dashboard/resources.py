@@ -19,8 +19,9 @@
   (progress in the page's status line) and reruns the page. A newer control change makes
   Streamlit stop the run at the next progress update: nobody waits for a result they no longer
   want, and the parts computed so far stay cached.
-* :func:`weight_view`, :func:`activation_view`, :func:`calibration_check` (``st.cache_data``,
-  bounded): keyed by exactly what they depend on, the config JSON (plus the layer or the sizes).
+* :func:`weight_view`, :func:`activation_view`, :func:`channel_outliers`, :func:`calibration_check`
+  (``st.cache_data``, bounded): keyed by exactly what they depend on, the config JSON (plus the layer
+  or the sizes).
 * :func:`onnx_export` (``st.cache_data``, :data:`MAX_EXPORTS` entries): the ONNX file of one
   config as bytes plus its export report, written with the shared Explorer's statistics.
 * :class:`Activity` (one per server): how many evaluations are running now. A session whose
@@ -643,6 +644,20 @@ def activation_view(config_json: str, point: str) -> dict[str, Any]:
         "bits": aq.bits, "scheme": aq.scheme, "percentile": aq.percentile, "chosen": aq.clipping,
         "num_samples": stats.num_samples, "methods": methods,
     }
+
+
+@st.cache_data(max_entries=MAX_VIEWS, show_spinner="Measuring max |x| per channel on the calibration samples…")
+def channel_outliers(config_json: str) -> list[dict[str, Any]]:
+    """:meth:`ptq_core.pipeline.Explorer.channel_outliers` of one config: per Linear input, max |x| per channel,
+    before and (when the config asks for SmoothQuant) after smoothing.
+
+    The engine reports no progress for this one FP32 pass (two with SmoothQuant: 3-4 s on all-MiniLM-L6-v2, one
+    thread), so a spinner says what runs. Counted as an evaluation: it competes for the CPUs.
+    """
+    config = QuantConfig.from_json(config_json)
+    explorer = explorer_for(config)
+    with activity().evaluation(session=_session_id()):
+        return explorer.channel_outliers(config)
 
 
 @st.cache_data(max_entries=MAX_CHECKS, show_spinner=False)
