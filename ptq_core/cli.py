@@ -99,9 +99,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     _write(result.to_json(), args.output)
     if not args.quiet:
         m = result.metrics
-        top1 = f"top-1 FP32 {m['fp32_top1']:.2%} -> quantized {m['quant_top1']:.2%}, " if "quant_top1" in m else ""
+        if m.get("task") == "embedding":  # k-NN topic accuracy, neighbours and cosine: ptq_core.metrics.embedding_metrics
+            knn = f"5-NN topic accuracy FP32 {m['fp32_top1']:.2%} -> quantized {m['quant_top1']:.2%}, " if "quant_top1" in m else ""
+            quality = (f"{knn}cosine to FP32 mean {m['cosine_mean']:.4f} (lowest {m['cosine_min']:.4f}), "
+                       f"nearest-neighbour agreement {m['neighbour_agreement']:.2%}")
+        else:
+            top1 = f"top-1 FP32 {m['fp32_top1']:.2%} -> quantized {m['quant_top1']:.2%}, " if "quant_top1" in m else ""
+            quality = f"{top1}agreement {m['agreement']:.2%}"
         sys.stderr.write(
-            f"{result.mode}: {top1}agreement {m['agreement']:.2%}, "
+            f"{result.mode}: {quality}, "
             f"size {result.size['fp32_bytes']} -> {result.size['quant_bytes']} bytes "
             f"({result.size['compression_ratio']:.2f}x)\n"
         )

@@ -164,3 +164,24 @@ def test_search_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_sensitivity_names_an_unknown_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sensitivity", "--config", str(_w8a8(tmp_path)), "--layers", "conv9", "--runner", "serial", "--quiet"]) == 2
     assert "layers: no layer named 'conv9'; allowed: conv1," in capsys.readouterr().err
+
+
+def test_run_on_the_text_model_reports_embedding_measures_and_reproduces(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    lines = tmp_path / "lines.csv"
+    lines.write_text("text,label\n" + "".join(f"{t},{lb}\n" for t, lb in [
+        ("The striker scored twice", "sport"), ("A late penalty decided the match", "sport"),
+        ("The keeper saved a header", "sport"), ("Bond yields rose sharply", "money"),
+        ("The central bank cut rates", "money"), ("Shares fell after the report", "money"),
+        ("Midfielders pressed high all game", "sport"), ("Inflation slowed in spring", "money")]), encoding="utf-8")
+    config = json.loads((CONFIGS / "w8a8_dynamic_minilm_smoothquant.json").read_text())
+    config["dataset"] = {"kind": "text_file", "path": str(lines), "num_calibration": 2}
+    cfg_path = tmp_path / "c.json"
+    cfg_path.write_text(json.dumps(config))
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["run", "--config", str(cfg_path), "--output", str(first)]) == 0
+    assert "cosine to FP32 mean 0.99" in capsys.readouterr().err
+    assert main(["run", "--config", str(cfg_path), "--output", str(second), "--quiet"]) == 0
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert a["metrics"]["task"] == "embedding" and a["algorithms"]["smoothquant"]["alpha"] == 0.5
+    assert a["metrics"] == b["metrics"]  # same JSON, same numbers
