@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch.utils.data import Dataset
 
 from .calibration import batches as batches_of
@@ -48,12 +49,22 @@ def linear_inputs(prepared: PreparedModel) -> dict[str, list[str]]:
     return out
 
 
+def _read_by_linear(prepared: PreparedModel, point: str, layers: list[str]) -> str:
+    """The node a Linear reads for ``point``: the point itself, or what pass-through ops made of it (the attention's
+    context [N, H, L, D] reaches the output projection as [N, L, H*D]: its channels are the Linear's, not the head's)."""
+    if not layers:
+        return prepared.point(point).node
+    node = next(n for n in prepared.graph_module.graph.nodes if n.name == prepared.unit(layers[0]).node)
+    arg = node.args[0]
+    return arg.name if isinstance(arg, torch.fx.Node) else prepared.point(point).node
+
+
 def channel_absmax(prepared: PreparedModel, dataset: Dataset, indices: Sequence[int], *, batch_size: int = 32,
                    points: Sequence[str] | None = None) -> ChannelRanges:
     """max |x| per channel at every Linear input (or at ``points``), from ``dataset[indices]`` in the FP32 model."""
     consumers = linear_inputs(prepared)
     names = list(points) if points is not None else list(consumers)
-    taps = with_taps(prepared.graph_module, {name: prepared.point(name).node for name in names})
+    taps = with_taps(prepared.graph_module, {name: _read_by_linear(prepared, name, consumers.get(name, [])) for name in names})
     absmax: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for x, _ in batches_of(dataset, indices, batch_size):

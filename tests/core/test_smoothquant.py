@@ -79,6 +79,8 @@ def test_channel_outliers_show_the_hidden_channel_that_smoothquant_tames(explore
     first = rows[0]
     assert first["layers"] == ["layers.0.attention.query", "layers.0.attention.key", "layers.0.attention.value"]
     assert len(first["absmax"]) == 384 and first["point"] == "embed"
+    context = next(r for r in rows if r["layers"] == ["layers.0.attention_output"])  # read as [N, L, 384], not per head
+    assert len(context["absmax"]) == len(context["absmax_smoothed"]) == 384
     ffn_in = next(r for r in rows if r["layers"] == ["layers.0.intermediate"])  # reads the attention LayerNorm
     # BERT's known outlier dimension: one channel > 10x the median at the LayerNorm output
     assert ffn_in["summary"]["ratio"] > 10 and ffn_in["summary"]["channel"] == 99
