@@ -9,7 +9,9 @@ quantized embedding with its FP32 embedding; nearest-neighbour agreement and rec
 neighbours among the evaluation sentences); leave-one-out 5-NN topic accuracy; the simulation
 against onnxruntime (mean and lowest cosine of the two embeddings of each sentence); onnxruntime
 latency per batch at batch 1 and 32 with the FP32 model's beside it (the batch of 32 is the first 32
-evaluation sentences, padded to their longest; its sequence length is printed). Per-token dynamic
+evaluation sentences, padded to their longest; its sequence length is printed; measured while the
+rows run, so load on the machine shows in them). Then every exported model timed round-robin, one
+table, for ratios that load cannot skew (``--latency-only`` runs just that). Per-token dynamic
 activations have no onnxruntime operator (DynamicQuantizeLinear is per tensor): that row has no
 runtime columns, the per-tensor row shows what the runtime runs.
 
@@ -40,7 +42,7 @@ from ptq_core.config import QuantConfig  # noqa: E402
 from ptq_core.machine import machine_line  # noqa: E402
 from ptq_core.models.minilm import TextTokenizer  # noqa: E402
 from ptq_core.onnx.export import export_float_onnx  # noqa: E402
-from ptq_core.onnx.session import input_feed  # noqa: E402
+from ptq_core.onnx.session import input_feed, make_runtime_session  # noqa: E402
 from ptq_core.pipeline import Explorer  # noqa: E402
 
 W4G32 = {"bits": 4, "granularity": "per_group", "group_size": 32}
@@ -95,10 +97,60 @@ def throughput(explorer: Explorer, texts: list[str], batch: int = 32) -> dict[st
     return out
 
 
+LATENCY_ROWS = ("W8A8 dynamic per-tensor", "W8 weight-only", "W4 g32 weight-only, nearest", "W8A8 static",
+                "W8A8 static, residual stream float + SmoothQuant 0.5")
+
+
+def interleaved_latency(explorer: Explorer, table: dict[str, dict[str, Any]], rounds: int = 7) -> list[tuple[str, float, float]]:
+    """onnxruntime ms at batch 1 and 32 for FP32 and each of LATENCY_ROWS, measured round-robin so load hits all alike.
+
+    Batch 32 = the 32 evaluation sentences closest to the median length (one sequence length, printed); batch 1 =
+    the first of them. Each round runs every model 5 times per batch; the median over rounds is reported.
+    """
+    data = explorer.dataset.evaluation
+    lengths = data.x[:, 1].sum(dim=1)  # type: ignore[attr-defined]
+    order = (lengths - lengths.median()).abs().argsort()[:32].tolist()
+    x32, _ = load_batch(data, order)
+    x1 = x32[:1, :, : int(x32[0, 1].sum())]
+    sessions: dict[str, ort.InferenceSession] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        export_float_onnx(explorer.prepared(), Path(tmp) / "fp32.onnx")
+        sessions["FP32"] = make_runtime_session(Path(tmp) / "fp32.onnx", threads=1)
+        for name in LATENCY_ROWS:
+            path = Path(tmp) / f"{len(sessions)}.onnx"
+            explorer.export_onnx(QuantConfig.from_dict({"model": "all_minilm_l6_v2", **table[name]}), path)
+            sessions[name] = make_runtime_session(path, threads=1)
+        times: dict[tuple[str, int], list[float]] = {}
+        for _ in range(rounds):
+            for name, session in sessions.items():
+                for bs, x in ((1, x1), (32, x32)):
+                    feed = input_feed(session, x)
+                    session.run(None, feed)
+                    runs = []
+                    for _ in range(5):
+                        start = time.perf_counter()
+                        session.run(None, feed)
+                        runs.append(1000 * (time.perf_counter() - start))
+                    times.setdefault((name, bs), []).append(statistics.median(runs))
+    print(f"onnxruntime latency, interleaved ({rounds} rounds), 1 thread; batch 32 = 32 sentences of "
+          f"{x32.shape[-1]} tokens, batch 1 = one of {x1.shape[-1]} tokens")
+    print()
+    print("| model | ms batch 1 | ms batch 32 | vs FP32 (b1 / b32) |")
+    print("|---|---|---|---|")
+    rows = []
+    base = (statistics.median(times[("FP32", 1)]), statistics.median(times[("FP32", 32)]))
+    for name in sessions:
+        b1, b32 = statistics.median(times[(name, 1)]), statistics.median(times[(name, 32)])
+        rows.append((name, b1, b32))
+        print(f"| {name} | {b1:.2f} | {b32:.1f} | {base[0] / b1:.2f}x / {base[1] / b32:.2f}x |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="all")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--latency-only", action="store_true", help="only the interleaved latency table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     explorer = Explorer("all_minilm_l6_v2")
@@ -106,6 +158,10 @@ def main() -> None:
     x32, _ = load_batch(data.evaluation, list(range(32)))
     lengths = data.info["tokens"]
     table = rows(explorer)
+    if args.latency_only:
+        print(f"machine: {machine_line()}, onnxruntime {ort.__version__}")
+        interleaved_latency(explorer, table)
+        return
     chosen = list(table) if args.rows == "all" else [r.strip() for r in args.rows.split(",")]
     print(f"machine: {machine_line()}, 1 torch thread, torch {torch.__version__}, onnxruntime {ort.__version__}")
     print(f"data: {data.description}; tokens per sentence min {lengths['min']}, mean {lengths['mean']:.1f}, "
@@ -147,8 +203,11 @@ def main() -> None:
           f"sentences/s, onnxruntime {tp['onnxruntime']:.0f} sentences/s")
     med = statistics.median(r["wall_s"] for r in out) if out else 0.0
     print(f"median wall time per row: {med:.0f} s")
+    print()
+    latency = interleaved_latency(explorer, table) if args.rows == "all" or args.latency_only else []
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": out, "throughput": tp, "machine": machine_line()}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": out, "throughput": tp, "latency": latency, "machine": machine_line()},
+                                              indent=1))
 
 
 if __name__ == "__main__":

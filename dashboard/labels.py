@@ -54,10 +54,13 @@ def config_label(config: dict[str, Any]) -> str:
 
 
 def algorithms_label(algorithms: dict[str, Any] | None) -> str:
-    """What a config's ``algorithms`` add to round-to-nearest, e.g. ``+CLE+AdaRound(1000)+BC+FT(200)``; "" for none."""
+    """What a config's ``algorithms`` add to round-to-nearest, e.g. ``+CLE+AdaRound(1000)+BC+FT(200)``,
+    ``+SQ(0.5)`` for SmoothQuant; "" for none."""
     if not algorithms:
         return ""
     parts = []
+    if algorithms.get("smoothquant"):
+        parts.append(f"SQ({algorithms['smoothquant']['alpha']:g})")
     if algorithms.get("cross_layer_equalization"):
         parts.append("CLE")
     rounding = algorithms.get("rounding", "nearest")

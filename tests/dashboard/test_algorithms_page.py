@@ -24,7 +24,7 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_r
 from streamlit.testing.v1 import AppTest
 
 from dashboard import labels, lessons, resources, sharing, sidebar, state
-from ptq_core.config import AdaRound, Algorithms, Finetune, QuantConfig
+from ptq_core.config import AdaRound, Algorithms, Finetune, QuantConfig, SmoothQuant
 from ptq_core.errors import ConfigError
 from ptq_core.pipeline import Explorer
 from ptq_core.progress import ProgressFn
@@ -112,6 +112,7 @@ def test_labels_say_which_algorithms_a_run_used() -> None:
     everything = Algorithms(cross_layer_equalization=True, bias_correction=True, rounding="adaround",
                             adaround=AdaRound(iterations=1000), finetune=Finetune(steps=200))
     assert labels.algorithms_label(everything.to_dict()) == "+CLE+AdaRound(1000)+BC+FT(200)"
+    assert labels.algorithms_label(Algorithms(smoothquant=SmoothQuant(alpha=0.75)).to_dict()) == "+SQ(0.75)"
     config = QuantConfig.from_dict(GPTQ_BC).to_dict()
     assert labels.config_label(config).endswith(" · +GPTQ+BC")
     del config["algorithms"]  # a version-1 history row
