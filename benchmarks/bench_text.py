@@ -1,6 +1,6 @@
 """The text model (all-MiniLM-L6-v2) at INT8 and INT4: embeddings against FP32, onnxruntime against the simulation, latency.
 
-    .venv/bin/python benchmarks/bench_text.py [--rows all|NAME,NAME] [--json out.json]
+    .venv/bin/python benchmarks/bench_text.py [--rows all|"NAME;NAME"] [--json out.json] [--latency-only]
 
 On the default sentence set (assets/text/sentences.csv: 750 sentences, 15 topics; 128 calibrate,
 622 evaluate), one torch thread, each row a full evaluation (``Explorer.evaluate``: the simulation,
@@ -148,7 +148,7 @@ def interleaved_latency(explorer: Explorer, table: dict[str, dict[str, Any]], ro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="all")
+    parser.add_argument("--rows", default="all", help='"all", or row names separated by ";"')
     parser.add_argument("--json", default=None)
     parser.add_argument("--latency-only", action="store_true", help="only the interleaved latency table")
     args = parser.parse_args()
@@ -162,7 +162,7 @@ def main() -> None:
         print(f"machine: {machine_line()}, onnxruntime {ort.__version__}")
         interleaved_latency(explorer, table)
         return
-    chosen = list(table) if args.rows == "all" else [r.strip() for r in args.rows.split(",")]
+    chosen = list(table) if args.rows == "all" else [r.strip() for r in args.rows.split(";")]  # names hold commas
     print(f"machine: {machine_line()}, 1 torch thread, torch {torch.__version__}, onnxruntime {ort.__version__}")
     print(f"data: {data.description}; tokens per sentence min {lengths['min']}, mean {lengths['mean']:.1f}, "
           f"max {lengths['max']}; latency batch 32 = the first 32 evaluation sentences, sequence length {x32.shape[-1]}; "

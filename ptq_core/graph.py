@@ -34,7 +34,10 @@ and what the ONNX export reproduces one for one:
 5. Any other op (unfolded BatchNorm, hardswish, SiLU, sigmoid, ...) runs in float between a
    dequantize and a quantize: its output gets a quantizer only when a quantized unit reads it.
 6. Dynamic mode: only the inputs of quantized Conv/Linear units are quantized, from each
-   input's own range at inference; outputs stay float (``quantize_dynamic`` semantics).
+   input's own range at inference; outputs stay float (``quantize_dynamic`` semantics). The
+   quantized tensor feeds those layers (and the value-preserving ops on the way to them) only:
+   another reader of the same tensor, a residual add or a LayerNorm, reads it in float
+   (:func:`reads_for_weights`).
    Weight-only mode: no activation quantizers at all.
 7. Only floating-point tensors are points. Integer and boolean tensors (token ids, an attention
    mask, the comparisons made from it) are never quantized; a model whose mask must stay exact
@@ -47,6 +50,7 @@ from __future__ import annotations
 import copy
 import logging
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -466,14 +470,31 @@ def node_map(gm: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:
     return {n.name: n for n in gm.graph.nodes}
 
 
-def insert_after(gm: torch.fx.GraphModule, node_name: str, module_name: str, module: nn.Module) -> str:
-    """Insert ``module`` on the tensor of ``node_name``: every former consumer now reads its output."""
+def insert_after(gm: torch.fx.GraphModule, node_name: str, module_name: str, module: nn.Module,
+                 only: Callable[[torch.fx.Node], bool] | None = None) -> str:
+    """Insert ``module`` on the tensor of ``node_name``: every former consumer (or those ``only`` accepts) reads its output."""
     node = node_map(gm)[node_name]
     gm.add_submodule(module_name, module)
     with gm.graph.inserting_after(node):
         new = gm.graph.call_module(module_name, (node,))
-    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new and (only is None or only(user)))
     return new.name
+
+
+def reads_for_weights(gm: torch.fx.GraphModule) -> Callable[[torch.fx.Node], bool]:
+    """Rule 6's readers of a dynamic quantizer: Conv/Linear calls and the value-preserving ops on the way to them.
+
+    Every other reader of the tensor (a residual add, a LayerNorm) reads it in float, as ``quantize_dynamic``
+    and onnxruntime's dynamic quantization do: only the integer matmul's own input is quantized.
+    """
+    modules = _modules(gm)
+
+    def reads(user: torch.fx.Node) -> bool:
+        if user.op == "call_module" and isinstance(modules.get(str(user.target)), COMPUTE_MODULES):
+            return True
+        return is_pass_through(user, modules)
+
+    return reads
 
 
 def with_taps(gm: torch.fx.GraphModule, node_names: dict[str, str]) -> torch.fx.GraphModule:

@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import ActivationQuant, QuantConfig, WeightQuant
 from .errors import CalibrationError, ConfigError
-from .graph import PreparedModel, Unit, insert_after
+from .graph import PreparedModel, Unit, insert_after, reads_for_weights
 from .primitives import fake_quantize, int_range, qparams_from_range
 from .ranges import (
     RangeError,
@@ -384,7 +384,8 @@ def build_quantized_model(prepared: PreparedModel, plan: QuantPlan) -> tuple[tor
         else:
             assert pq.scale is not None and pq.zero_point is not None
             q = FakeQuantize(name, pq.scale, pq.zero_point, pq.qmin, pq.qmax)
-        visible[name] = insert_after(gm, point.node, _module_name("ptq_act_", name), q)
+        only = reads_for_weights(gm) if pq.quant.mode == "dynamic" else None  # graph rule 6: the residual reads float
+        visible[name] = insert_after(gm, point.node, _module_name("ptq_act_", name), q, only=only)
     gm.graph.lint()
     gm.recompile()
     return gm, visible

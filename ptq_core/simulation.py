@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ExportError
-from .graph import PreparedModel
+from .graph import PreparedModel, is_pass_through
 from .primitives import fake_quantize, qparams_from_range
 from .quantize import PointQuant, QuantPlan
 
@@ -281,6 +281,11 @@ def simulation_graph(
     dynamic: list[tuple[str, torch.fx.Node]] = []
     sums: list[tuple[str, str, torch.fx.Node, torch.fx.Node]] = []
 
+    # Graph rule 6: a dynamic quantizer's output feeds the Conv/Linear layers (and the value-preserving ops on the
+    # way to them) only; every other reader keeps the float tensor. env_d holds those quantized views.
+    env_d: dict[torch.fx.Node, torch.fx.Node] = {}
+    modules = dict(src.named_modules())
+
     def quantize(node: torch.fx.Node) -> None:
         name = point_of_node[node.name]
         pq, pre = plan.points[name], env_q[node]
@@ -289,9 +294,10 @@ def simulation_graph(
             lo, hi = g.call_function(_getitem, (rng, 0)), g.call_function(_getitem, (rng, 1))
             post = g.call_function(_dynamic_fq, (pre, lo, hi, pq.quant.bits, pq.quant.scheme, pq.qmin, pq.qmax))
             dynamic.append((name, g.call_function(_nonfinite, (pre,))))
+            env_d[node] = post
         else:
             post = g.call_function(static_fq, (pre, *static[name], pq.qmin, pq.qmax, _container(pq)[1]))
-        env_q[node] = post
+            env_q[node] = post
         if probe:
             sums.append(("quantizer", name, g.call_function(signal, (pre,)), g.call_function(noise, (pre, post))))
 
@@ -314,7 +320,10 @@ def simulation_graph(
                 target = f"ptq_weight_input_{weight_inputs[unit.name]}"
                 assert unit.module is not None
                 root[target] = _WeightInput(src.get_submodule(unit.module))
-                env_q[node] = g.call_module(target, (env_q[node.args[0]], *weight_nodes[node.name]))
+                x_in = env_d.get(node.args[0], env_q[node.args[0]])
+                env_q[node] = g.call_module(target, (x_in, *weight_nodes[node.name]))
+            elif any(a in env_d for a in node.all_input_nodes) and is_pass_through(node, modules):
+                env_q[node] = env_d[node] = g.node_copy(node, lambda a: env_d.get(a, env_q[a]))
             else:
                 env_q[node] = g.node_copy(node, lambda a: env_q[a])
         if node.name in point_of_node:

@@ -34,6 +34,7 @@ from ..graph import (
     is_stochastic_depth_identity,
     is_tokens,
     pass_through_source,
+    reads_for_weights,
 )
 from ..primitives import fake_quantize
 from ..quantize import PointQuant, QuantPlan, set_weights
@@ -182,7 +183,8 @@ def export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.Gr
             setattr(gm.get_submodule(parent) if parent else gm, attr, ExportPad(tuple(int(p) for p in mod.padding)))
     for i, (name, _pq) in enumerate(plan.points.items()):
         order.append(name)
-        insert_after(gm, prepared.point(name).node, f"ptq_export_{i}", ExportQDQ(name, i, plan.points[name]))
+        only = reads_for_weights(gm) if plan.points[name].quant.mode == "dynamic" else None  # graph rule 6
+        insert_after(gm, prepared.point(name).node, f"ptq_export_{i}", ExportQDQ(name, i, plan.points[name]), only=only)
     for j, (node_name, src) in enumerate(requant_after):
         idx = len(order)
         order.append(src)

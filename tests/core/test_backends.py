@@ -57,7 +57,9 @@ def _reference_probe(explorer: Explorer, config: QuantConfig, samples: int) -> d
     prepared, plan = explorer.prepared(), explorer.plan(config)
     qgm, visible = build_quantized_model(prepared, plan)
     unit_points = [u.name for u in prepared.units if any(p.name == u.name for p in prepared.points)]
-    q_taps = {f"out:{n}": visible[n] for n in unit_points}
+    # a unit's output as its readers see it: after a static quantizer; a dynamic one feeds only Conv/Linear (rule 6)
+    dynamic = {n for n, pq in plan.points.items() if pq.quant.mode == "dynamic"}
+    q_taps = {f"out:{n}": prepared.point(n).node if n in dynamic else visible[n] for n in unit_points}
     for name in plan.points:
         q_taps[f"pre:{name}"], q_taps[f"post:{name}"] = prepared.point(name).node, visible[name]
     f_view = with_taps(prepared.graph_module, {n: prepared.point(n).node for n in unit_points})
