@@ -42,7 +42,7 @@ from .config import Algorithms, Calibration, Evaluation, QuantConfig
 from .data import Dataset, dataset_fingerprint, load_dataset, select_calibration
 from .diskcache import default_cache, digest, module_fingerprint
 from .errors import CalibrationError, DataError
-from .graph import PreparedModel, is_tokens, prepare
+from .graph import PreparedModel, prepare
 from .metrics import agreement, embedding_metrics, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
 from .models.device import device_context, moved_copy, resolve_device
@@ -150,6 +150,7 @@ class Explorer:
 
     def _smoothed(self, base: PreparedModel, config: QuantConfig, alpha: float) -> PreparedModel:
         """``base`` after SmoothQuant with the config's calibration samples (:mod:`ptq_core.algorithms.smoothquant`)."""
+        from .algorithms.capture import token_lengths
         from .algorithms.smoothquant import smooth
 
         indices, _ = self.calibration_indices(config.calibration)
@@ -159,7 +160,7 @@ class Explorer:
             if key not in self._smooth:
                 pool = self.dataset.calibration_pool
                 batches = [load_batch(pool, chunk)[0] for chunk in chunks(indices, config.calibration.batch_size)]
-                lengths = [int(n) for b in batches for n in b[:, 1].sum(dim=1)] if is_tokens(batches[0]) else None
+                lengths = token_lengths(batches)
                 inputs = set(active_points(base, config.replace(algorithms=Algorithms())))
                 self._smooth[key] = smooth(base, inputs, batches, alpha=alpha, example=self.example_input(),
                                            variant=variant, lengths=lengths)

@@ -38,7 +38,7 @@ from ..quantize import FakeQuantize, LayerQuant, QuantPlan, build_quantized_mode
 from ..ranges import _broadcast_qparams, weight_error
 from .adaround import adaround_layer
 from .bias_correction import corrected_bias, corrected_bias_through
-from .capture import LayerData, layer_data, read_fp32, walk_quantized
+from .capture import LayerData, layer_data, read_fp32, token_lengths, walk_quantized
 from .cle import equalize, find_pairs
 from .finetune import LearnableFakeQuantize, QATWeight, finetune
 from .geometry import LayerGeometry, activation_fn
@@ -117,7 +117,7 @@ def _improve(
     layerwise = algo.rounding != "nearest" or algo.bias_correction
     # A text model's batches are [N, 2, L] tokens, each batch as long as its longest text: the algorithms see
     # every sample's real tokens only (padding is computed by the model but never used).
-    lengths = [int(n) for b in batches for n in b[:, 1].sum(dim=1)] if batches and is_tokens(batches[0]) else None
+    lengths = token_lengths(batches)
     if layerwise:
         start = time.perf_counter()
         q_gm, _ = build_quantized_model(prepared, plan)

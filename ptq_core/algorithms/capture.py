@@ -40,6 +40,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from ..graph import is_tokens
 from .geometry import LayerGeometry
 
 # Sampled positions per layer: at most SAMPLE_COLUMNS, and at most SAMPLE_ELEMENTS values in the input
@@ -70,11 +71,23 @@ def _sample_count(geo: LayerGeometry, in_per_group: int, images: int, positions_
     return max(1, min(positions_per_image, math.ceil(limit / max(1, images))))
 
 
-def _real(t: torch.Tensor, geo: LayerGeometry, lengths: Sequence[int] | None, i: int) -> torch.Tensor:
-    """Sample ``i``'s tensor ``[1, L, K]`` at a Linear, cut to its ``lengths[i]`` real tokens (text: padding is at the end)."""
-    if lengths is None or geo.kind != "linear" or t.dim() != 3:
+def token_lengths(batches: Sequence[torch.Tensor]) -> list[int] | None:
+    """Per sample, its number of real tokens, when the batches are a text model's tokens; None otherwise."""
+    if not batches or not is_tokens(batches[0]):
+        return None
+    return [int(n) for b in batches for n in b[:, 1].sum(dim=1)]
+
+
+def real_tokens(t: torch.Tensor, lengths: Sequence[int] | None, i: int) -> torch.Tensor:
+    """Sample ``i``'s activation ``[1, L, K]`` cut to its ``lengths[i]`` real tokens (text pads at the end)."""
+    if lengths is None or t.dim() != 3:
         return t
     return t[:, : lengths[i]]
+
+
+def _real(t: torch.Tensor, geo: LayerGeometry, lengths: Sequence[int] | None, i: int) -> torch.Tensor:
+    """:func:`real_tokens` at a Linear (a convolution's input has no tokens)."""
+    return real_tokens(t, lengths, i) if geo.kind == "linear" else t
 
 
 def read_fp32(

@@ -38,6 +38,7 @@ import torch.fx
 from torch import nn
 
 from ..graph import PreparedModel, prepare
+from .capture import real_tokens
 
 EPS = 1e-5  # floor of both ranges: a channel that is always 0 keeps s = 1 instead of dividing by 0
 
@@ -86,11 +87,9 @@ def _input_absmax(gm: torch.fx.GraphModule, paths: list[str], batches: Sequence[
     def hook(path: str) -> Any:
         def fn(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].detach()
-            parts = x.split(1) if lengths is not None and x.dim() == 3 else [x]
-            for part in parts:
-                if lengths is not None and x.dim() == 3:
-                    part = part[:, : lengths[seen[path]]]
-                    seen[path] += 1
+            for part in (x.split(1) if lengths is not None else [x]):
+                part = real_tokens(part, lengths, seen[path])
+                seen[path] += 1
                 m = part.abs().reshape(-1, part.shape[-1]).amax(dim=0).float()
                 out[path] = m if path not in out else torch.maximum(out[path], m)
 

@@ -186,14 +186,19 @@ def _efficientnet_lite0_entry(pretrained: bool) -> ModelEntry:
     )
 
 
-def _resolve_efficientnet_lite0(spec: dict[str, Any]) -> ModelEntry:
+def _pretrained(kind: str, spec: dict[str, Any]) -> bool:
+    """Whether ``{"kind": kind, "weights": "pretrained" | "random"}`` asks for the pretrained weights (the default)."""
     unknown = sorted(set(spec) - set(_EFFNET_KEYS))
     if unknown:
-        raise ModelError(f"model.{unknown[0]}: unknown key for kind {EFFICIENTNET_LITE0!r}; allowed: {', '.join(_EFFNET_KEYS)}")
+        raise ModelError(f"model.{unknown[0]}: unknown key for kind {kind!r}; allowed: {', '.join(_EFFNET_KEYS)}")
     weights = spec.get("weights", "pretrained")
     if weights not in _EFFNET_WEIGHTS:
         raise ModelError(f"model.weights: got {weights!r}; allowed: {', '.join(_EFFNET_WEIGHTS)}")
-    return _efficientnet_lite0_entry(weights == "pretrained")
+    return bool(weights == "pretrained")
+
+
+def _resolve_efficientnet_lite0(spec: dict[str, Any]) -> ModelEntry:
+    return _efficientnet_lite0_entry(_pretrained(EFFICIENTNET_LITE0, spec))
 
 
 # -- torchvision classifiers -----------------------------------------------------------------------
@@ -251,13 +256,7 @@ def _minilm_entry(pretrained: bool) -> ModelEntry:
 
 
 def _resolve_minilm(spec: dict[str, Any]) -> ModelEntry:
-    unknown = sorted(set(spec) - set(_EFFNET_KEYS))
-    if unknown:
-        raise ModelError(f"model.{unknown[0]}: unknown key for kind {MINILM!r}; allowed: {', '.join(_EFFNET_KEYS)}")
-    weights = spec.get("weights", "pretrained")
-    if weights not in _EFFNET_WEIGHTS:
-        raise ModelError(f"model.weights: got {weights!r}; allowed: {', '.join(_EFFNET_WEIGHTS)}")
-    return _minilm_entry(weights == "pretrained")
+    return _minilm_entry(_pretrained(MINILM, spec))
 
 
 register_model(_efficientnet_lite0_entry(pretrained=True))

@@ -102,3 +102,11 @@ def test_the_runtime_check_compares_embeddings_by_cosine(explorer: Explorer) -> 
     assert m["task"] == "embedding" and m["runtime_cosine_min"] > 0.9999
     assert m["runtime_agreement"] == 1.0 and result.latency["kind"] == "measured"
     assert set(result.latency["batches"]) == {"1", str(min(32, len(LINES) - 4))}
+
+
+def test_gptq_on_text_sees_real_tokens_and_beats_nearest(explorer: Explorer) -> None:
+    w4 = {"bits": 4, "granularity": "per_group", "group_size": 32}
+    nearest = explorer.evaluate(_config(activations=None, weights=w4), layer_errors=False)
+    gptq = explorer.evaluate(_config(activations=None, weights=w4, algorithms={"rounding": "gptq"}), layer_errors=False)
+    assert gptq.metrics["cosine_mean"] > nearest.metrics["cosine_mean"]
+    assert len(gptq.algorithms["layers"]) == 36
