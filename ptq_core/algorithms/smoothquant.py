@@ -146,7 +146,10 @@ def smooth(prepared: PreparedModel, quantized_inputs: set[str], batches: Sequenc
     gm.recompile()
     smoothed = prepare(gm, example, fold_bn=prepared.fold_batchnorm)
     report = {"alpha": alpha, "groups": rows, "layers": len(paths)}
-    return dataclasses.replace(smoothed, variant=variant), report
+    # the traced factors are buffers of the Smooth modules, not weights left in float: not "unsupported" layers
+    added = {f"smoothquant_{k}" for k in range(len(groups))}  # retracing keeps the names, not the Smooth class
+    unsupported = [m for m in smoothed.unsupported if m not in added]
+    return dataclasses.replace(smoothed, variant=variant, unsupported=unsupported), report
 
 
 def _linear(gm: torch.fx.GraphModule, path: str) -> nn.Linear:

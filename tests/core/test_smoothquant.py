@@ -42,6 +42,7 @@ def test_smoothing_keeps_the_float_model_and_evens_out_linear_inputs(explorer: E
     assert sum(a < b for b, a in spread) > len(spread) // 2  # most inputs' per-channel ranges even out
     # the smoothed inputs are new float points (x * 1/s), quantized in place of the LayerNorm output for Q/K/V
     assert smoothed.unit("layers.0.attention.query").inputs == ("smooth_channels",)
+    assert smoothed.unsupported == base.unsupported  # the factors are no float weights left unquantized
 
 
 def test_smoothquant_changes_the_quantized_model_and_is_in_the_result(explorer: Explorer) -> None:
