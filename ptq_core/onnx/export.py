@@ -53,8 +53,10 @@ What onnxruntime cannot run on integers falls back to float, named in the report
 with weights below 5 bits (no 4-bit convolution kernel: weights stored as INT4, dequantized),
 per-group convolution weights, weight-only convolutions, layers kept in float, and units whose
 input or output is not quantized. Dynamic mode exports ``DynamicQuantizeLinear`` for 8-bit
-asymmetric per-tensor activations (what onnxruntime implements); other dynamic settings raise
-:class:`~ptq_core.errors.ExportError`.
+asymmetric per-tensor activations (what onnxruntime implements); per-token dynamic activations
+(any bits) are written as the simulation's fake quantization in float ops (ReduceMin/ReduceMax
+per row, Round, Clip: onnxruntime has no per-row DynamicQuantizeLinear), their Linear layers
+then run in float; other dynamic settings raise :class:`~ptq_core.errors.ExportError`.
 """
 
 from __future__ import annotations
@@ -94,11 +96,11 @@ def _check_plan(prepared: PreparedModel, plan: QuantPlan) -> None:
     """Raise ExportError for settings no ONNX runtime operator can express, naming the point or layer."""
     for pq in plan.points.values():
         aq = pq.quant
-        if aq.mode == "dynamic" and (aq.bits != 8 or aq.scheme != "asymmetric" or pq.granularity != "per_tensor"):
+        if aq.mode == "dynamic" and pq.granularity != "per_token" and (aq.bits != 8 or aq.scheme != "asymmetric"):
             raise ExportError(
                 f"activation point {pq.name!r}: dynamic {aq.bits}-bit {aq.scheme} {pq.granularity} quantization cannot be "
-                "exported; allowed for dynamic export: 8-bit asymmetric per_tensor (onnxruntime DynamicQuantizeLinear). "
-                "Static and weight-only modes export with any bit width"
+                "exported; allowed for dynamic export: 8-bit asymmetric per_tensor (onnxruntime DynamicQuantizeLinear), "
+                "or per_token at any bit width (written in float ops). Static and weight-only modes export with any bit width"
             )
         if aq.mode == "static" and (pq.scale is None or pq.zero_point is None or not math.isfinite(pq.scale)):
             raise ExportError(f"activation point {pq.name!r}: no finite scale in the plan; calibrate before exporting")

@@ -36,7 +36,7 @@ from ..graph import (
     pass_through_source,
     reads_for_weights,
 )
-from ..primitives import fake_quantize
+from ..primitives import MIN_SCALE, fake_quantize, qparams_from_range
 from ..quantize import PointQuant, QuantPlan, set_weights
 
 TORCH_MAX_OPSET = 20  # the TorchScript exporter stops at 20; 21 is reached with onnx's converter
@@ -127,6 +127,49 @@ class ExportPad(nn.Module):
         return _ConstantPad.apply(x, self.padding)
 
 
+class _PerTokenQDQ(torch.autograd.Function):
+    """Dynamic per-token quantization (one range per row of the last dim) in float ONNX ops.
+
+    onnxruntime has no per-row DynamicQuantizeLinear, so the export writes what the simulation
+    computes (:func:`ptq_core.primitives.qparams_from_range` then :func:`fake_quantize`), op for op:
+    ``ReduceMin/Max(x, -1) -> Min/Max with 0 -> scale = max((hi - lo) / (qmax - qmin), MIN_SCALE) ->
+    zp = clip(qmin - round(lo / scale)) -> clip(round(x * (1 / scale)) + zp) - zp) * scale``. The
+    Linear after it then runs in float on the fake-quantized input: the accuracy is the per-token
+    one, the latency is not an integer kernel's (the report lists it among the float fallbacks).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, bits: int, scheme: str, qmin: int, qmax: int, index: int) -> torch.Tensor:
+        scale, zp = qparams_from_range(x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True), bits, scheme)
+        return fake_quantize(x, scale, zp, qmin, qmax)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, bits: int, scheme: str, qmin: int, qmax: int, index: int) -> Any:
+        def const(v: float) -> Any:
+            return g.op("Constant", value_t=torch.tensor(v, dtype=torch.float32))
+
+        def reduce(op: str) -> Any:  # from opset 18 the axes are an input, before an attribute (g.opset: the export's)
+            if getattr(g, "opset", 17) >= 18:
+                return g.op(op, x, g.op("Constant", value_t=torch.tensor([-1], dtype=torch.int64)), keepdims_i=1)
+            return g.op(op, x, axes_i=[-1], keepdims_i=1)
+
+        lo = g.op("Min", reduce("ReduceMin"), const(0.0))
+        hi = g.op("Max", reduce("ReduceMax"), const(0.0))
+        if scheme == "symmetric":
+            scale = g.op("Max", g.op("Div", g.op("Max", g.op("Neg", lo), hi), const(float(qmax))), const(MIN_SCALE))
+            zp = const(0.0)
+        else:
+            scale = g.op("Max", g.op("Div", g.op("Sub", hi, lo), const(float(qmax - qmin))), const(MIN_SCALE))
+            zp = g.op("Clip", g.op("Sub", const(float(qmin)), g.op("Round", g.op("Div", lo, scale))), const(float(qmin)),
+                      const(float(qmax)))
+        inv = g.op("Div", const(1.0), scale)
+        q = g.op("Clip", g.op("Add", g.op("Round", g.op("Mul", x, inv)), zp), const(float(qmin)), const(float(qmax)))
+        dq = g.op("Mul", g.op("Sub", q, zp), scale)
+        marked = g.op(f"{MARKER_DOMAIN}::Point", dq, index_i=index)
+        marked.setType(x.type())
+        return marked
+
+
 class ExportQDQ(nn.Module):
     """The export-mode twin of :class:`ptq_core.quantize.FakeQuantize` (same numbers in PyTorch)."""
 
@@ -136,6 +179,8 @@ class ExportQDQ(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pq = self.pq
+        if pq.quant.mode == "dynamic" and pq.granularity == "per_token":
+            return _PerTokenQDQ.apply(x, pq.quant.bits, pq.quant.scheme, pq.qmin, pq.qmax, self.index)
         if pq.quant.mode == "dynamic":
             return _DynamicQDQ.apply(x, self.index)
         assert pq.scale is not None and pq.zero_point is not None

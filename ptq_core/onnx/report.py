@@ -80,6 +80,11 @@ def classify(prepared: PreparedModel, plan: QuantPlan, formats: dict[str, str]) 
                 kernels.append({"layer": name, "kernel": f"{op} ({act}{'s8' if lq.qparams is not None and lq.qparams.qmin < 0 else 'u8'})"})
             elif fmt == "dynamic":
                 kernels.append({"layer": name, "kernel": "DynamicQuantizeMatMul (dynamic u8 activations, s8 weights)"})
+            elif plan.mode == "dynamic" and any(i in plan.points and plan.points[i].granularity == "per_token" for i in unit.inputs):
+                fallback.append({"layer": name, "reason": (
+                    "dynamic per-token input: onnxruntime has no per-row DynamicQuantizeLinear, so the export computes the "
+                    "per-token fake quantization in float ops and the Linear runs in FP32 on it: accuracy is the per-token "
+                    "one, latency is not an integer kernel's")})
             else:
                 fallback.append({"layer": name, "reason": _weight_fallback_reason(unit, lq, fmt, plan.mode, ins_q, out_q)})
         else:

@@ -191,10 +191,22 @@ def test_weight_only_and_dynamic_modes_export(mlp: Explorer, tmp_path: Path) -> 
     assert report.mode == "weight_only" and report.activation_type is None and not report.float_fallback
 
 
-def test_unexportable_settings_raise_export_error_naming_the_layer(mlp: Explorer, tmp_path: Path) -> None:
+def test_dynamic_per_token_exports_as_float_ops_and_agrees_with_the_simulation(mlp: Explorer, tmp_path: Path) -> None:
     per_token = _cfg(activations={"mode": "dynamic"}, overrides={"fc2": {"activations": {"granularity": "per_token"}}})
-    with pytest.raises(ExportError, match=r"activation point 'fc2'.*per_token.*allowed for dynamic export: 8-bit asymmetric"):
-        export_onnx(mlp.prepared(), mlp.plan(per_token), tmp_path / "bad.onnx")
+    sim, ort = _sim_and_runtime(mlp, per_token, tmp_path / "pt.onnx")
+    report = export_onnx(mlp.prepared(), mlp.plan(per_token), tmp_path / "pt.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "pt.onnx")).graph.node]
+    # point "fc2" is fc2's output, fc3's input: fc1's and fc2's inputs per tensor, fc3's per row in float ops
+    assert ops.count("DynamicQuantizeLinear") == 2 and "ReduceMax" in ops
+    assert [r["layer"] for r in report.float_fallback] == ["fc3"]
+    assert "no per-row DynamicQuantizeLinear" in report.float_fallback[0]["reason"]
+    assert float((sim.argmax(1) == ort.argmax(1)).float().mean()) >= 0.995
+
+
+def test_unexportable_settings_raise_export_error_naming_the_layer(mlp: Explorer, tmp_path: Path) -> None:
+    four_bit = _cfg(activations={"mode": "dynamic"}, overrides={"fc2": {"activations": {"bits": 4}}})
+    with pytest.raises(ExportError, match=r"activation point 'fc2': dynamic 4-bit.*allowed for dynamic export: 8-bit asymmetric"):
+        export_onnx(mlp.prepared(), mlp.plan(four_bit), tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
     with pytest.raises(ExportError, match=r"opset: got 17; .*need opset 21"):
         # 3-bit Linear weights: no MatMulNBits width, stored as INT4 (opset 21)
