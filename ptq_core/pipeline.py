@@ -142,17 +142,22 @@ class Explorer:
 
     def prepared_for(self, config: QuantConfig) -> PreparedModel:
         """The prepared model ``config`` quantizes: BN folded or not, equalized or not, smoothed or not."""
-        base = self.prepared(config.fold_batchnorm, config.algorithms.cross_layer_equalization)
-        sq = config.algorithms.smoothquant
-        if sq is None or config.mode == "weight_only":
-            return base
-        return self._smoothed(base, config, sq.alpha)
+        smoothed = self._smoothed(config)
+        return smoothed[0] if smoothed is not None else self._base_prepared(config)
 
-    def _smoothed(self, base: PreparedModel, config: QuantConfig, alpha: float) -> PreparedModel:
-        """``base`` after SmoothQuant with the config's calibration samples (:mod:`ptq_core.algorithms.smoothquant`)."""
+    def _base_prepared(self, config: QuantConfig) -> PreparedModel:
+        return self.prepared(config.fold_batchnorm, config.algorithms.cross_layer_equalization)
+
+    def _smoothed(self, config: QuantConfig) -> tuple[PreparedModel, dict[str, Any]] | None:
+        """SmoothQuant's model and report for ``config`` (:mod:`ptq_core.algorithms.smoothquant`), made with its
+        calibration samples; None when it asks for none or quantizes no activation."""
         from .algorithms.capture import token_lengths
         from .algorithms.smoothquant import smooth
 
+        sq = config.algorithms.smoothquant
+        if sq is None or config.mode == "weight_only":
+            return None
+        base = self._base_prepared(config)
         indices, _ = self.calibration_indices(config.calibration)
         variant = "+".join(v for v in (base.variant, self._smooth_variant(config, indices)) if v)
         with self._lock:
@@ -160,13 +165,12 @@ class Explorer:
             if key not in self._smooth:
                 pool = self.dataset.calibration_pool
                 batches = [load_batch(pool, chunk)[0] for chunk in chunks(indices, config.calibration.batch_size)]
-                lengths = token_lengths(batches)
                 inputs = set(active_points(base, config.replace(algorithms=Algorithms())))
-                self._smooth[key] = smooth(base, inputs, batches, alpha=alpha, example=self.example_input(),
-                                           variant=variant, lengths=lengths)
+                self._smooth[key] = smooth(base, inputs, batches, alpha=sq.alpha, example=self.example_input(),
+                                           variant=variant, lengths=token_lengths(batches))
                 while len(self._smooth) > SMOOTHED_CACHE_ENTRIES:
                     self._smooth.pop(next(iter(self._smooth)))
-            return self._smooth[key][0]
+            return self._smooth[key]
 
     @staticmethod
     def _smooth_variant(config: QuantConfig, indices: list[int]) -> str:
@@ -176,6 +180,20 @@ class Explorer:
             return ""
         return f"smoothquant:{sq.alpha:g}:{digest('cal', indices, config.calibration.batch_size)[:12]}"
 
+    def _channel_ranges(self, prepared: PreparedModel, config: QuantConfig) -> ChannelRanges:
+        """Per-channel max |x| at the Linear inputs of ``prepared`` on ``config``'s calibration samples, kept."""
+        indices, _ = self.calibration_indices(config.calibration)
+        key = ("outliers", prepared.variant, config.fold_batchnorm, tuple(indices), config.calibration.batch_size)
+        with self._lock:
+            ranges = self._outliers.get(key)
+        if ranges is None:
+            ranges = channel_absmax(prepared, self.dataset.calibration_pool, indices, batch_size=config.calibration.batch_size)
+            with self._lock:
+                self._outliers[key] = ranges
+                while len(self._outliers) > STATS_CACHE_ENTRIES:
+                    self._outliers.pop(next(iter(self._outliers)))
+        return ranges
+
     def channel_outliers(self, config: QuantConfig) -> list[dict[str, Any]]:
         """Per Linear input (one row per group of Linears reading it): max |x| per hidden channel on the calibration
         samples, in the model as traced and, when ``config`` asks for SmoothQuant, after it (:mod:`ptq_core.outliers`).
@@ -183,24 +201,11 @@ class Explorer:
         Rows: ``layers`` (the Linears), ``point`` / ``absmax`` / ``summary`` before, and ``point_smoothed`` /
         ``absmax_smoothed`` / ``summary_smoothed`` when smoothed. Kept per model variant and calibration subset.
         """
-        indices, _ = self.calibration_indices(config.calibration)
-        base = self.prepared(config.fold_batchnorm, config.algorithms.cross_layer_equalization)
-        smoothed = self.prepared_for(config)
-        found = {}
-        for prepared in {id(base): base, id(smoothed): smoothed}.values():
-            key = ("outliers", prepared.variant, config.fold_batchnorm, tuple(indices), config.calibration.batch_size)
-            with self._lock:
-                ranges = self._outliers.get(key)
-            if ranges is None:
-                ranges = channel_absmax(prepared, self.dataset.calibration_pool, indices, batch_size=config.calibration.batch_size)
-                with self._lock:
-                    self._outliers[key] = ranges
-                    while len(self._outliers) > STATS_CACHE_ENTRIES:
-                        self._outliers.pop(next(iter(self._outliers)))
-            found[id(prepared)] = ranges
-        before, after = found[id(base)], found.get(id(smoothed)) if smoothed is not base else None
-        rows = []
+        before = self._channel_ranges(self._base_prepared(config), config)
+        smoothed = self._smoothed(config)
+        after = self._channel_ranges(smoothed[0], config) if smoothed is not None else None
         after_by_layers = {tuple(v): k for k, v in after.consumers.items()} if after is not None else {}
+        rows = []
         for point, layers in before.consumers.items():
             row: dict[str, Any] = {"layers": layers, "point": point, "absmax": before.absmax[point],
                                    "summary": before.summary(point)}
@@ -212,12 +217,8 @@ class Explorer:
 
     def smoothquant_report(self, config: QuantConfig) -> dict[str, Any]:
         """What SmoothQuant did for ``config`` (empty when it does not apply)."""
-        prepared = self.prepared_for(config)
-        with self._lock:
-            for (_, _, variant), (smoothed, report) in self._smooth.items():
-                if smoothed is prepared and variant == prepared.variant:
-                    return report
-        return {}
+        smoothed = self._smoothed(config)
+        return smoothed[1] if smoothed is not None else {}
 
     def on_device(self, what: str, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` on CPU; on another device a cached copy, so the shared CPU module is never moved."""
