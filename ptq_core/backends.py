@@ -251,7 +251,14 @@ def _onnxruntime() -> Backend:
     return OrtBackend()
 
 
-_FACTORIES: dict[str, Callable[[], Backend]] = {"torch": TorchBackend, "onnxruntime": _onnxruntime}
+def _integer() -> Backend:
+    # evaluation.arithmetic = "integer": onnxruntime's integer kernels, emulated
+    from .onnx.integer import IntegerBackend
+
+    return IntegerBackend()
+
+
+_FACTORIES: dict[str, Callable[[], Backend]] = {"torch": TorchBackend, "onnxruntime": _onnxruntime, "integer": _integer}
 
 
 def make_backend(name: str) -> Backend:

@@ -73,6 +73,10 @@ SELECTIONS = ("random", "first", "balanced")
 RUNTIMES = ("onnxruntime",)  # evaluation.runtime: where the exported model is run and timed (or null)
 ROUNDINGS = ("nearest", "adaround", "gptq")  # algorithms.rounding: how weights are rounded onto their grid
 BACKENDS = ("torch", "onnxruntime")  # evaluation.backend: what runs the simulated model (same numbers, see ptq_core.simulation)
+# evaluation.arithmetic: float fake-quantize (fast, the default) or onnxruntime's integer kernels emulated exactly
+ARITHMETICS = ("float", "integer")
+# evaluation.targets: deployment runtimes run next to onnxruntime, each a row of Result.runtimes
+TARGETS = ("litert", "pt2e")
 
 
 # Largest weights.group_size any config may name: 2**16. The longest row of a registered model is
@@ -213,6 +217,17 @@ class Evaluation:
     # in onnxruntime (CPU only; ~9x faster on EfficientNet-Lite0; only the convolutions' summation order
     # differs, see ptq_core.simulation for what that moves).
     backend: str = "torch"
+    # "float": fake quantization in float32 (the fast default). "integer": what onnxruntime's CPU integer
+    # kernels compute, op for op (integer sums, int32 bias, their requantization and rounding), in PyTorch;
+    # ptq_core.onnx.integer says where that is exact. Runs on backend "torch".
+    arithmetic: str = "float"
+    # More runtimes to run the model on, each a row of Result.runtimes next to onnxruntime: "litert" (the
+    # full-integer .tflite in the LiteRT interpreter), "pt2e" (PyTorch's own PTQ on the same calibration images).
+    targets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, list):  # from JSON
+            object.__setattr__(self, "targets", tuple(self.targets))
 
     def validate(self, path: str = "evaluation") -> None:
         if self.num_samples is not None:
@@ -222,6 +237,17 @@ class Evaluation:
         if self.runtime is not None and self.runtime not in RUNTIMES:
             raise _fail(f"{path}.runtime", self.runtime, f"{', '.join(RUNTIMES)} or null (simulation only)")
         _check_choice(f"{path}.backend", self.backend, BACKENDS)
+        _check_choice(f"{path}.arithmetic", self.arithmetic, ARITHMETICS)
+        if self.arithmetic == "integer" and self.backend != "torch":
+            raise ConfigError(f"{path}.arithmetic: got 'integer' with backend {self.backend!r}; allowed: arithmetic "
+                              "'integer' with backend 'torch' (the integer kernels are emulated in PyTorch), or "
+                              f"arithmetic 'float' with any backend")
+        if not isinstance(self.targets, tuple) or not all(isinstance(t, str) for t in self.targets):
+            raise _fail(f"{path}.targets", self.targets, f"a list of runtime names from {', '.join(TARGETS)}")
+        for i, target in enumerate(self.targets):
+            _check_choice(f"{path}.targets[{i}]", target, TARGETS)
+        if len(set(self.targets)) != len(self.targets):
+            raise _fail(f"{path}.targets", list(self.targets), "each runtime at most once")
 
 
 def _check_positive(path: str, value: Any, example: str) -> float:
@@ -490,7 +516,7 @@ class QuantConfig:
             "weights": dataclasses.asdict(self.weights),
             "activations": None if self.activations is None else dataclasses.asdict(self.activations),
             "calibration": dataclasses.asdict(self.calibration),
-            "evaluation": dataclasses.asdict(self.evaluation),
+            "evaluation": {**dataclasses.asdict(self.evaluation), "targets": list(self.evaluation.targets)},
             "fold_batchnorm": self.fold_batchnorm,
             "device": self.device,
             "keep_float": list(self.keep_float),

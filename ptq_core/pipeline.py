@@ -543,10 +543,10 @@ class Explorer:
         plan_s = time.perf_counter() - t_plan
 
         ref = self.float_reference(ev, on_progress, config.device, samples=len(indices))
-        backend = self.backend(ev.backend)
+        backend = self.backend("integer" if ev.arithmetic == "integer" else ev.backend)
         # A first answer's logits (its first samples, whole batches of a per-sample plan) are the same logits a
         # whole run computes for them: an evaluation without the probe continues from them instead of redoing them.
-        logits_key = (config.replace(evaluation=dataclasses.replace(ev, runtime=None, layer_error_samples=1)).to_json(),
+        logits_key = (config.replace(evaluation=dataclasses.replace(ev, runtime=None, targets=(), layer_error_samples=1)).to_json(),
                       ev.backend)
         done = self._known_logits(logits_key, backend, plan, len(indices)) if not layer_errors else None
         start = done.shape[0] if done is not None else 0
@@ -554,7 +554,7 @@ class Explorer:
             prepared=prepared, plan=plan, dataset=self.dataset.evaluation, indices=indices[start:],
             probe_indices=indices[:ev.layer_error_samples] if layer_errors else [], batch_size=ev.batch_size,
             model=self.on_device("model", self.model, device), example=self.example_input(), device=device,
-            on_step=phase(on_progress, f"evaluating quantized ({ev.backend})"),
+            on_step=phase(on_progress, f"evaluating quantized ({backend.name})"),
         )
         if done is not None:
             run.logits = torch.cat([done, run.logits])
