@@ -37,6 +37,7 @@ kernel saturates int16 pair sums, which nothing here reproduces.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ from ..timing import SIMULATED_BUDGET_S, median_ms
 from .report import classify
 from .rewrite import weight_format
 
+_F32_EXACT = float(2**24)  # every integer below this is a float32
+
 
 def _container(qmin: int) -> tuple[int, int]:
     """The 8-bit container onnxruntime stores codes in: s8 for a signed range, else u8."""
@@ -70,11 +73,15 @@ def _offsets(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, zp: int, qmin: int, qmax: int, scale: torch.Tensor) -> torch.Tensor:
-    """MlasRequantizeOutput, then DequantizeLinear: ``acc`` exact integers (float64), ``multiplier`` float32."""
+    """MlasRequantizeOutput, then DequantizeLinear: ``acc`` exact integers, ``multiplier`` float32.
+
+    Clamping to the container, rounding, adding the zero point and the Clip of a narrower range are
+    one clamp to ``[qmin - zp, qmax - zp]`` before rounding (integer bounds commute with rounding);
+    DequantizeLinear's ``f32(q - zp) * s`` is then ``k * s``.
+    """
     lo, hi = _container(qmin)
     y = acc.to(torch.float32) * multiplier
-    y = torch.round(y.clamp_(lo - zp, hi - zp)).add_(zp).clamp_(qmin, qmax)  # Clip after Q: a range narrower than 8 bits
-    return (y - zp) * scale
+    return y.clamp_(max(lo, qmin) - zp, min(hi, qmax) - zp).round_().mul_(scale)
 
 
 class OrtQuantize(nn.Module):
@@ -89,9 +96,14 @@ class OrtQuantize(nn.Module):
         self.zp, self.qmin, self.qmax = int(fq.zero_point), fq.qmin, fq.qmax
         self.lo, self.hi = _container(fq.qmin)
 
+        # True after an integer kernel: its output is on this grid already (re-quantizing it changes nothing)
+        self.passthrough = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = torch.round((x.float() / self.scale).clamp_(self.lo - self.zp, self.hi - self.zp)).add_(self.zp)
-        return (q.clamp_(self.qmin, self.qmax) - self.zp) * self.scale
+        if self.passthrough:
+            return x
+        k = (x.float() / self.scale).clamp_(max(self.lo, self.qmin) - self.zp, min(self.hi, self.qmax) - self.zp)
+        return k.round_().mul_(self.scale)
 
 
 @dataclass
@@ -127,21 +139,42 @@ class IntegerLinearOp(nn.Module):
         s_w = w_scale.reshape(-1).to(torch.float32).expand(out) if w_scale.numel() == 1 else w_scale.reshape(-1).to(torch.float32)
         zp_w = w_zp.reshape(-1).expand(out) if w_zp.numel() == 1 else w_zp.reshape(-1)
         shape = (out,) + (1,) * (codes.dim() - 1)
-        self.register_buffer("codes", (codes.to(torch.float64) - zp_w.to(torch.float64).reshape(shape)))
+        w = codes.to(torch.float64) - zp_w.to(torch.float64).reshape(shape)
+        # How the integer sums are computed exactly: float32 when no partial sum can reach 2**24 (every
+        # addition is then exact, in any order), else the input split into 16 * high + low nibbles, each
+        # sum below 2**24, else float64 (exact below 2**53, and slow: no fast float64 convolution on CPU).
+        terms = math.prod(codes.shape[1:])  # products per output value
+        w_max = float(w.abs().max()) if w.numel() else 0.0
+        self.path = ("float32" if terms * 255 * w_max < _F32_EXACT else
+                     "nibbles" if terms * 16 * w_max < _F32_EXACT else "float64")
+        self.register_buffer("codes", w.to(torch.float64 if self.path == "float64" else torch.float32))
         bias_scale = x.scale * s_w  # float32, as the Mul node BiasQuantization inserts
         b = torch.zeros(out) if bias is None else bias.detach().to(torch.float32)
         self.register_buffer("bias_q", torch.round(b / bias_scale).to(torch.float64))
+        # float32 bias when every code is a float32 integer: acc (exact) + bias is then rounded once, as cvtepi32_ps does
+        self.bias_f32 = self.bias_q.float() if bool((self.bias_q.abs() < _F32_EXACT).all()) else None
         self.register_buffer("multiplier", bias_scale / y.scale)  # X_scale * W_scale[i] / Y_scale in float32
         self.x, self.y = x, y
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        k = _offsets(inp, self.x.scale).to(torch.float64)
+    def _sums(self, k: torch.Tensor) -> torch.Tensor:
         if self.module_type == "conv":
-            acc = self.conv(k, self.codes, None, *self.conv_args)
-            view = (1, -1) + (1,) * (acc.dim() - 2)
+            return self.conv(k, self.codes, None, *self.conv_args)
+        return k @ self.codes.t()
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        k = _offsets(inp, self.x.scale)
+        view = (1, -1) + (1,) * (k.dim() - 2) if self.module_type == "conv" else (1,) * (k.dim() - 1) + (-1,)
+        if self.path == "float32" and self.bias_f32 is not None:  # both exact float32: one correctly rounded add
+            acc32 = self._sums(k).add_(self.bias_f32.view(view))
+            y = self.y
+            return _requantize(acc32, self.multiplier.view(view), y.zp, y.qmin, y.qmax, y.scale)
+        if self.path == "float32":
+            acc = self._sums(k).to(torch.float64)
+        elif self.path == "nibbles":
+            low = torch.remainder(k, 16.0)
+            acc = self._sums((k - low) / 16.0).to(torch.float64) * 16.0 + self._sums(low).to(torch.float64)
         else:
-            acc = k @ self.codes.t()
-            view = (1,) * (acc.dim() - 1) + (-1,)
+            acc = self._sums(k.to(torch.float64))
         acc = acc + self.bias_q.view(view)
         y = self.y
         return _requantize(acc, self.multiplier.view(view), y.zp, y.qmin, y.qmax, y.scale)
@@ -238,6 +271,7 @@ def build_integer_model(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch
     for name, mod in list(modules.items()):
         if isinstance(mod, FakeQuantize):
             gm.set_submodule(name, OrtQuantize(mod))
+    modules = dict(gm.named_modules())
     formats = {name: weight_format(lq, plan.mode) for name, lq in plan.layers.items() if lq.quant is not None}
     kernels, fallback = classify(prepared, plan, formats)
     report = IntegerReport(float_ops=[{"layer": f["layer"], "reason": f["reason"]} for f in fallback])
@@ -248,6 +282,9 @@ def build_integer_model(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch
         done = _integer_unit(gm, nodes[unit.node], unit, plan, modules)
         if done is None:
             report.integer.append({"layer": unit.name, "kernel": row["kernel"]})
+            quantizer = next((m for m in modules.values() if isinstance(m, OrtQuantize) and m.point == unit.name), None)
+            if quantizer is not None:
+                quantizer.passthrough = True
         else:
             report.float_ops.append({"layer": unit.name, "reason": done})
     gm.graph.lint()
