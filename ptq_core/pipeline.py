@@ -36,7 +36,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .backends import Backend, make_backend, per_sample
+from .backends import Backend, SimulatedRun, make_backend, per_sample
 from .calibration import CalibrationStats, chunks, collect_stats, load_batch, stats_from_dict, stats_to_dict
 from .config import Algorithms, Calibration, Evaluation, QuantConfig
 from .data import Dataset, dataset_fingerprint, load_dataset, select_calibration
@@ -578,6 +578,9 @@ class Explorer:
             warnings.extend(check.warnings)
             latency = check.latency or latency
             runtime_s = check.seconds
+        runtimes, targets_s = self._runtimes(config, prepared, plan, ref, run, latency, size, indices,
+                                             check.logits if checked else None, targets=checked,
+                                             on_progress=on_progress)
         algorithms = self._algorithms_info(config, plan, prepared, ref, indices)
         cle = algorithms.get("cle", {})
         if cle.get("relu6_replaced") and cle.get("fp32_agreement_after", 1.0) < CLE_FP32_AGREEMENT_WARNING:
@@ -588,7 +591,8 @@ class Explorer:
                 "switch it off (per-channel weights already absorb most range differences)")
         pending = [name for name, skipped in (("samples", len(indices) < len(all_indices)),
                                               ("layer_errors", not layer_errors),
-                                              ("runtime", ev.runtime is not None and not checked)) if skipped]
+                                              ("runtime", (ev.runtime is not None or bool(ev.targets)) and not runtime_check))
+                   if skipped]
         return Result(
             config=config.to_dict(),
             mode=config.mode,
@@ -612,6 +616,7 @@ class Explorer:
                 "export_s": run.timing.get("export_s", 0.0),
                 "session_s": run.timing.get("session_s", 0.0),
                 "runtime_s": runtime_s,
+                "targets_s": targets_s,  # evaluation.targets: LiteRT, PyTorch PT2E (export, run, latency)
                 # the algorithms' run (0 when their result was cached): included in plan_s
                 "algorithms_s": plan.algorithms.get("seconds_now", 0.0),
                 "total_s": time.perf_counter() - t_start,
@@ -622,7 +627,33 @@ class Explorer:
             pending=pending,
             predictions=run.logits.argmax(dim=1).tolist() if run.logits.ndim == 2 and self.entry.task == "classification" else [],
             algorithms=algorithms,
+            runtimes=runtimes,
         )
+
+    def _runtimes(self, config: QuantConfig, prepared: PreparedModel, plan: QuantPlan, ref: FloatReference, run: SimulatedRun,
+                  latency: dict[str, Any], size: dict[str, Any], indices: list[int], ort_logits: torch.Tensor | None, *,
+                  targets: bool, on_progress: ProgressFn | None) -> tuple[list[dict[str, Any]], float]:
+        """The Result's ``runtimes`` rows (:mod:`ptq_core.targets`) and the seconds ``evaluation.targets`` took."""
+        from .targets import Measured, base_rows, target_row
+
+        ev = config.evaluation
+        arithmetic = "integer arithmetic" if ev.arithmetic == "integer" else "float fake-quantize"
+        engine = "onnxruntime" if ev.backend == "onnxruntime" else "PyTorch"
+        m = Measured(fp32_logits=ref.logits, sim_logits=run.logits, labels=ref.labels, task=self.entry.task, latency=latency,
+                     size=size, simulation_name=f"simulation ({arithmetic}, {engine})", ort_logits=ort_logits)
+        rows = base_rows(m)
+        start = time.perf_counter()
+        if targets and ev.targets:
+            calib, _ = self.calibration_indices(config.calibration)
+            step = phase(on_progress, "deployment targets")
+            for k, target in enumerate(ev.targets):
+                rows.append(target_row(
+                    target, prepared=prepared, plan=plan, model=self.model, example=self.example_input(),
+                    calib_dataset=self.dataset.calibration_pool, calib_indices=calib, dataset=self.dataset.evaluation,
+                    indices=indices, batch_size=ev.batch_size, m=m))
+                if step is not None:
+                    step(k + 1, len(ev.targets))
+        return [r.to_dict() for r in rows], time.perf_counter() - start
 
     def _algorithms_info(self, config: QuantConfig, plan: QuantPlan, prepared: PreparedModel, ref: FloatReference,
                          indices: list[int]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ Top-level keys (all always present):
   ``environment`` versions and threads the numbers were measured with, and the evaluation backend
   ``predictions`` the quantized model's top-1 class per evaluated sample (argmax), in evaluation order
   ``algorithms``  what the INT4 algorithms did (ptq_core.algorithms): times, per-layer before/after, CLE's FP32 change
+  ``runtimes``    one row per runtime: FP32, the simulation, onnxruntime, LiteRT, PyTorch PT2E (see
+                  ptq_core.runtimes: name, version, kind, top1, agreement, sim_agreement, max_abs_diff,
+                  latency_ms, threads, file_bytes, fallbacks); ``latency``/``metrics.runtime_*`` stay as well
   ``pending``     what this Result leaves out for now (``samples``, ``layer_errors``, ``runtime``): the
                   dashboard asks for the rest when it is on screen; the CLI always runs everything
 
@@ -69,6 +72,9 @@ class Result:
     # (weight SQNR at round-to-nearest and now, AdaRound's output MSE, GPTQ's Hessian error, bias shifts),
     # cross-layer equalization's pairs and what it changed in the FP32 model; {} when none ran.
     algorithms: dict[str, Any] = field(default_factory=dict)
+    # One row per runtime the model ran on (ptq_core.runtimes.RuntimeRow): FP32, the simulation, onnxruntime,
+    # and evaluation.targets (LiteRT, PyTorch PT2E); accuracy, agreement, latency, file size, fallbacks.
+    runtimes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

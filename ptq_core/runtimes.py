@@ -26,7 +26,7 @@ A row, as written into ``Result.runtimes``::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -34,6 +34,15 @@ from .metrics import agreement as top1_agreement
 from .metrics import embedding_metrics, topk_accuracy
 
 KINDS = ("integer", "simulated", "float")
+
+
+class Accuracy(TypedDict):
+    """What :func:`compare` measures: the accuracy fields of a :class:`RuntimeRow` (``RuntimeRow(..., **acc)``)."""
+
+    top1: float | None
+    agreement: float | None
+    sim_agreement: float | None
+    max_abs_diff: float | None
 
 
 @dataclass
@@ -69,7 +78,7 @@ class RuntimeRow:
 def compare(
     outputs: torch.Tensor, *, fp32: torch.Tensor, simulated: torch.Tensor | None, labels: torch.Tensor | None,
     task: str = "classification",
-) -> dict[str, float | None]:
+) -> Accuracy:
     """``top1``, ``agreement``, ``sim_agreement`` and ``max_abs_diff`` of one runtime's ``outputs`` ([N, C] each).
 
     ``fp32`` the FP32 model's outputs on the same samples, ``simulated`` the simulation's (None when
@@ -80,12 +89,11 @@ def compare(
     outputs = outputs.float()
     if task == "embedding":
         em = embedding_metrics(fp32, outputs, labels)
-        row: dict[str, float | None] = {"top1": em.get("quant_top1"), "agreement": em["neighbour_agreement"]}
-        row["sim_agreement"] = (embedding_metrics(simulated, outputs)["neighbour_agreement"]
-                                if simulated is not None else None)
+        top1, agree = em.get("quant_top1"), em["neighbour_agreement"]
+        sim_agree = embedding_metrics(simulated, outputs)["neighbour_agreement"] if simulated is not None else None
     else:
-        row = {"top1": topk_accuracy(outputs, labels) if labels is not None else None,
-               "agreement": top1_agreement(fp32, outputs)}
-        row["sim_agreement"] = top1_agreement(simulated, outputs) if simulated is not None else None
-    row["max_abs_diff"] = float((outputs - simulated.float()).abs().max()) if simulated is not None else None
-    return row
+        top1 = topk_accuracy(outputs, labels) if labels is not None else None
+        agree = top1_agreement(fp32, outputs)
+        sim_agree = top1_agreement(simulated, outputs) if simulated is not None else None
+    diff = float((outputs - simulated.float()).abs().max()) if simulated is not None else None
+    return Accuracy(top1=top1, agreement=agree, sim_agreement=sim_agree, max_abs_diff=diff)

@@ -128,6 +128,7 @@ class RuntimeCheck:
     size: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    logits: torch.Tensor | None = None  # onnxruntime's outputs on the evaluation samples (None when it did not run)
 
 
 @dataclass
@@ -234,6 +235,7 @@ def _check(
         step(2)
         kernels, fallback = verify_kernels(report, fused_ops(optimized))
         ort_logits = run_logits(session, dataset, indices, batch_size, lambda done, _: step(2 + done))
+        out.logits = ort_logits
         if task == "embedding":  # the runtime's embeddings against the simulation's: cosine and nearest neighbours
             em = embedding_metrics(sim_logits, ort_logits, labels)
             out.metrics = {
