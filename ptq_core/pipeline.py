@@ -517,15 +517,16 @@ class Explorer:
     # -- the whole run ---------------------------------------------------------------------
     def evaluate(
         self, config: QuantConfig, on_progress: ProgressFn | None = None, *, samples: int | None = None,
-        layer_errors: bool = True, runtime_check: bool = True,
+        layer_errors: bool = True, runtime_check: bool = True, targets: bool = True,
     ) -> Result:
         """Quantize as ``config`` says, evaluate against FP32 and measure everything a Result holds.
 
         The dashboard asks for less first and fills in the rest when it is on screen:
         ``samples`` evaluates only the first N samples of the evaluation subset; ``layer_errors``
         False skips the per-layer error probe; ``runtime_check`` False skips the integer runtime
-        check the config asks for. What was skipped is listed in ``Result.pending``
-        (``"samples"``, ``"layer_errors"``, ``"runtime"``); the numbers that are there are the
+        check the config asks for; ``targets`` False skips ``evaluation.targets`` (LiteRT, PT2E: they
+        run with the runtime check only). What was skipped is listed in ``Result.pending``
+        (``"samples"``, ``"layer_errors"``, ``"runtime"``, ``"targets"``); the numbers that are there are the
         ones the full run gives for them. The CLI always runs everything.
         """
         t_start = time.perf_counter()
@@ -579,7 +580,7 @@ class Explorer:
             latency = check.latency or latency
             runtime_s = check.seconds
         runtimes, targets_s = self._runtimes(config, prepared, plan, ref, run, latency, size, indices,
-                                             check.logits if checked else None, targets=checked,
+                                             check.logits if checked else None, targets=runtime_check and targets,
                                              on_progress=on_progress)
         algorithms = self._algorithms_info(config, plan, prepared, ref, indices)
         cle = algorithms.get("cle", {})
@@ -591,8 +592,8 @@ class Explorer:
                 "switch it off (per-channel weights already absorb most range differences)")
         pending = [name for name, skipped in (("samples", len(indices) < len(all_indices)),
                                               ("layer_errors", not layer_errors),
-                                              ("runtime", (ev.runtime is not None or bool(ev.targets)) and not runtime_check))
-                   if skipped]
+                                              ("runtime", ev.runtime is not None and not checked),
+                                              ("targets", bool(ev.targets) and not (runtime_check and targets))) if skipped]
         return Result(
             config=config.to_dict(),
             mode=config.mode,

@@ -22,7 +22,7 @@ Top-level keys (all always present):
   ``runtimes``    one row per runtime: FP32, the simulation, onnxruntime, LiteRT, PyTorch PT2E (see
                   ptq_core.runtimes: name, version, kind, top1, agreement, sim_agreement, max_abs_diff,
                   latency_ms, threads, file_bytes, fallbacks); ``latency``/``metrics.runtime_*`` stay as well
-  ``pending``     what this Result leaves out for now (``samples``, ``layer_errors``, ``runtime``): the
+  ``pending``     what this Result leaves out for now (``samples``, ``layer_errors``, ``runtime``, ``targets``): the
                   dashboard asks for the rest when it is on screen; the CLI always runs everything
 
 Non-finite floats (the SQNR of a layer with no quantization noise) are written as null.

@@ -44,5 +44,10 @@ def test_a_target_whose_package_is_missing_is_a_row_with_the_reason(cnn: Explore
 
 def test_targets_wait_with_the_runtime_check(cnn: Explorer) -> None:
     r = cnn.evaluate(QuantConfig.from_dict({"evaluation": {"targets": ["pt2e"], "runtime": None}}), runtime_check=False)
-    assert "runtime" in r.pending
+    assert "targets" in r.pending
     assert [row["name"] for row in r.runtimes] == ["FP32 (PyTorch eager)", "simulation (float fake-quantize, PyTorch)"]
+
+
+def test_targets_can_wait_for_the_page_that_shows_them(cnn: Explorer) -> None:
+    r = cnn.evaluate(QuantConfig.from_dict({"evaluation": {"targets": ["pt2e"]}}), targets=False)
+    assert r.pending == ["targets"] and "onnxruntime" in _rows(r.runtimes)
