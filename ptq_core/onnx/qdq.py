@@ -5,8 +5,9 @@ What lives here: :class:`ExportQDQ` (the export-mode twin of
 ONNX, ``DynamicQuantizeLinear -> DequantizeLinear`` for dynamic points), :class:`ExportPad` (zero
 padding as a ``Pad`` with constant pads), :func:`export_module` (a copy of the prepared model
 with fake-quantized weights and a Q/DQ on every point, placed as graph.py says; see
-:mod:`ptq_core.onnx.export` for the placement rules), :func:`torch_export` (the TorchScript
-exporter), :func:`strip_markers` and :func:`set_opset`.
+:mod:`ptq_core.onnx.export` for the placement rules; :mod:`ptq_core.tflite.qdq` reuses it with
+its own Q/DQ module), :func:`torch_export` (the TorchScript exporter), :func:`strip_markers` and
+:func:`set_opset`.
 
 Not here: edits of the exported graph (integer weights, MatMulNBits, integer pads:
 :mod:`ptq_core.onnx.rewrite`), the report (:mod:`ptq_core.onnx.report`), the entry points
@@ -18,6 +19,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import onnx
@@ -188,14 +190,37 @@ class ExportQDQ(nn.Module):
 
 
 # -- the export --------------------------------------------------------------------------------------
-def export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.GraphModule, list[str]]:
-    """A copy of the prepared model with fake-quantized weights and an ExportQDQ on every point.
+_PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
 
-    Returns the module and the point name of each marker index.
+
+def _is_zero_pad(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        mod = modules.get(str(node.target))
+        return isinstance(mod, _PAD_MODULES) and float(mod.value) == 0.0
+    return node.op == "call_function" and node.target is torch.nn.functional.pad  # is_pass_through: constant 0 only
+
+
+# Makes the module put on one point: (point name, marker index, its quantizer) -> module.
+QDQFactory = Callable[[str, int, PointQuant], nn.Module]
+
+
+def export_module(
+    prepared: PreparedModel, plan: QuantPlan, *, qdq: QDQFactory = ExportQDQ, onnx_forms: bool = True,
+) -> tuple[torch.fx.GraphModule, list[str]]:
+    """A copy of the prepared model with fake-quantized weights and a Q/DQ module on every point.
+
+    ``qdq`` makes each point's module (default :class:`ExportQDQ`, the ONNX one; the LiteRT export
+    passes its PT2E form, :mod:`ptq_core.tflite.qdq`). ``onnx_forms`` writes what only the ONNX
+    writer needs: Linear inputs flattened to 2-D (:func:`flatten_linear_inputs`), zero padding as
+    :class:`ExportPad`, and a requantize after every zero pad (onnxruntime keeps a Pad in integers
+    only between Q/DQ pairs); without it a zero pad read only by convolutions gets no Q/DQ of its own,
+    so LiteRT's converter folds it into the convolution's padding (exact either way: zero is on the
+    grid). Returns the module and the point name of each marker index.
     """
     gm = copy.deepcopy(prepared.graph_module)
     set_weights(gm, plan)
-    flatten_linear_inputs(gm)
+    if onnx_forms:
+        flatten_linear_inputs(gm)
     modules = dict(gm.named_modules())
     point_of_node = {prepared.point(name).node: name for name in plan.points}
     nodes = list(gm.graph.nodes)
@@ -219,21 +244,24 @@ def export_module(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch.fx.Gr
             node.op in ("call_method", "call_function") and node.target in _IDENTITY_TARGETS
         ) or is_stochastic_depth_identity(node)
         # A split's output is a tuple: its parts (getitem) get the Q/DQ, each after ONNX's Split.
-        if not identity and not is_split(node) and plan.points[src].quant.mode == "static":
+        # LiteRT folds a zero pad read only by convolutions into their padding, unless a Q/DQ sits between.
+        folded_pad = not onnx_forms and _is_zero_pad(node, modules) and all(
+            u.op == "call_module" and isinstance(modules.get(str(u.target)), nn.Conv1d | nn.Conv2d) for u in node.users)
+        if not identity and not is_split(node) and not folded_pad and plan.points[src].quant.mode == "static":
             requant_after.append((node.name, src))
-    for node in nodes:  # zero padding modules -> ExportPad (padding on all four sides is a 4-tuple)
+    for node in nodes if onnx_forms else []:  # zero padding modules -> ExportPad (padding on all four sides is a 4-tuple)
         mod = modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(mod, nn.ZeroPad1d | nn.ZeroPad2d | nn.ConstantPad1d | nn.ConstantPad2d) and float(mod.value) == 0.0:
+        if isinstance(mod, _PAD_MODULES) and float(mod.value) == 0.0:
             parent, _, attr = str(node.target).rpartition(".")
             setattr(gm.get_submodule(parent) if parent else gm, attr, ExportPad(tuple(int(p) for p in mod.padding)))
     for i, (name, _pq) in enumerate(plan.points.items()):
         order.append(name)
         only = reads_for_weights(gm) if plan.points[name].quant.mode == "dynamic" else None  # graph rule 6
-        insert_after(gm, prepared.point(name).node, f"ptq_export_{i}", ExportQDQ(name, i, plan.points[name]), only=only)
+        insert_after(gm, prepared.point(name).node, f"ptq_export_{i}", qdq(name, i, plan.points[name]), only=only)
     for j, (node_name, src) in enumerate(requant_after):
         idx = len(order)
         order.append(src)
-        insert_after(gm, node_name, f"ptq_export_pt_{j}", ExportQDQ(src, idx, plan.points[src]))
+        insert_after(gm, node_name, f"ptq_export_pt_{j}", qdq(src, idx, plan.points[src]))
     gm.graph.lint()
     gm.recompile()
     return gm, order
