@@ -190,16 +190,6 @@ class ExportQDQ(nn.Module):
 
 
 # -- the export --------------------------------------------------------------------------------------
-_PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
-
-
-def _is_zero_pad(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        mod = modules.get(str(node.target))
-        return isinstance(mod, _PAD_MODULES) and float(mod.value) == 0.0
-    return node.op == "call_function" and node.target is torch.nn.functional.pad  # is_pass_through: constant 0 only
-
-
 # Makes the module put on one point: (point name, marker index, its quantizer) -> module.
 QDQFactory = Callable[[str, int, PointQuant], nn.Module]
 
@@ -210,12 +200,9 @@ def export_module(
     """A copy of the prepared model with fake-quantized weights and a Q/DQ module on every point.
 
     ``qdq`` makes each point's module (default :class:`ExportQDQ`, the ONNX one; the LiteRT export
-    passes its PT2E form, :mod:`ptq_core.tflite.qdq`). ``onnx_forms`` writes what only the ONNX
-    writer needs: Linear inputs flattened to 2-D (:func:`flatten_linear_inputs`), zero padding as
-    :class:`ExportPad`, and a requantize after every zero pad (onnxruntime keeps a Pad in integers
-    only between Q/DQ pairs); without it a zero pad read only by convolutions gets no Q/DQ of its own,
-    so LiteRT's converter folds it into the convolution's padding (exact either way: zero is on the
-    grid). Returns the module and the point name of each marker index.
+    passes its PT2E form, :mod:`ptq_core.tflite.qdq`). ``onnx_forms`` rewrites what only the ONNX
+    writer needs: Linear inputs flattened to 2-D (:func:`flatten_linear_inputs`) and zero padding as
+    :class:`ExportPad`. Returns the module and the point name of each marker index.
     """
     gm = copy.deepcopy(prepared.graph_module)
     set_weights(gm, plan)
@@ -244,14 +231,11 @@ def export_module(
             node.op in ("call_method", "call_function") and node.target in _IDENTITY_TARGETS
         ) or is_stochastic_depth_identity(node)
         # A split's output is a tuple: its parts (getitem) get the Q/DQ, each after ONNX's Split.
-        # LiteRT folds a zero pad read only by convolutions into their padding, unless a Q/DQ sits between.
-        folded_pad = not onnx_forms and _is_zero_pad(node, modules) and all(
-            u.op == "call_module" and isinstance(modules.get(str(u.target)), nn.Conv1d | nn.Conv2d) for u in node.users)
-        if not identity and not is_split(node) and not folded_pad and plan.points[src].quant.mode == "static":
+        if not identity and not is_split(node) and plan.points[src].quant.mode == "static":
             requant_after.append((node.name, src))
     for node in nodes if onnx_forms else []:  # zero padding modules -> ExportPad (padding on all four sides is a 4-tuple)
         mod = modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(mod, _PAD_MODULES) and float(mod.value) == 0.0:
+        if isinstance(mod, nn.ZeroPad1d | nn.ZeroPad2d | nn.ConstantPad1d | nn.ConstantPad2d) and float(mod.value) == 0.0:
             parent, _, attr = str(node.target).rpartition(".")
             setattr(gm.get_submodule(parent) if parent else gm, attr, ExportPad(tuple(int(p) for p in mod.padding)))
     for i, (name, _pq) in enumerate(plan.points.items()):
