@@ -17,6 +17,7 @@ import torch
 
 from ptq_core.config import (
     ACTIVATION_CLIPPING,
+    ARITHMETICS,
     BACKENDS,
     DYNAMIC_ACTIVATION_GRANULARITIES,
     MAX_BITS,
@@ -26,6 +27,7 @@ from ptq_core.config import (
     RUNTIMES,
     SCHEMES,
     SELECTIONS,
+    TARGETS,
     WEIGHT_CLIPPING,
     WEIGHT_GRANULARITIES,
 )
@@ -56,6 +58,11 @@ SMOOTHQUANT_COST = "about 3 s on all-MiniLM-L6-v2 (256 calibration sentences), a
 FINETUNE_COST = ("About 2.4 s per step of 16 images on EfficientNet-Lite0 (100 steps: about 4 minutes), 200 steps in "
                  "a few seconds on digits.")
 MODES = ["static", "dynamic", state.WEIGHT_ONLY]
+# What the integer-exact simulation costs, measured 2026-12 on the shared 2-core machine (one torch thread): about
+# 1.6x the float simulation in PyTorch (ptq_core.onnx.integer sums in float32 where no partial sum can reach 2**24);
+# on digits W8A8 its logits equal onnxruntime's on every sample (tests/core: the integer backend's tests).
+ARITHMETIC = {"float": "float fake-quantize (fast)", "integer": "integer-exact, as onnxruntime computes"}
+TARGET_LABELS = {"litert": "LiteRT (TFLite)", "pt2e": "PyTorch's own PTQ (PT2E)"}
 INHERIT = "same as global"
 
 
@@ -75,6 +82,12 @@ def _on_mode_change() -> None:
 def _on_device_change() -> None:
     """The onnxruntime backend runs on the CPU: a GPU device switches the simulation to PyTorch."""
     if st.session_state["sb_device"] != "cpu" and st.session_state.get("sb_eval_backend") == "onnxruntime":
+        st.session_state["sb_eval_backend"] = "torch"
+
+
+def _on_arithmetic_change() -> None:
+    """Integer arithmetic is emulated in PyTorch: the onnxruntime backend cannot do it, so choosing it switches there."""
+    if st.session_state["sb_eval_arithmetic"] == "integer" and st.session_state.get("sb_eval_backend") == "onnxruntime":
         st.session_state["sb_eval_backend"] = "torch"
 
 
@@ -150,15 +163,37 @@ def render() -> None:
                      help="Also export the quantized model to ONNX and run it on real integer kernels: measured "
                           "latency and a check that the simulation matches. It runs once the numbers on screen are "
                           "complete, so it never delays a what-if (a second on digits, 6-15 s on EfficientNet-Lite0).")
+    integer = ss.get("sb_eval_arithmetic") == "integer"
+    if "sb_eval_arithmetic" in ss:
+        sb.radio("Arithmetic", list(ARITHMETICS), key="sb_eval_arithmetic", format_func=ARITHMETIC.get,
+                 on_change=_on_arithmetic_change,
+                 help="How the quantized model is simulated. **Float fake-quantize**: every value is rounded to its "
+                      "grid and computed in float32, the fast default; a value on a rounding tie can land one step "
+                      "away from what an integer runtime computes. **Integer-exact**: integer sums, int32 biases "
+                      "and the requantization of onnxruntime's integer kernels, op for op, so the numbers equal "
+                      "onnxruntime's on every sample (W8A8); the Deploy page lists the few ops that still run in "
+                      "float. Costs about 1.6x the float simulation, and runs in PyTorch (it switches *Simulation "
+                      "runs on* there).")
     if "sb_eval_backend" in ss:
-        sb.selectbox("Simulation runs on", list(BACKENDS), key="sb_eval_backend",
+        sb.selectbox("Simulation runs on", list(BACKENDS), key="sb_eval_backend", disabled=integer,
                      format_func=lambda v: "PyTorch (reference)" if v == "torch" else "onnxruntime (fast, CPU)",
                      help="What runs the simulated (fake-quantized) model. onnxruntime runs the same float32 "
                           "graph several times faster on large models. Only the convolutions' summation order "
                           "differs: a value on a rounding boundary can move one step, so a few near-tie "
                           "decisions may differ (a handful of 372 images on EfficientNet-Lite0, as between two "
                           "PyTorch convolution kernels; the Overview counts them on request). The exported JSON "
-                          "names the backend, so the command line reproduces these numbers exactly. CPU only.")
+                          "names the backend, so the command line reproduces these numbers exactly. CPU only. "
+                          "Integer-exact arithmetic always runs in PyTorch.")
+    if "sb_eval_targets" in ss:
+        sb.multiselect("Deployment targets", list(TARGETS), key="sb_eval_targets", format_func=TARGET_LABELS.get,
+                       placeholder="none: FP32, simulation, onnxruntime",
+                       help="More runtimes to run the quantized model on, each a row of the **Deploy** page next to "
+                            "onnxruntime. **LiteRT (TFLite)**: this plan converted to a full-integer .tflite with "
+                            "ptq_core's scales, run in the LiteRT interpreter (what phones run). **PyTorch's own "
+                            "PTQ (PT2E)**: PyTorch quantizes the FP32 model itself (torchao's X86InductorQuantizer, "
+                            "its default recipe) on the same calibration images: the framework default to compare "
+                            "this plan with. They run only while the Deploy page is open (converting a large model "
+                            "can take a minute or more; digits about half a minute).")
     with sb.expander("Advanced: device, batch sizes, evaluation subset"):
         if "sb_device" in ss:
             st.selectbox("Device", _devices(ss["sb_device"]), key="sb_device", on_change=_on_device_change,

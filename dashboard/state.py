@@ -42,8 +42,10 @@ ACT_KEYS = {
 CAL_KEYS = {"sb_cal_num_samples": "num_samples", "sb_cal_seed": "seed", "sb_cal_selection": "selection",
             "sb_cal_batch_size": "batch_size"}
 EVAL_KEYS = {"sb_eval_batch_size": "batch_size", "sb_eval_layer_error_samples": "layer_error_samples",
-             "sb_eval_runtime": "runtime", "sb_eval_backend": "backend"}
-_TEXT_EVAL_FIELDS = ("runtime", "backend")  # the other evaluation fields are integers
+             "sb_eval_runtime": "runtime", "sb_eval_backend": "backend", "sb_eval_arithmetic": "arithmetic"}
+_TEXT_EVAL_FIELDS = ("runtime", "backend", "arithmetic")  # the other evaluation fields are integers
+# Lists: a multiselect's value is a list, the config's field a tuple (kept in the order the user chose them).
+EVAL_LIST_KEYS = {"sb_eval_targets": "targets"}
 # The algorithms (config.algorithms). Fields without a control (adaround.seed, gptq.*, finetune.seed) come from
 # cfg_base, so an imported config keeps them. The fine-tune controls hold their values while fine-tuning is off
 # ("finetune": null), as the group size does while granularity is not per_group.
@@ -82,6 +84,8 @@ def _widget_values(config: QuantConfig) -> dict[str, Any]:
         values.update({key: getattr(config.activations, f) for key, f in ACT_KEYS.items()})
     values.update({key: getattr(config.calibration, f) for key, f in CAL_KEYS.items()})
     values.update({key: getattr(config.evaluation, f) for key, f in EVAL_KEYS.items() if hasattr(config.evaluation, f)})
+    values.update({key: list(getattr(config.evaluation, f)) for key, f in EVAL_LIST_KEYS.items()
+                   if hasattr(config.evaluation, f)})
     alg = config.algorithms
     values.update({key: getattr(alg, f) for key, f in ALG_KEYS.items()})
     values.update({key: getattr(alg.adaround, f) for key, f in ALG_ADAROUND_KEYS.items()})
@@ -146,6 +150,9 @@ def config_from_state() -> QuantConfig:
     for key, f in EVAL_KEYS.items():
         if key in ss:
             data["evaluation"][f] = ss[key] if f in _TEXT_EVAL_FIELDS else int(ss[key])
+    for key, f in EVAL_LIST_KEYS.items():
+        if key in ss:
+            data["evaluation"][f] = list(ss[key])
     data["evaluation"]["num_samples"] = int(ss["sb_eval_num_samples"]) or None
     if "sb_device" in ss:
         data["device"] = ss["sb_device"]
