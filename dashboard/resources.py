@@ -12,6 +12,8 @@
   - ``layers``: ``main`` plus the per-layer error probe (the Layer error page);
   - ``runtime``: ``main`` plus the integer runtime check (run once the numbers on screen are
     complete, i.e. after the user stopped changing things);
+  - ``targets``: ``runtime`` plus ``evaluation.targets`` (LiteRT, PyTorch PT2E), only for the Deploy
+    page: converting a large model for them takes a minute or more;
   - ``reference``: the PyTorch reference simulation of an onnxruntime-backend config, on request.
 
   :func:`current_result` returns the most complete answer there is and registers what is still
@@ -165,7 +167,7 @@ def _progress(label: str) -> Iterator[ProgressFn]:
 
 
 # -- results, progressively --------------------------------------------------------------------------
-PARTS = ("quick", "main", "layers", "runtime", "reference")
+PARTS = ("quick", "main", "layers", "runtime", "targets", "reference")
 
 
 class ResultStore:
@@ -339,13 +341,16 @@ def _options(part: str, config: QuantConfig, explorer: Explorer) -> dict[str, An
     """The :meth:`Explorer.evaluate` options of a part."""
     if part == "quick":
         return {"samples": quick_samples(config, explorer), "layer_errors": False, "runtime_check": False}
-    return {"layer_errors": part == "layers", "runtime_check": part == "runtime"}
+    # The deployment targets run with the runtime check only, and only in their own part (the Deploy page's).
+    return {"layer_errors": part == "layers", "runtime_check": part in ("runtime", "targets"), "targets": part == "targets"}
 
 
-BACKGROUND = ("runtime",)  # parts nobody waits for: they run when no what-if is running on the server
+# Parts nobody waits for: they run when no what-if is running on the server. The targets are shown on one page, but
+# they measure latency too (meaningless on a saturated server) and take far longer than a what-if: they wait as well.
+BACKGROUND = ("runtime", "targets")
 LABELS = {
     "quick": "First answer", "main": "Evaluating", "layers": "Measuring per-layer errors",
-    "runtime": "Integer runtime check", "reference": "PyTorch reference",
+    "runtime": "Integer runtime check", "targets": "Running deployment targets", "reference": "PyTorch reference",
 }
 
 
@@ -407,7 +412,8 @@ def most_complete(config_json: str) -> dict[str, Any]:
 
 
 def merged(config_json: str, base: dict[str, Any], *, owned: bool = False) -> dict[str, Any]:
-    """``base`` with what other parts of the same config have measured: per-layer errors, the runtime check."""
+    """``base`` with what other parts of the same config have measured: per-layer errors, the runtime check, the
+    deployment targets (whose part holds the runtime check too)."""
     store = result_store()
     # A 70 KB Result copied four times per page run was ~15% of a run's time under 30 sessions (bench_room):
     # the other parts are read without a whole copy (only the pieces taken are copied), and a base the caller
@@ -418,14 +424,23 @@ def merged(config_json: str, base: dict[str, Any], *, owned: bool = False) -> di
         out["layers"] = copy.deepcopy(layers["layers"])
         out["timing"]["layer_error_s"] = layers["timing"]["layer_error_s"]
         out["pending"] = [p for p in out["pending"] if p != "layer_errors"]
+    if "samples" in out["pending"]:  # a first answer on a subset: the checks' numbers are the whole evaluation's
+        return out
+    targets = store.get(config_json, "targets", copy_result=False)
     runtime = store.get(config_json, "runtime", copy_result=False)
-    if runtime is not None and "runtime" in out["pending"] and "samples" not in out["pending"]:
-        out["metrics"].update({k: v for k, v in runtime["metrics"].items() if k.startswith("runtime_")})
-        out["size"] = copy.deepcopy(runtime["size"])
-        out["latency"] = copy.deepcopy(runtime["latency"])
-        out["warnings"] = list(runtime["warnings"])
-        out["timing"]["runtime_s"] = runtime["timing"]["runtime_s"]
+    checked = targets if targets is not None else runtime
+    if checked is not None and "runtime" in out["pending"]:
+        out["metrics"].update({k: v for k, v in checked["metrics"].items() if k.startswith("runtime_")})
+        out["size"] = copy.deepcopy(checked["size"])
+        out["latency"] = copy.deepcopy(checked["latency"])
+        out["warnings"] = list(checked["warnings"])
+        out["timing"]["runtime_s"] = checked["timing"]["runtime_s"]
+        out["runtimes"] = copy.deepcopy(checked.get("runtimes", out.get("runtimes", [])))  # with the onnxruntime row
         out["pending"] = [p for p in out["pending"] if p != "runtime"]
+    if targets is not None and "targets" in out["pending"]:
+        out["runtimes"] = copy.deepcopy(targets.get("runtimes", []))
+        out["timing"]["targets_s"] = targets["timing"].get("targets_s", 0.0)
+        out["pending"] = [p for p in out["pending"] if p != "targets"]
     return out
 
 
@@ -448,13 +463,15 @@ def current_config() -> QuantConfig:
         raise  # unreachable: st.stop() raises
 
 
-def current_result(*, complete: bool = True, layers: bool = False, runtime: bool = False) -> tuple[QuantConfig, dict[str, Any]]:
+def current_result(*, complete: bool = True, layers: bool = False, runtime: bool = False,
+                   targets: bool = False) -> tuple[QuantConfig, dict[str, Any]]:
     """The sidebar's config and the most complete Result there is for it, drawn progressively.
 
     ``complete``: a first answer on a subset is replaced by the whole evaluation once the page is
     drawn (pages that show accuracy); ``layers``: the page needs the per-layer errors (computed now,
     with a progress bar); ``runtime``: the page shows the integer runtime check, which then runs
-    after everything else. A failure shows its message and the last good Result of this session,
+    after everything else; ``targets``: the page shows ``evaluation.targets`` (the Deploy page), run
+    with the runtime check after everything else. A failure shows its message and the last good Result of this session,
     marked as belonging to the previous configuration.
     """
     config = current_config()
@@ -480,7 +497,9 @@ def current_result(*, complete: bool = True, layers: bool = False, runtime: bool
     pending = _Pending(key, slot=slot)
     if "samples" in result["pending"] and complete:
         pending.parts.append("main")
-    if runtime and "runtime" in result["pending"]:
+    if targets and "targets" in result["pending"]:
+        pending.parts.append("targets")  # its part runs the runtime check too
+    elif runtime and "runtime" in result["pending"]:
         pending.parts.append("runtime")
     st.session_state["_pending"] = pending if pending.parts else None
     if "samples" not in result["pending"]:
