@@ -40,6 +40,7 @@ def main() -> None:
             st.Page(PAGES / "compare.py", title="Compare and sweep", icon=":material/compare:"),
             st.Page(PAGES / "sensitivity.py", title="Sensitivity", icon=":material/troubleshoot:"),
             st.Page(PAGES / "calibration_check.py", title="Calibration check", icon=":material/target:"),
+            st.Page(PAGES / "deploy.py", title="Deploy", icon=":material/rocket_launch:"),
             st.Page(PAGES / "export.py", title="Export / import", icon=":material/save:"),
         ],
         "Workshop": [
@@ -55,7 +56,7 @@ def main() -> None:
             {"warning": st.warning, "error": st.error}[kind](message)
     sharing.show_error()
     navigation.run()
-    resources.finish_pending()  # the rest of what the page shows (complete evaluation, runtime check), then redraw
+    resources.finish_pending()  # the rest of what the page shows (complete evaluation, runtime check, targets), then redraw
 
 
 main()

@@ -542,3 +542,42 @@ def adaround_flips(lesson: dict[str, Any]) -> go.Figure:
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, f"{lesson['flipped']} of {direction.size} weights rounded the other way than nearest",
                    "input channel", "output channel", height=340)
+
+
+# -- Deploy --------------------------------------------------------------------------------------------
+# One marker shape per runtime family, so points on the same accuracy stay apart in the legend; colour keeps the rule
+# above (FP32 blue, quantized orange). The simulation is an OPEN marker: its time is float ops simulating integers.
+RUNTIME_SYMBOLS = {"FP32": "star", "simulation": "circle-open", "onnxruntime": "diamond", "LiteRT": "square",
+                   "PyTorch PT2E": "triangle-up"}
+
+
+def _runtime_symbol(name: str) -> str:
+    return next((s for prefix, s in RUNTIME_SYMBOLS.items() if name.startswith(prefix)), "circle")
+
+
+def runtime_scatter(rows: Sequence[dict[str, Any]], measure: str, measure_title: str) -> go.Figure:
+    """Accuracy (``measure``: "top1" or "agreement", shown in %) vs latency at batch 1, one point per runtime row.
+
+    ``rows`` are ``Result.runtimes`` rows; rows that did not run, or have no batch-1 latency or no ``measure``,
+    are left out. ``kind == "simulated"`` rows are drawn open and named "simulated": their latency is the cost of
+    simulating the quantized model in float, not of integer kernels. Latency on a log axis (runtimes differ 100x).
+    """
+    fig = go.Figure()
+    for r in rows:
+        ms, score = r.get("latency_ms", {}).get("1"), r.get(measure)
+        if not r.get("available", True) or ms is None or score is None:
+            continue
+        simulated = r["kind"] == "simulated"
+        name = f"{r['name']}: simulated latency" if simulated else r["name"]
+        color = FP32_COLOR if r["kind"] == "float" else QUANT_COLOR
+        fig.add_trace(go.Scatter(
+            x=[ms], y=[100 * score], mode="markers", name=name,
+            marker={"symbol": _runtime_symbol(r["name"]), "size": 15 if not simulated else 13, "color": color,
+                    "line": {"width": 2 if simulated else 1, "color": color if simulated else "white"}},
+            hovertemplate=(f"<b>{r['name']}</b><br>{r['kind']}"
+                           + (" (float ops: not an integer kernel's latency)" if simulated else "")
+                           + "<br>batch 1: %{x:.3g} ms<br>" + measure_title + ": %{y:.2f} %<extra></extra>"),
+        ))
+    fig.update_xaxes(type="log")
+    return _layout(fig, "Accuracy vs latency at batch 1, one point per runtime (open: a simulation's time)",
+                   "latency at batch 1 (ms, log scale; left is faster)", f"{measure_title} (%)", height=420)

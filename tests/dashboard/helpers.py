@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboard" / "app.py"
-PAGES = ["overview", "weights", "activations", "layer_error", "compare", "sensitivity", "calibration_check", "export", "learn"]
+PAGES = ["overview", "weights", "activations", "layer_error", "compare", "sensitivity", "calibration_check", "deploy", "export", "learn"]
 TIMEOUT_S = 60  # first runs load the model and evaluate: generous on a 2-core machine
 
 

@@ -23,7 +23,7 @@ from tests.dashboard.helpers import APP
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-PAGE_TITLES = ["Weights", "Activations", "Layer error", "Compare and sweep", "Sensitivity", "Calibration check", "Export / import",
+PAGE_TITLES = ["Weights", "Activations", "Layer error", "Compare and sweep", "Sensitivity", "Calibration check", "Deploy", "Export / import",
                "Learn: how quantization works"]
 START_TIMEOUT_S = 60
 RENDER_TIMEOUT_S = 90
