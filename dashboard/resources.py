@@ -25,7 +25,8 @@
   (``st.cache_data``, bounded): keyed by exactly what they depend on, the config JSON (plus the layer
   or the sizes).
 * :func:`onnx_export` (``st.cache_data``, :data:`MAX_EXPORTS` entries): the ONNX file of one
-  config as bytes plus its export report, written with the shared Explorer's statistics.
+  config as bytes plus its export report, written with the shared Explorer's statistics;
+  :func:`tflite_export` likewise for the LiteRT ``.tflite`` file.
 * :class:`Activity` (one per server): how many evaluations are running now. A session whose
   evaluation starts while others run says so, with a rough time (:func:`busy_note`), instead of
   looking frozen: the CPUs are shared, so N running evaluations make each about N times slower.
@@ -714,6 +715,38 @@ def onnx_export(config_json: str) -> dict[str, Any]:
     info = report.to_dict()
     del info["path"]  # a deleted temporary file
     return {"onnx": data, "report": info, "seconds": time.perf_counter() - start, "calibration_reused": reused}
+
+
+def tflite_available() -> bool:
+    """Whether this engine can write a LiteRT file at all (``Explorer.export_tflite``, issue 13)."""
+    return hasattr(Explorer, "export_tflite")
+
+
+@st.cache_data(max_entries=MAX_EXPORTS,
+               show_spinner="Converting to LiteRT (.tflite): torch.export, then litert-torch's passes…")
+def tflite_export(config_json: str) -> dict[str, Any]:
+    """The config as a full-integer LiteRT model (:meth:`ptq_core.pipeline.Explorer.export_tflite`), for a download.
+
+    Returns ``{"tflite": the file's bytes, "report": TfliteReport.to_dict() without the temporary path,
+    "seconds"}``. The converter reports no progress (6-12 s on digits, a minute or more on EfficientNet-Lite0):
+    the spinner says what runs. Raises PTQError (ExportError) for a config LiteRT cannot take, a missing converter
+    and a temporary folder that cannot be created; nothing is cached then. Counted as an evaluation: it competes
+    for the CPUs.
+    """
+    config = QuantConfig.from_json(config_json)
+    explorer = explorer_for(config)
+    start = time.perf_counter()
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="ptq_dashboard_tflite_")
+    except OSError as exc:
+        raise ExportError(f"cannot create a temporary folder for the .tflite file in {tempfile.gettempdir()!r}: "
+                          f"{exc.strerror}") from None
+    with folder as tmp, activity().evaluation(session=_session_id()):
+        report = explorer.export_tflite(config, Path(tmp) / "model.tflite")
+        data = Path(report.path).read_bytes()
+    info = report.to_dict()
+    del info["path"]  # a deleted temporary file
+    return {"tflite": data, "report": info, "seconds": time.perf_counter() - start}
 
 
 # -- sensitivity and mixed-precision search (the Sensitivity page) --------------------------------------

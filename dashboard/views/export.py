@@ -1,5 +1,5 @@
 """Export / import page: the config as QuantConfig JSON, the results as JSON and CSV, the quantized model as
-ONNX QDQ (with its export report), and config upload."""
+ONNX QDQ (with its export report) and as a LiteRT .tflite, and config upload."""
 
 from __future__ import annotations
 
@@ -180,6 +180,56 @@ def onnx_section(config: QuantConfig, result: dict[str, Any]) -> None:
     st.code(CLI_EXPORT, language="bash", wrap_lines=True)
 
 
+def _request_tflite(config_json: str) -> None:
+    st.session_state["io_tflite_for"] = config_json
+    st.session_state["io_tflite_error"] = None
+
+
+def tflite_section(config: QuantConfig, result: dict[str, Any]) -> None:
+    """Export the current config as a full-integer LiteRT .tflite on request; offer the file and say what it carries."""
+    if not resources.tflite_available():
+        return
+    st.subheader("Quantized model (LiteRT .tflite)")
+    st.caption("The same plan as a full-integer .tflite for LiteRT (TensorFlow Lite): int8 weights and activations "
+               "carrying ptq_core's scales and zero points, converted by litert-torch. Static 8-bit activations only. "
+               "Converting takes several seconds on digits and a minute or more on large models; the Deploy page runs "
+               "the file in the LiteRT interpreter when *LiteRT* is among the deployment targets.")
+    config_json = config.to_json()
+    if st.session_state.get("io_tflite_for") != config_json:
+        st.button("Export this config to LiteRT (.tflite)", key="io_tflite_export", on_click=_request_tflite,
+                  args=(config_json,))
+        return
+    error = st.session_state.get("io_tflite_error")
+    if error is None:
+        try:
+            export = resources.tflite_export(config_json)
+        except PTQError as exc:  # remembered, so a failed conversion is not retried on every rerun
+            error = st.session_state["io_tflite_error"] = str(exc)
+    if error is not None:
+        st.error(f"The LiteRT export failed, no file was written: {error}")
+        st.button("Try again", key="io_tflite_retry", on_click=_request_tflite, args=(config_json,))
+        return
+    report = export["report"]
+    name = labels.file_stem(result["model"]["name"], labels.config_label(result["config"])) + ".tflite"
+    st.download_button(f"Download .tflite ({labels.size_bytes(len(export['tflite']))})", export["tflite"],
+                       file_name=name, mime="application/octet-stream", key="io_dl_tflite", type="primary",
+                       on_click="ignore")
+    versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
+    st.markdown(f"**{name}**: {labels.size_bytes(report['file_bytes'])} ({report['file_bytes']:,} bytes), "
+                f"{report['input_dtype']} in, {report['output_dtype']} out; converted in {export['seconds']:.1f} s"
+                + (f" ({versions})." if versions else "."))
+    st.markdown(f"ptq_core's own numbers in the file: weights of **{len(report['weights_carried'])}** layers, scales of "
+                f"**{len(report['activations_carried'])}** activation points.")
+    lines = [f"- {row.get('what', '')}: {row.get('how', '')}" for row in report.get("converter_own", [])]
+    lines += [f"- `{row.get('layer', '?')}`: {row.get('reason', '')}" for row in report.get("fallbacks", [])]
+    if report.get("float_ops"):
+        lines.append(f"- ops computing in float32: {', '.join(report['float_ops'])}")
+    if lines:
+        st.markdown("**Not as ptq_core planned it, or chosen by the converter:**\n" + "\n".join(lines))
+    for note_text in report.get("notes", []):
+        st.caption(note_text)
+
+
 def link_section() -> None:
     """The controls' config as a link: relative always, full when the request named its host."""
     st.subheader("Link to this configuration")
@@ -225,6 +275,7 @@ def render() -> None:
 
     link_section()
     onnx_section(config, result)
+    tflite_section(config, result)
 
     st.subheader("Import")
     st.caption("Upload a config JSON (from this page or the CLI's assets/configs/): every sidebar control is set "
