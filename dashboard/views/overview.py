@@ -225,6 +225,8 @@ def render() -> None:
     if labels.is_embedding(result["metrics"]):
         embeddings.explain()
     st.caption(run_note(result))
+    if "targets" in result["pending"]:  # LiteRT / PT2E conversions take a minute on a large model: not on every what-if
+        st.caption("The deployment targets you chose run on the **Deploy** page, next to onnxruntime.")
     note = algorithms_note(result)
     if note is not None:
         st.caption(note)
