@@ -1,13 +1,12 @@
 """PyTorch's own post-training quantization as a comparison target: PT2E with torchao's X86InductorQuantizer.
 
 What lives here: :func:`pt2e_unavailable` (None when the API imports, else why not),
-:func:`quantize_pt2e` (export, prepare, calibrate, convert: the converted graph, or an
-:class:`~ptq_core.errors.ExportError` in plain words), :func:`findings` (what that graph quantizes,
-in plain words) and :func:`pt2e_target`, which quantizes the user's FP32 model the framework's default way, on the same
-calibration images ptq_core used, and returns one :class:`~ptq_core.runtimes.RuntimeRow`: accuracy,
-agreement with FP32 and with ptq_core's simulation, latency, and plain-words notes read from the
-converted graph (what this recipe quantizes and where it differs from ptq_core's plan). Not here:
-ptq_core's own simulation or the onnxruntime/LiteRT targets (:mod:`ptq_core.runtimes` has the row).
+:func:`quantize_pt2e` (export, prepare, calibrate, convert; an :class:`~ptq_core.errors.ExportError`
+in plain words when a step fails), :func:`findings` (what the converted graph quantizes, in plain
+words) and :func:`pt2e_target`, which does all of it on the user's FP32 model with the calibration
+images ptq_core used and returns one :class:`~ptq_core.runtimes.RuntimeRow`: accuracy, agreement
+with FP32 and with ptq_core's simulation, latency, and the findings as notes. Not here: ptq_core's
+own simulation, the onnxruntime/LiteRT targets, the row type (:mod:`ptq_core.runtimes`).
 
 Which API. torch 2.14 no longer ships ``torch.ao.quantization.quantize_pt2e``; the maintained PT2E
 flow is torchao's (``torchao.quantization.pt2e.quantize_pt2e.prepare_pt2e``/``convert_pt2e`` and
@@ -20,19 +19,19 @@ flow is torchao's (``torchao.quantization.pt2e.quantize_pt2e.prepare_pt2e``/``co
     run the calibration images through it               exactly ptq_core's calibration subset
     convert_pt2e(prepared)                              quantize/dequantize pairs with the observed scales
 
-The converted model run eagerly computes every quantize/dequantize in float and the convolutions
-in float: its numbers are PT2E's, but its latency is not what PT2E deploys. The int8 kernels
+The converted model run eagerly computes every quantize/dequantize in float around float
+convolutions: its accuracy is PT2E's, its latency is not what PT2E deploys. The int8 kernels
 (oneDNN qconv/qlinear) come only from ``torch.compile`` with Inductor's ``freezing`` on. Measured
-on EfficientNet-Lite0 (2-core AMD EPYC with AVX512-VNNI, shared and loaded: load average 5):
-compiling takes ~47 s for the first batch shape and ~15 s per further shape; eager PT2E runs the
-372 evaluation images in 110 s and batch 32 in 11.4 s, compiled in 11 s and 0.54 s. Compiling
-therefore costs less than the eager evaluation it replaces, so ``compile_latency=True`` (the
-default) evaluates and times the compiled model (kind "integer"), with static shapes: one compile
-at batch min(32, N) (the evaluation runs in batches of that size, the last one padded) and one at
-batch 1. Inductor's dynamic-shape int8 convolution fails on a one-channel input (the digits CNN:
-"expected stride" assertion in the qconv lowering), which is why shapes stay static.
-``compile_latency=False``, or a compile that fails, gives the eager reference, labelled kind
-"simulated" with a note saying so.
+on EfficientNet-Lite0, 2-core AMD EPYC (AVX512-VNNI) shared with other jobs (load average 3-6, so
+every figure is rough): compiling took 40-60 s for the first batch shape and 14-16 s for the next;
+the eager model needs ~110 s for the 372 evaluation images, the compiled one ~11 s; one thread,
+batch 1: eager PT2E 138 ms, FP32 38-52 ms, compiled PT2E 13-17 ms. Compiling costs less than the
+eager evaluation it replaces, so ``compile_latency=True`` (the default) evaluates and times the
+compiled model (kind "integer"). Shapes are static: one compile at batch min(32, N), in which the
+evaluation runs (the last batch padded), and one at batch 1; Inductor's dynamic-shape int8
+convolution fails on a one-channel input (the digits CNN: a stride assertion in its qconv
+lowering). ``compile_latency=False``, or a compile that fails, gives the eager model's numbers,
+kind "simulated", with a note saying its latency is the eager reference.
 
 Never raises: a model that torch.export cannot capture, an op the quantizer or Inductor cannot
 handle, a missing package, each becomes an unavailable row whose reason names the step, the layer
@@ -46,6 +45,7 @@ import importlib
 import logging
 import time
 import traceback
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -264,7 +264,9 @@ def _compiled(converted: torch.fx.GraphModule, example: torch.Tensor,
     start = time.perf_counter()
     try:
         compiled = torch.compile(converted, dynamic=False)
-        with _freezing(True), torch.no_grad():
+        with _freezing(True), torch.no_grad(), warnings.catch_warnings():
+            # Inductor's own oneDNN lowering copies a tensor the way torch warns about; not the user's to fix
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
             compiled(x_n)
             compiled(example)
     except Exception as exc:  # Inductor cannot lower something: keep the eager numbers, say why
@@ -362,11 +364,14 @@ def findings(converted: torch.fx.GraphModule, observers: dict[str, Counter[str]]
               if sum(isinstance(a, torch.fx.Node) for a in n.args) == 2
               and not all(_is_dequantized(a) for a in n.args if isinstance(a, torch.fx.Node))]
     if floaty:
-        names = ", ".join(sorted({_layer(n) for n in floaty})[:5]) + (" ..." if len(floaty) > 5 else "")
-        notes.append(f"{len(floaty)} of {len(elementwise)} elementwise adds/multiplies (residual connections: {names}) "
-                     "take a conv output that is never quantized and add in float; the sum is quantized only where "
-                     "a conv reads it. ptq_core quantizes both the conv output and the sum, as onnxruntime's QLinearAdd "
-                     "does, so here these tensors keep more precision than in ptq_core's plan.")
+        names = ", ".join(list(dict.fromkeys(_layer(n) for n in floaty))[:5]) + (" ..." if len(floaty) > 5 else "")
+        ops = "adds" if all("add" in _target(n) for n in floaty) else "adds/multiplies"
+        sources = sorted({_target(a).split(".")[1] for n in floaty for a in n.args
+                          if isinstance(a, torch.fx.Node) and not _is_dequantized(a) and a.op == "call_function"})
+        notes.append(f"{len(floaty)} of {len(elementwise)} elementwise {ops} ({names}) read an input that is never "
+                     f"quantized ({', '.join(sources) or 'a float'} output) and compute in float; their result is "
+                     "quantized only where a conv/linear reads it. ptq_core quantizes both inputs and the result (as "
+                     "onnxruntime's QLinearAdd does), so here these tensors keep more precision than in ptq_core's plan.")
     fallbacks = [{"layer": _layer(n), "reason": f"{_target(n).split('.')[1]} runs in float: X86InductorQuantizer's "
                   "default recipe does not quantize its input" + (" or weight" if len(n.args) > 1 else "")}
                  for n in compute if not _is_dequantized(n.args[0])]

@@ -8,6 +8,7 @@ capture, torch.compile failing, torchao missing) is a row with a reason, never a
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from torch.utils.data import TensorDataset
 from ptq_core.calibration import batches
 from ptq_core.config import QuantConfig
 from ptq_core.pipeline import Explorer
-from ptq_core.pt2e import NAME, pt2e_target, pt2e_unavailable, quantize_pt2e
+from ptq_core.pt2e import NAME, findings, pt2e_target, pt2e_unavailable, quantize_pt2e
 from ptq_core.runtimes import RuntimeRow
 
 # Measured on the digits CNN (256 calibration images, 360 evaluation images, 2 threads): PT2E agrees
@@ -72,8 +73,30 @@ def test_notes_say_what_the_recipe_quantizes(eager_row: RuntimeRow) -> None:
     assert "reduce_range off" in text and "uint8 0..255" in text
     assert "7 of 7 conv/linear layers int8 per output channel" in text
     assert "All 5 ReLU/ReLU6 are fused" in text  # conv->ReLU6 in block.act_dw included: no quantize before the clamp
-    assert "residual connections: block" in text  # the skip add runs in float
+    assert "1 of 1 elementwise adds (block) read an input that is never quantized (conv2d output)" in text
     assert eager_row.fallbacks == []
+
+
+def test_notes_find_a_quantize_between_conv_and_relu6() -> None:
+    """The placement torch.ao FX's x86 recipe has: conv -> quantize -> dequantize -> ReLU6 (hardtanh 0..6)."""
+    import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
+
+    qd, aten = torch.ops.quantized_decomposed, torch.ops.aten
+    g = torch.fx.Graph()
+    x, w = g.placeholder("x"), g.placeholder("w")
+    conv = g.call_function(aten.conv2d.default, (x, w))
+    conv.meta["nn_module_stack"] = {"k": ("features.0", "torch.nn.Conv2d")}
+    q = g.call_function(qd.quantize_per_tensor.default, (conv, 0.05, 128, 0, 255, torch.uint8))
+    dq = g.call_function(qd.dequantize_per_tensor.default, (q, 0.05, 128, 0, 255, torch.uint8))
+    act = g.call_function(aten.hardtanh.default, (dq, 0.0, 6.0))
+    act.meta["nn_module_stack"] = {"k": ("features.1", "torch.nn.ReLU6")}
+    g.output(act)
+    notes, fallbacks = findings(torch.fx.GraphModule(nn.Module(), g), {"weights": Counter(), "activations": Counter()})
+    text = " ".join(notes)
+    assert "1 ReLU/ReLU6 are not fused with the conv before them (features.1)" in text
+    assert "uint8 0..255" in text and "reduce_range off" in text
+    assert fallbacks == [{"layer": "features.0", "reason": "conv2d runs in float: X86InductorQuantizer's default recipe "
+                          "does not quantize its input or weight"}]
 
 
 def test_converted_graph_has_uint8_activations_and_int8_per_channel_weights(digits: dict[str, Any]) -> None:
