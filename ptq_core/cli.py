@@ -4,6 +4,7 @@
     python -m ptq_core sweep --config assets/configs/w8a8.json \\
         --grid weights.bits=8,4 weights.granularity=per_tensor,per_channel --output table.csv
     python -m ptq_core export --config assets/configs/w8a8.json --output model.onnx
+    python -m ptq_core export --config assets/configs/w8a8.json --format tflite --output model.tflite
     python -m ptq_core sensitivity --config C.json --output S.json
     python -m ptq_core search --config C.json --max-drop 1.0 --weight-bits 8,4 --output best.json --frontier f.csv
     python -m ptq_core report --results w8.json w4.json --output report.html
@@ -111,9 +112,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"size {result.size['fp32_bytes']} -> {result.size['quant_bytes']} bytes "
             f"({result.size['compression_ratio']:.2f}x)\n"
         )
+        for row in result.runtimes:
+            sys.stderr.write(runtime_line(row) + "\n")
         for w in result.warnings:
             sys.stderr.write(f"warning: {w}\n")
     return 0
+
+
+def runtime_line(row: dict[str, Any]) -> str:
+    """One row of ``Result.runtimes`` as a line: ``runtime onnxruntime (onnxruntime 1.31.1 CPU, integer): top-1 ...``."""
+    head = f"runtime {row['name']} ({row['version']}, {row['kind']})" if row["version"] else f"runtime {row['name']}"
+    if not row["available"]:
+        return f"{head}: not run: {row['reason']}"
+    parts = []
+    if row["top1"] is not None:
+        parts.append(f"top-1 {row['top1']:.2%}")
+    parts.append(f"agreement with FP32 {row['agreement']:.2%}")
+    if row["sim_agreement"] is not None:
+        parts.append(f"with the simulation {row['sim_agreement']:.2%} (max |diff| {row['max_abs_diff']:.3g})")
+    if row["latency_ms"]:
+        batches = ", ".join(f"batch {b} {ms:.2f} ms" for b, ms in row["latency_ms"].items())
+        parts.append(f"{batches} on {row['threads']} thread(s)" + (" (simulated)" if row["kind"] == "simulated" else ""))
+    if row["file_bytes"]:
+        parts.append(f"{row['file_bytes']} bytes")
+    if row["fallbacks"]:
+        parts.append(f"{len(row['fallbacks'])} fallback(s)")
+    return f"{head}: " + ", ".join(parts)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -160,6 +184,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check_output(args.output, "--output")
     _check_output(args.report, "--report")
     explorer = Explorer.for_config(config)
+    if args.format == "tflite":
+        if args.opset is not None:
+            raise OutputError("--opset: applies to --format onnx only; a .tflite has no opset")
+        tfl = explorer.export_tflite(config, args.output, on_progress=_Progress(args.quiet))
+        if args.report:
+            _write(json.dumps(tfl.to_dict(), indent=2), args.report)
+        sys.stdout.write(f"wrote {args.output}: {tfl.file_bytes} bytes, full-integer LiteRT "
+                         f"({len(tfl.weights_carried)} weight tensors and {len(tfl.activations_carried)} activation grids "
+                         f"carried from the plan, {len(tfl.fallbacks)} fallbacks)\n")
+        if not args.quiet:
+            for row in tfl.fallbacks:
+                sys.stderr.write(f"fallback: {row['layer']}: {row['reason']}\n")
+        return 0
     report = explorer.export_onnx(config, args.output, opset=args.opset, on_progress=_Progress(args.quiet))
     if args.report:
         _write(json.dumps(report.to_dict(), indent=2), args.report)
@@ -287,9 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p_sweep.set_defaults(func=cmd_sweep)
 
-    p_export = sub.add_parser("export", help="quantize one config and write it as an ONNX QDQ model for onnxruntime")
+    p_export = sub.add_parser("export", help="quantize one config and write it as an ONNX QDQ model (onnxruntime) "
+                                             "or a full-integer LiteRT .tflite")
     p_export.add_argument("--config", required=True, help="QuantConfig JSON file (see assets/configs/)")
-    p_export.add_argument("--output", required=True, help="where to write the .onnx file")
+    p_export.add_argument("--output", required=True, help="where to write the .onnx (or .tflite) file")
+    p_export.add_argument("--format", choices=("onnx", "tflite"), default="onnx",
+                          help="onnx: QDQ for onnxruntime (default); tflite: full-integer LiteRT with the plan's scales")
     p_export.add_argument("--opset", type=int, default=None,
                           help="ONNX opset, 13 to 21 (default: 17, or 21 when INT4 or per-group weights need it)")
     p_export.add_argument("--report", default=None, help="also write the export report (kernels, fallbacks, qparams) as JSON")

@@ -41,7 +41,7 @@ from .calibration import CalibrationStats, chunks, collect_stats, load_batch, st
 from .config import Algorithms, Calibration, Evaluation, QuantConfig
 from .data import Dataset, dataset_fingerprint, load_dataset, select_calibration
 from .diskcache import default_cache, digest, module_fingerprint
-from .errors import CalibrationError, DataError
+from .errors import CalibrationError, DataError, ExportError
 from .graph import PreparedModel, prepare
 from .metrics import agreement, embedding_metrics, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
     from .onnx.report import ExportReport
     from .onnx.runtime import RuntimeCache
+    from .tflite import TfliteReport
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +451,22 @@ class Explorer:
 
         plan = self.plan(config, on_progress)
         return export_onnx(self.prepared_for(config), plan, path, opset=opset)
+
+    def export_tflite(self, config: QuantConfig, path: str | os.PathLike[str], *,
+                      on_progress: ProgressFn | None = None) -> TfliteReport:
+        """Plan ``config`` and write it as a full-integer LiteRT (``.tflite``) model carrying the plan's scales.
+
+        What ``export --format tflite`` and the dashboard's Export page call. Raises
+        :class:`~ptq_core.errors.ExportError` naming the setting or layer LiteRT cannot take, and when
+        litert-torch is not installed (:func:`ptq_core.tflite.export_tflite`).
+        """
+        from .tflite import export_tflite, litert_unavailable  # litert-torch (and JAX) are imported only here
+
+        missing = litert_unavailable()
+        if missing is not None:
+            raise ExportError(f"LiteRT export is not available: {missing}")
+        plan = self.plan(config, on_progress)
+        return export_tflite(self.prepared_for(config), plan, path, example=self.example_input())
 
     def evaluation_indices(self, evaluation: Evaluation) -> list[int]:
         n = len(self.dataset.evaluation)  # type: ignore[arg-type]

@@ -185,3 +185,29 @@ def test_run_on_the_text_model_reports_embedding_measures_and_reproduces(tmp_pat
     a, b = json.loads(first.read_text()), json.loads(second.read_text())
     assert a["metrics"]["task"] == "embedding" and a["algorithms"]["smoothquant"]["alpha"] == 0.5
     assert a["metrics"] == b["metrics"]  # same JSON, same numbers
+
+
+def test_export_tflite_writes_a_full_integer_model_with_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, report = tmp_path / "m.tflite", tmp_path / "m.json"
+    assert main(["export", "--config", str(CONFIGS / "w8a8_digits_cnn.json"), "--format", "tflite",
+                 "--output", str(out), "--report", str(report), "--quiet"]) == 0
+    written = json.loads(report.read_text())
+    assert out.stat().st_size == written["file_bytes"] > 0
+    assert written["input_dtype"] == "int8" and written["fallbacks"] == []
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_export_tflite_refuses_what_litert_cannot_carry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "dyn.json"
+    cfg.write_text(json.dumps({"model": "digits_mlp", "activations": {"mode": "dynamic"}}))
+    assert main(["export", "--config", str(cfg), "--format", "tflite", "--output", str(tmp_path / "m.tflite")]) == 2
+    assert "allowed for the LiteRT full-integer export: 'static'" in capsys.readouterr().err
+    assert main(["export", "--config", str(CONFIGS / "w8a8_digits_cnn.json"), "--format", "tflite", "--opset", "17",
+                 "--output", str(tmp_path / "m.tflite")]) == 2
+
+
+def test_run_prints_one_line_per_runtime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--config", str(CONFIGS / "w8a8_digits_cnn.json"), "--output", str(tmp_path / "r.json")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("runtime ")]
+    assert [line.split(" (")[0] for line in lines] == ["runtime FP32", "runtime simulation", "runtime onnxruntime"]
+    assert "with the simulation" in lines[2] and "bytes" in lines[2]
