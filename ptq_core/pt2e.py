@@ -151,7 +151,7 @@ def pt2e_target(
         notes.append(f"Latency and accuracy are the torch.compile'd model (Inductor, freezing: oneDNN int8 "
                      f"convolutions); compiling took {compile_s:.0f} s on this machine.")
     else:
-        notes.append("Eager reference: every quantize/dequantize runs in float around float convolutions, so this "
+        notes.append("Eager reference: every quantize/dequantize runs in float around float conv/linear ops, so this "
                      "latency is not PT2E's deployed speed; Inductor's int8 kernels need torch.compile"
                      + (f" ({compiled_note})." if compiled_note else "."))
     metrics = compare(outputs, fp32=fp32_logits, simulated=sim_logits, labels=labels, task=task)
@@ -325,8 +325,13 @@ def findings(converted: torch.fx.GraphModule, observers: dict[str, Counter[str]]
     """Plain-words notes on what the converted graph quantizes, and the compute layers it left in float."""
     nodes = list(converted.graph.nodes)
     quantizes = [n for n in nodes if _target(n).startswith(_QUANTIZE)]
-    weight_dq = [n for n in nodes if _target(n).startswith(_DEQUANTIZE_CHANNEL)]
     compute = [n for n in nodes if _target(n).startswith(_COMPUTE)]
+    weighted = [n for n in compute if _target(n).startswith(("aten.conv", "aten.linear"))]
+    per_channel = [w for w in (_arg(n, 1) for n in weighted) if w is not None and _target(w).startswith(_DEQUANTIZE_CHANNEL)]
+    per_tensor = [w for w in (_arg(n, 1) for n in weighted) if w is not None and _target(w).startswith(_DEQUANTIZE)]
+    zero_points = [getattr(converted, str(zp.target), None) for zp in (_arg(w, 2) for w in per_channel)
+                   if zp is not None and zp.op == "get_attr"]
+    symmetric = all(isinstance(z, torch.Tensor) and not z.any() for z in zero_points)
     notes = []
     ranges = sorted({(int(q.args[3]), int(q.args[4]), str(q.args[5]).replace("torch.", "")) for q in quantizes
                      if len(q.args) > 5})
@@ -337,8 +342,9 @@ def findings(converted: torch.fx.GraphModule, observers: dict[str, Counter[str]]
         reduce = (f"reduce_range on: {hi - lo + 1} levels, 7 bits of 8" if hi - lo + 1 <= 128
                   else "reduce_range off: all 256 levels")
         notes.append(f"Activations: {dtype} {lo}..{hi} per tensor with a zero point ({reduce}), ranges from "
-                     f"{act_obs}; {len(quantizes)} quantize points. Weights: {len(weight_dq)} of {len(compute)} "
-                     f"conv/linear layers int8 per output channel, symmetric, ranges from {w_obs}.")
+                     f"{act_obs}; {len(quantizes)} quantize points. Weights: {len(per_channel)} of {len(weighted)} "
+                     f"conv/linear layers int8 per output channel ({'symmetric' if symmetric else 'with zero points'})"
+                     + (f", {len(per_tensor)} per tensor" if per_tensor else "") + f", ranges from {w_obs}.")
     fused, split = [], []
     for n in nodes:
         src = _arg(n, 0)

@@ -71,7 +71,7 @@ def test_notes_say_what_the_recipe_quantizes(eager_row: RuntimeRow) -> None:
     text = " ".join(eager_row.notes)
     assert "HistogramObserver" in text and "PerChannelMinMaxObserver" in text
     assert "reduce_range off" in text and "uint8 0..255" in text
-    assert "7 of 7 conv/linear layers int8 per output channel" in text
+    assert "7 of 7 conv/linear layers int8 per output channel (symmetric)" in text
     assert "All 5 ReLU/ReLU6 are fused" in text  # conv->ReLU6 in block.act_dw included: no quantize before the clamp
     assert "1 of 1 elementwise adds (block) read an input that is never quantized (conv2d output)" in text
     assert eager_row.fallbacks == []
