@@ -555,6 +555,30 @@ def _runtime_symbol(name: str) -> str:
     return next((s for prefix, s in RUNTIME_SYMBOLS.items() if name.startswith(prefix)), "circle")
 
 
+def _log_ticks(values: Sequence[float]) -> list[float]:
+    """1-2-5 ticks covering ``values`` (a log axis's own minor labels read "2 3 4 5 ..." with no unit).
+
+    Example: [0.012, 0.8] -> [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1].
+    """
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    ticks = [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    below = [t for t in ticks if t <= lo]
+    above = [t for t in ticks if t >= hi]
+    first, last = (below[-1] if below else ticks[0]), (above[0] if above else ticks[-1])
+    return [float(f"{t:.3g}") for t in ticks if first <= t <= last]
+
+
+def _padded(ys: Sequence[float]) -> list[float] | None:
+    """A y range around the points with room for their labels; at least 1 point tall (runtimes that agree)."""
+    if not ys:
+        return None
+    lo, hi = min(ys), max(ys)
+    pad = max(0.5, (hi - lo) * 0.15)
+    return [lo - pad, hi + pad]
+
+
 def runtime_scatter(rows: Sequence[dict[str, Any]], measure: str, measure_title: str) -> go.Figure:
     """Accuracy (``measure``: "top1" or "agreement", shown in %) vs latency at batch 1, one point per runtime row.
 
@@ -563,21 +587,33 @@ def runtime_scatter(rows: Sequence[dict[str, Any]], measure: str, measure_title:
     simulating the quantized model in float, not of integer kernels. Latency on a log axis (runtimes differ 100x).
     """
     fig = go.Figure()
+    drawn: list[float] = []
     for r in rows:
         ms, score = r.get("latency_ms", {}).get("1"), r.get(measure)
-        if not r.get("available", True) or ms is None or score is None:
+        if not r.get("available", True) or ms is None or score is None or ms <= 0:
             continue
+        drawn.append(ms)
         simulated = r["kind"] == "simulated"
         name = f"{r['name']}: simulated latency" if simulated else r["name"]
         color = FP32_COLOR if r["kind"] == "float" else QUANT_COLOR
         fig.add_trace(go.Scatter(
-            x=[ms], y=[100 * score], mode="markers", name=name,
+            x=[ms], y=[100 * score], mode="markers+text", name=name, text=[r["name"].split(" (")[0]],
+            textposition="top center", textfont={"color": color},
             marker={"symbol": _runtime_symbol(r["name"]), "size": 15 if not simulated else 13, "color": color,
                     "line": {"width": 2 if simulated else 1, "color": color if simulated else "white"}},
             hovertemplate=(f"<b>{r['name']}</b><br>{r['kind']}"
                            + (" (float ops: not an integer kernel's latency)" if simulated else "")
                            + "<br>batch 1: %{x:.3g} ms<br>" + measure_title + ": %{y:.2f} %<extra></extra>"),
         ))
-    fig.update_xaxes(type="log")
+    # Labels of points closer than a fifth of a decade alternate above and below, so neighbours stay readable.
+    order = sorted(range(len(drawn)), key=lambda i: drawn[i])
+    above = True
+    for k, i in enumerate(order):
+        near = k > 0 and math.log10(drawn[i] / drawn[order[k - 1]]) < 0.2
+        above = not above if near else True
+        fig.data[i].textposition = "top center" if above else "bottom center"
+    ticks = _log_ticks(drawn)
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    fig.update_yaxes(range=_padded([t.y[0] for t in fig.data]))
     return _layout(fig, "Accuracy vs latency at batch 1, one point per runtime (open: a simulation's time)",
                    "latency at batch 1 (ms, log scale; left is faster)", f"{measure_title} (%)", height=420)

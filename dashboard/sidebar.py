@@ -62,7 +62,7 @@ MODES = ["static", "dynamic", state.WEIGHT_ONLY]
 # 1.6x the float simulation in PyTorch (ptq_core.onnx.integer sums in float32 where no partial sum can reach 2**24);
 # on digits W8A8 its logits equal onnxruntime's on every sample (tests/core: the integer backend's tests).
 ARITHMETIC = {"float": "float fake-quantize (fast)", "integer": "integer-exact, as onnxruntime computes"}
-TARGET_LABELS = {"litert": "LiteRT (TFLite)", "pt2e": "PyTorch's own PTQ (PT2E)"}
+TARGET_LABELS = {"litert": "LiteRT (TFLite)", "pt2e": "PT2E (PyTorch's own PTQ)"}  # short: the chips cut at ~20 characters
 INHERIT = "same as global"
 
 

@@ -36,7 +36,8 @@ def batch_sizes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def runtime_table(rows: list[dict[str, Any]], embedding: bool) -> pd.DataFrame:
-    """One line per runtime; shares in %, blanks where a runtime has no number (or did not run)."""
+    """One line per runtime, numbers first (the version strings are long); shares in %, blanks where a runtime has
+    no number (or did not run)."""
     words = labels.WORDS["embedding" if embedding else "classification"]
     diff = "max |embedding diff| vs simulation" if embedding else "max |logit diff| vs simulation"
     out = []
@@ -48,9 +49,7 @@ def runtime_table(rows: list[dict[str, Any]], embedding: bool) -> pd.DataFrame:
 
         line: dict[str, Any] = {
             "runtime": r["name"],
-            "status": "ran" if ran else "not available (reason below)",
-            "version": r.get("version") or "",
-            "kind": KIND.get(r["kind"], r["kind"]),
+            "kind": KIND.get(r["kind"], r["kind"]) if ran else "not available (reason below)",
             f"{words['accuracy']} (%)": share("top1"),
             f"{words['agreement']} with FP32 (%)": share("agreement"),
             f"{words['agreement']} with simulation (%)": share("sim_agreement"),
@@ -62,22 +61,52 @@ def runtime_table(rows: list[dict[str, Any]], embedding: bool) -> pd.DataFrame:
         line["file size"] = labels.size_bytes(r["file_bytes"]) if r.get("file_bytes") else ""
         # Fallbacks are layers an integer runtime could not run as planned: FP32 and the simulation have none to count.
         line["fallbacks"] = len(r.get("fallbacks", [])) if ran and r["kind"] == "integer" else None
+        line["version"] = r.get("version") or ""
         out.append(line)
     return pd.DataFrame(out)
 
 
 def _column_config(table: pd.DataFrame) -> dict[str, Any]:
-    config: dict[str, Any] = {}
+    """Short headers (the table must fit a laptop screen), the long names as each column's help; names pinned.
+
+    The numbers arrive as text (see :func:`shown`), aligned right.
+    """
+    short = {"with FP32 (%)": ("= FP32 (%)", "the same answer as the float model"),
+             "with simulation (%)": ("= simulation (%)", "the same answer as ptq_core's simulation predicted"),
+             "vs simulation": ("max |diff|", "the largest difference over every sample and output; 0 means the "
+                                             "simulation's very numbers")}
+    config: dict[str, Any] = {"runtime": st.column_config.TextColumn(pinned=True)}
+    for name in table.columns:
+        label, help_text = next(((lab, f"{name}: {why}.") for end, (lab, why) in short.items() if name.endswith(end)),
+                                (None, None))
+        if name.startswith("latency batch "):
+            label = f"ms, batch {name.split()[2]}"
+            help_text = f"{name}: median after warm-up. A simulation's time is float ops simulating integers."
+        if label is not None or name.endswith("(%)") or name in ("threads", "fallbacks"):
+            config[name] = st.column_config.TextColumn(label, help=help_text, alignment="right")
+    return config
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text at a readable precision, blank where a runtime has no number.
+
+    st.dataframe draws a missing number as a grey "None" (a pandas Styler's ``na_rep`` does not reach it), which
+    reads like a runtime answering "None"; five rows need no numeric sorting.
+    """
+    formats: dict[str, str] = {}
     for name in table.columns:
         if name.endswith("(%)"):
-            config[name] = st.column_config.NumberColumn(format="%.2f")
+            formats[name] = "{:.2f}"
         elif name.startswith("max |"):
-            config[name] = st.column_config.NumberColumn(format="%.3g", help="Largest difference from the simulation's "
-                                                         "output over every sample and output: 0 means identical numbers.")
+            formats[name] = "{:.3g}"
         elif name.startswith("latency"):
-            config[name] = st.column_config.NumberColumn(format="%.3f", help="Median milliseconds per batch after "
-                                                         "warm-up. A simulation's time is float ops simulating integers.")
-    return config
+            formats[name] = "{:.3f}"
+        elif name in ("threads", "fallbacks"):
+            formats[name] = "{:.0f}"
+    out = table.copy()
+    for name, fmt in formats.items():
+        out[name] = [fmt.format(v) if v is not None and not pd.isna(v) else "" for v in table[name]]
+    return out
 
 
 def integer_report(report: dict[str, Any]) -> str:
@@ -120,7 +149,7 @@ def _status(config: QuantConfig, result: dict[str, Any]) -> None:
         st.info("The integer runtime check (onnxruntime) is pending: it runs next and adds its row.",
                 icon=":material/schedule:")
     if not ev.targets:
-        st.info("No deployment targets chosen. Add **LiteRT (TFLite)** or **PyTorch's own PTQ (PT2E)** in the "
+        st.info("No deployment targets chosen. Add **LiteRT (TFLite)** or **PT2E (PyTorch's own PTQ)** in the "
                 "sidebar (*Evaluation → Deployment targets*) to run this model there too; they run while this page "
                 "is open.", icon=":material/add_circle:")
     if ev.runtime is None:
@@ -142,7 +171,9 @@ def _details(rows: list[dict[str, Any]]) -> None:
         if fallbacks:
             count.append(f"{len(fallbacks)} fallback{'s' if len(fallbacks) != 1 else ''}")
         title = f"{r['name']}: " + ("not available" if not ran else ", ".join(count))
-        with st.expander(title, expanded=not ran):
+        # The targets are what the user came to this page for: their findings open; the rest one click away.
+        target = not any(r["name"].startswith(p) for p in ("FP32", "simulation", "onnxruntime"))
+        with st.expander(title, expanded=not ran or target):
             if not ran:
                 st.markdown(f"Not available: {r.get('reason') or 'no reason given'}")
             if r.get("version"):
@@ -166,8 +197,8 @@ def _exactness(config: QuantConfig, rows: list[dict[str, Any]]) -> str | None:
     if ort is None or ort.get("max_abs_diff") is None:
         return None
     if ort["max_abs_diff"] == 0:
-        return ("onnxruntime's outputs **equal the integer-exact simulation's on every sample** (max |diff| 0): the "
-                "numbers on the other pages are the deployed model's.")
+        return ("onnxruntime's outputs **equal the integer-exact simulation's on every sample** (max |diff| 0): every "
+                "number on the other pages is what onnxruntime computes.")
     return (f"onnxruntime's outputs differ from the integer-exact simulation's by up to {ort['max_abs_diff']:.3g}: "
             "see the float ops below, and the onnxruntime row's notes.")
 
@@ -184,7 +215,7 @@ def render() -> None:
     embedding = labels.is_embedding(result["metrics"])
     words = labels.words(result["metrics"])
     table = runtime_table(rows, embedding)
-    st.dataframe(table, hide_index=True, column_config=_column_config(table), key="dp_table")
+    st.dataframe(shown(table), hide_index=True, column_config=_column_config(table), key="dp_table")
     st.caption(f"Measured on {result['dataset']['num_eval_samples']} evaluation samples. Latency: median per batch "
                "after warm-up, on this server's CPU with the threads shown; a simulation's time is float ops "
                "simulating integers, not what an integer kernel takes.")

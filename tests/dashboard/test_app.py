@@ -26,7 +26,8 @@ from tests.dashboard.helpers import PAGES, ROOT, chart_specs, metric, new_app, o
 # What each page must show with the default config (at least this many charts and metric cards).
 EXPECTED = {
     "overview": (1, 5), "weights": (3, 4), "activations": (2, 0), "layer_error": (1, 0),
-    "compare": (0, 0), "sensitivity": (1, 0), "calibration_check": (0, 0), "export": (0, 0), "learn": (7, 8),
+    "compare": (0, 0), "sensitivity": (1, 0), "calibration_check": (0, 0), "deploy": (1, 0), "export": (0, 0),
+    "learn": (7, 8),
 }
 
 

@@ -46,11 +46,12 @@ def test_the_default_config_shows_fp32_the_simulation_and_onnxruntime() -> None:
     assert not problems(at)
     table = _table(at)
     assert [n.split(" (")[0] for n in table["runtime"]] == ["FP32", "simulation", "onnxruntime"]
-    assert set(table["status"]) == {"ran"}
+    assert not table["kind"].str.startswith("not available").any()
     ort = _row(table, "onnxruntime")
-    assert ort["kind"] == "integer kernels" and ort["fallbacks"] == 0 and ort["file size"].endswith("KiB")
-    assert ort["top-1 (%)"] > 95 and ort["agreement with simulation (%)"] > 95
-    assert ort["latency batch 1 (ms)"] > 0 and ort["latency batch 32 (ms)"] > 0
+    assert ort["kind"] == "integer kernels" and ort["fallbacks"] == "0" and ort["file size"].endswith("KiB")
+    assert float(ort["top-1 (%)"]) > 95 and float(ort["agreement with simulation (%)"]) > 95  # shown as text
+    assert float(ort["latency batch 1 (ms)"]) > 0 and float(ort["latency batch 32 (ms)"]) > 0
+    assert _row(table, SIMULATION)["max |logit diff| vs simulation"] == ""  # blank, not "None"
     assert _row(table, SIMULATION)["kind"] == "simulated (float ops)"
     assert any("No deployment targets chosen" in i.value for i in at.info)  # and how to add them
     traces = chart_specs(at)[0]["data"]
@@ -91,7 +92,7 @@ def test_integer_arithmetic_runs_in_pytorch_and_onnxruntime_matches_it_exactly()
     table = _table(at)
     assert _row(table, SIMULATION)["runtime"] == "simulation (integer arithmetic, PyTorch)"
     ort = _row(table, "onnxruntime")
-    assert ort["max |logit diff| vs simulation"] == 0.0 and ort["agreement with simulation (%)"] == 100.0
+    assert ort["max |logit diff| vs simulation"] == "0" and ort["agreement with simulation (%)"] == "100.00"
     assert any("equal the integer-exact simulation's on every sample" in s.value for s in at.success)
     report = [m.value for m in at.markdown if m.value.startswith("**Integer-exact simulation**")]
     assert report and "9 of 9 quantized units" in report[0] and "QLinearConv" in report[0]
@@ -109,8 +110,8 @@ def test_a_target_that_cannot_run_is_a_row_with_its_reason(monkeypatch: pytest.M
     assert not problems(at)
     table = _table(at)
     pt2e = _row(table, "PyTorch PT2E")
-    assert pt2e["status"].startswith("not available") and pd.isna(pt2e["top-1 (%)"])
-    assert _row(table, "onnxruntime")["status"] == "ran"  # the other runtimes still ran
+    assert pt2e["kind"].startswith("not available") and pt2e["top-1 (%)"] == ""
+    assert _row(table, "onnxruntime")["kind"] == "integer kernels"  # the other runtimes still ran
     warnings = [w.value for w in at.warning if "PyTorch PT2E" in w.value]
     assert warnings and "could not run" in warnings[0] and "not available on this machine" in warnings[0]
     assert not any("not run yet" in i.value for i in at.info)  # the targets part ran and was merged
@@ -140,7 +141,9 @@ def test_the_table_has_one_line_per_runtime_and_every_batch_size() -> None:
     assert table["top-1 (%)"].iloc[0] == pytest.approx(99.0)
     assert list(table["file size"]) == ["", "", "43.0 KiB", ""]
     assert table["fallbacks"].iloc[2] == 1 and pd.isna(table["fallbacks"].iloc[0])  # counted for integer runtimes only
-    assert table["status"].iloc[3].startswith("not available")
+    assert table["kind"].iloc[3].startswith("not available")
+    text = deploy.shown(table)
+    assert list(text["top-1 (%)"]) == ["99.00", "98.00", "98.00", ""] and list(text["fallbacks"]) == ["", "", "1", ""]
     embedded = deploy.runtime_table(ROWS, embedding=True)
     assert "nearest-neighbour agreement with FP32 (%)" in embedded.columns
 
@@ -151,7 +154,9 @@ def test_the_chart_marks_the_simulation_and_leaves_out_what_did_not_run() -> Non
     assert names == ["FP32 (PyTorch eager)", "simulation (float fake-quantize, PyTorch): simulated latency", "LiteRT"]
     assert [t.marker.symbol for t in fig.data] == ["star", "circle-open", "square"]
     assert fig.layout.xaxis.type == "log"
+    assert list(fig.layout.xaxis.tickvals) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]  # 1-2-5, labelled in ms
     assert list(fig.data[2].y) == [pytest.approx(98.0)]
+    assert fig.layout.yaxis.range[0] < 98.0 and fig.layout.yaxis.range[1] > 99.0  # every point inside, room for labels
 
 
 def test_the_integer_report_names_every_float_op_with_its_reason() -> None:
