@@ -115,6 +115,7 @@ def latency_table(explorer: Explorer, model: str, threads: int, rounds: int) -> 
     export_onnx(prepared, plan, folder / "q.onnx")
     export_float_onnx(prepared, folder / "f.onnx")
     export_tflite(prepared, plan, folder / "q.tflite", example=x)
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     import litert_torch
 
     litert_torch.convert(explorer.model.eval(), (x,)).export(str(folder / "f.tflite"))

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     import os
 
     from .onnx.report import ExportReport
-    from .onnx.runtime import RuntimeCache
+    from .onnx.runtime import RuntimeCache, RuntimeCheck
     from .tflite import TfliteReport
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,9 @@ class Explorer:
         self._key_locks: dict[tuple[Any, ...], threading.Lock] = {}  # one computation per key at a time (_once)
         self._fingerprint: str | None = None  # the model's content key (disk cache)
         self._logits: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()  # quantized logits per config (prefix reuse)
+        # The runtime check per config (its deployment targets aside) and sample count: the Deploy page asks for the
+        # check again with the targets, and a config that only adds or removes a target reuses it
+        self._checks: OrderedDict[tuple[str, int], RuntimeCheck] = OrderedDict()
 
     @classmethod
     def for_config(cls, config: QuantConfig) -> Explorer:
@@ -586,11 +589,24 @@ class Explorer:
         if checked:  # export and run on a real integer runtime (never raises)
             from .onnx.runtime import runtime_check as check_runtime
 
-            check = check_runtime(
-                prepared, plan, model=self.model, dataset=self.dataset.evaluation, indices=indices,
-                batch_size=ev.batch_size, sim_logits=run.logits, labels=ref.labels, simulated_latency=latency,
-                cache=self.runtime_cache(), on_step=phase(on_progress, "integer runtime check"), task=self.entry.task,
-            )
+            check_key = (config.replace(evaluation=dataclasses.replace(ev, targets=(), layer_error_samples=1)).to_json(),
+                         len(indices))
+            with self._lock:
+                known_check = self._checks.get(check_key)
+            if known_check is None:
+                check = check_runtime(
+                    prepared, plan, model=self.model, dataset=self.dataset.evaluation, indices=indices,
+                    batch_size=ev.batch_size, sim_logits=run.logits, labels=ref.labels, simulated_latency=latency,
+                    cache=self.runtime_cache(), on_step=phase(on_progress, "integer runtime check"), task=self.entry.task,
+                )
+                with self._lock:
+                    self._checks[check_key] = check
+                    while len(self._checks) > LOGITS_CACHE_ENTRIES:
+                        self._checks.popitem(last=False)
+            else:
+                check = dataclasses.replace(known_check, seconds=0.0)
+                check.metrics, check.size = dict(known_check.metrics), dict(known_check.size)
+                check.warnings = list(known_check.warnings)
             metrics.update(check.metrics)
             size.update(check.size)
             warnings.extend(check.warnings)

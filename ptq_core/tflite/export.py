@@ -199,6 +199,9 @@ def _conversion_error(exc: BaseException, gm: torch.fx.GraphModule, example: tor
 
 
 def _convert(gm: torch.fx.GraphModule, example: torch.Tensor) -> bytes:
+    # litert-torch prints every conversion step to stdout (a server's log, the CLI's output) unless told not to;
+    # a user who set the variable keeps their choice
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     import litert_torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig

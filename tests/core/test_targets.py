@@ -51,3 +51,12 @@ def test_targets_wait_with_the_runtime_check(cnn: Explorer) -> None:
 def test_targets_can_wait_for_the_page_that_shows_them(cnn: Explorer) -> None:
     r = cnn.evaluate(QuantConfig.from_dict({"evaluation": {"targets": ["pt2e"]}}), targets=False)
     assert r.pending == ["targets"] and "onnxruntime" in _rows(r.runtimes)
+
+
+def test_adding_a_target_reuses_the_runtime_check(cnn: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ptq_core.tflite", None)  # the target's own cost is not what this is about
+    first = cnn.evaluate(QuantConfig.from_dict({"weights": {"clipping": "mse"}}))
+    again = cnn.evaluate(QuantConfig.from_dict({"weights": {"clipping": "mse"}, "evaluation": {"targets": ["litert"]}}))
+    assert again.timing["runtime_s"] == 0.0 < first.timing["runtime_s"]
+    assert again.metrics["runtime_max_abs_diff"] == first.metrics["runtime_max_abs_diff"]
+    assert _rows(again.runtimes)["onnxruntime"] == _rows(first.runtimes)["onnxruntime"]
