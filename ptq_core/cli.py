@@ -95,6 +95,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
     config = QuantConfig.load(args.config)
+    if args.targets is not None:  # the Result's config records them: its JSON reproduces the run
+        names = [t.strip() for t in args.targets.split(",") if t.strip()]
+        spec = config.to_dict()
+        spec["evaluation"]["targets"] = names
+        try:
+            config = QuantConfig.from_dict(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"--targets: {exc}") from None
     _check_output(args.output, "--output")
     result = run(config, on_progress=_Progress(args.quiet))
     _write(result.to_json(), args.output)
@@ -310,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="quantize and evaluate one config, write its Result as JSON")
     p_run.add_argument("--config", required=True, help="QuantConfig JSON file (see assets/configs/)")
     p_run.add_argument("--output", default=None, help="where to write the Result JSON (default: stdout)")
+    p_run.add_argument("--targets", default=None, metavar="litert,pt2e",
+                       help="also run the model on these deployment targets (sets evaluation.targets): litert (the "
+                            "full-integer .tflite in LiteRT), pt2e (PyTorch's own PTQ); '' for none")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     p_run.set_defaults(func=cmd_run)
 

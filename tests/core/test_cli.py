@@ -211,3 +211,14 @@ def test_run_prints_one_line_per_runtime(tmp_path: Path, capsys: pytest.CaptureF
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("runtime ")]
     assert [line.split(" (")[0] for line in lines] == ["runtime FP32", "runtime simulation", "runtime onnxruntime"]
     assert "with the simulation" in lines[2] and "bytes" in lines[2]
+
+
+def test_run_targets_flag_sets_them_in_the_config_and_names_bad_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ptq_core.pt2e", None)  # a target that cannot run: a line saying so, exit 0
+    out = tmp_path / "r.json"
+    assert main(["run", "--config", str(CONFIGS / "w8a8_digits_cnn.json"), "--targets", "pt2e", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["evaluation"]["targets"] == ["pt2e"]
+    assert "runtime PyTorch PT2E: not run: not available on this machine" in capsys.readouterr().err
+    assert main(["run", "--config", str(CONFIGS / "w8a8_digits_cnn.json"), "--targets", "tflite"]) == 2
+    assert "--targets: evaluation.targets[0]: got 'tflite'; allowed: litert, pt2e" in capsys.readouterr().err
