@@ -59,7 +59,7 @@ FINETUNE_COST = ("About 2.4 s per step of 16 images on EfficientNet-Lite0 (100 s
                  "a few seconds on digits.")
 MODES = ["static", "dynamic", state.WEIGHT_ONLY]
 # What the integer-exact simulation costs, measured 2026-12 on the shared 2-core machine (one torch thread): about
-# 1.6x the float simulation in PyTorch (ptq_core.onnx.integer sums in float32 where no partial sum can reach 2**24);
+# 2x the float simulation in PyTorch (ptq_core.onnx.integer sums in float32 where no partial sum can reach 2**24);
 # on digits W8A8 its logits equal onnxruntime's on every sample (tests/core: the integer backend's tests).
 ARITHMETIC = {"float": "float fake-quantize (fast)", "integer": "integer-exact, as onnxruntime computes"}
 TARGET_LABELS = {"litert": "LiteRT (TFLite)", "pt2e": "PT2E (PyTorch's own PTQ)"}  # short: the chips cut at ~20 characters
@@ -172,7 +172,7 @@ def render() -> None:
                       "away from what an integer runtime computes. **Integer-exact**: integer sums, int32 biases "
                       "and the requantization of onnxruntime's integer kernels, op for op, so the numbers equal "
                       "onnxruntime's on every sample (W8A8); the Deploy page lists the few ops that still run in "
-                      "float. Costs about 1.6x the float simulation, and runs in PyTorch (it switches *Simulation "
+                      "float. Costs about 2x the float simulation, and runs in PyTorch (it switches *Simulation "
                       "runs on* there).")
     if "sb_eval_backend" in ss:
         sb.selectbox("Simulation runs on", list(BACKENDS), key="sb_eval_backend", disabled=integer,
