@@ -689,6 +689,15 @@ def calibration_check(config_json: str, sizes: tuple[int, ...], seeds: tuple[int
         return check_calibration(explorer, config, sizes=sizes, seeds=seeds, on_progress=on_progress).to_dict()
 
 
+def _export_folder(kind: str, what: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder for an exported file; ExportError naming ``what`` when none can be created."""
+    try:
+        return tempfile.TemporaryDirectory(prefix=f"ptq_dashboard_{kind}_")
+    except OSError as exc:
+        raise ExportError(f"cannot create a temporary folder for {what} in {tempfile.gettempdir()!r}: "
+                          f"{exc.strerror}") from None
+
+
 @st.cache_data(max_entries=MAX_EXPORTS, show_spinner=False)
 def onnx_export(config_json: str) -> dict[str, Any]:
     """The config as an ONNX QDQ model (:meth:`ptq_core.pipeline.Explorer.export_onnx`), for a download.
@@ -703,12 +712,7 @@ def onnx_export(config_json: str) -> dict[str, Any]:
     explorer = explorer_for(config)
     reused = explorer.is_calibrated(config)
     start = time.perf_counter()
-    try:
-        folder = tempfile.TemporaryDirectory(prefix="ptq_dashboard_onnx_")
-    except OSError as exc:
-        raise ExportError(f"cannot create a temporary folder for the ONNX file in {tempfile.gettempdir()!r}: "
-                          f"{exc.strerror}") from None
-    with folder as tmp, _progress("Exporting to ONNX") as on_progress:
+    with _export_folder("onnx", "the ONNX file") as tmp, _progress("Exporting to ONNX") as on_progress:
         on_progress(0, 1, "writing the ONNX file")
         report = explorer.export_onnx(config, Path(tmp) / "model.onnx", on_progress=on_progress)
         data = Path(report.path).read_bytes()
@@ -717,9 +721,11 @@ def onnx_export(config_json: str) -> dict[str, Any]:
     return {"onnx": data, "report": info, "seconds": time.perf_counter() - start, "calibration_reused": reused}
 
 
-def tflite_available() -> bool:
-    """Whether this engine can write a LiteRT file at all (``Explorer.export_tflite``, issue 13)."""
-    return hasattr(Explorer, "export_tflite")
+def tflite_unavailable() -> str | None:
+    """Why this server cannot write a LiteRT file (litert-torch or the interpreter missing), or None."""
+    from ptq_core.tflite import litert_unavailable
+
+    return litert_unavailable()
 
 
 @st.cache_data(max_entries=MAX_EXPORTS,
@@ -736,12 +742,7 @@ def tflite_export(config_json: str) -> dict[str, Any]:
     config = QuantConfig.from_json(config_json)
     explorer = explorer_for(config)
     start = time.perf_counter()
-    try:
-        folder = tempfile.TemporaryDirectory(prefix="ptq_dashboard_tflite_")
-    except OSError as exc:
-        raise ExportError(f"cannot create a temporary folder for the .tflite file in {tempfile.gettempdir()!r}: "
-                          f"{exc.strerror}") from None
-    with folder as tmp, activity().evaluation(session=_session_id()):
+    with _export_folder("tflite", "the .tflite file") as tmp, activity().evaluation(session=_session_id()):
         report = explorer.export_tflite(config, Path(tmp) / "model.tflite")
         data = Path(report.path).read_bytes()
     info = report.to_dict()

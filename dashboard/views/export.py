@@ -4,6 +4,7 @@ ONNX QDQ (with its export report) and as a LiteRT .tflite, and config upload."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -113,9 +114,32 @@ def runtime_check_note(config: QuantConfig, result: dict[str, Any]) -> tuple[str
     return "warning", f"The integer runtime check did not run: {why}"
 
 
-def _request_onnx(config_json: str) -> None:
-    st.session_state["io_onnx_for"] = config_json
-    st.session_state["io_onnx_error"] = None
+def _request(kind: str, config_json: str) -> None:
+    st.session_state[f"io_{kind}_for"] = config_json
+    st.session_state[f"io_{kind}_error"] = None
+
+
+def _requested_export(kind: str, name: str, config_json: str, make: Callable[[str], dict[str, Any]],
+                      *, primary: bool, file_kind: str = "") -> dict[str, Any] | None:
+    """The export of ``kind`` ("onnx", "tflite") once asked for: a button until then, an error with a retry if it failed.
+
+    A failure is remembered per config, so it is not retried on every rerun; the rest of the page is unaffected.
+    """
+    if st.session_state.get(f"io_{kind}_for") != config_json:
+        st.button(f"Export this config to {name}{file_kind}", key=f"io_{kind}_export", on_click=_request, args=(kind, config_json),
+                  type="primary" if primary else "secondary")
+        return None
+    error = st.session_state.get(f"io_{kind}_error")
+    if error is None:
+        try:
+            return make(config_json)
+        except PTQError as exc:
+            error = st.session_state[f"io_{kind}_error"] = str(exc)
+    st.error(f"The {name} export failed, no file was written: {error}")
+    st.caption("Nothing else is affected: the config and result downloads above still work. Change the settings "
+               "the message names, then export again.")
+    st.button("Try again", key=f"io_{kind}_retry", on_click=_request, args=(kind, config_json))
+    return None
 
 
 def onnx_section(config: QuantConfig, result: dict[str, Any]) -> None:
@@ -127,22 +151,8 @@ def onnx_section(config: QuantConfig, result: dict[str, Any]) -> None:
                "statistics of the numbers above.")
     kind, note = runtime_check_note(config, result)
     {"success": st.success, "info": st.info, "warning": st.warning}[kind](note)
-    requested = st.session_state.get("io_onnx_for") == config_json
-    if not requested:
-        st.button("Export this config to ONNX", key="io_onnx_export", on_click=_request_onnx, args=(config_json,),
-                  type="primary")
-        return
-    error = st.session_state.get("io_onnx_error")
-    if error is None:
-        try:
-            export = resources.onnx_export(config_json)
-        except PTQError as exc:  # remembered, so a failed export is not retried on every rerun
-            error = st.session_state["io_onnx_error"] = str(exc)
-    if error is not None:
-        st.error(f"The ONNX export failed, no file was written: {error}")
-        st.caption("Nothing else is affected: the config and result downloads above still work. Change the settings "
-                   "the message names, then export again.")
-        st.button("Try again", key="io_onnx_retry", on_click=_request_onnx, args=(config_json,))
+    export = _requested_export("onnx", "ONNX", config_json, resources.onnx_export, primary=True)
+    if export is None:
         return
     report = export["report"]
     name = labels.file_stem(result["model"]["name"], labels.config_label(result["config"])) + ".onnx"
@@ -180,34 +190,20 @@ def onnx_section(config: QuantConfig, result: dict[str, Any]) -> None:
     st.code(CLI_EXPORT, language="bash", wrap_lines=True)
 
 
-def _request_tflite(config_json: str) -> None:
-    st.session_state["io_tflite_for"] = config_json
-    st.session_state["io_tflite_error"] = None
-
-
 def tflite_section(config: QuantConfig, result: dict[str, Any]) -> None:
     """Export the current config as a full-integer LiteRT .tflite on request; offer the file and say what it carries."""
-    if not resources.tflite_available():
-        return
     st.subheader("Quantized model (LiteRT .tflite)")
+    missing = resources.tflite_unavailable()
+    if missing is not None:
+        st.info(f"LiteRT export is not available on this server: {missing}")
+        return
     st.caption("The same plan as a full-integer .tflite for LiteRT (TensorFlow Lite): int8 weights and activations "
                "carrying ptq_core's scales and zero points, converted by litert-torch. Static 8-bit activations only. "
                "Converting takes several seconds on digits and a minute or more on large models; the Deploy page runs "
                "the file in the LiteRT interpreter when *LiteRT* is among the deployment targets.")
-    config_json = config.to_json()
-    if st.session_state.get("io_tflite_for") != config_json:
-        st.button("Export this config to LiteRT (.tflite)", key="io_tflite_export", on_click=_request_tflite,
-                  args=(config_json,))
-        return
-    error = st.session_state.get("io_tflite_error")
-    if error is None:
-        try:
-            export = resources.tflite_export(config_json)
-        except PTQError as exc:  # remembered, so a failed conversion is not retried on every rerun
-            error = st.session_state["io_tflite_error"] = str(exc)
-    if error is not None:
-        st.error(f"The LiteRT export failed, no file was written: {error}")
-        st.button("Try again", key="io_tflite_retry", on_click=_request_tflite, args=(config_json,))
+    export = _requested_export("tflite", "LiteRT", config.to_json(), resources.tflite_export, primary=False,
+                               file_kind=" (.tflite)")
+    if export is None:
         return
     report = export["report"]
     name = labels.file_stem(result["model"]["name"], labels.config_label(result["config"])) + ".tflite"

@@ -173,7 +173,7 @@ def _download_labels(at: AppTest) -> list[str]:
     return [b.proto.label for b in at.get("download_button")]
 
 
-@pytest.mark.skipif(not resources.tflite_available(), reason="this engine has no Explorer.export_tflite yet")
+@pytest.mark.skipif(resources.tflite_unavailable() is not None, reason="litert-torch / ai-edge-litert not installed")
 def test_the_export_page_offers_the_tflite_file_next_to_the_onnx_one() -> None:
     at = open_page(new_app().run(), "export")
     at.button(key="io_tflite_export").click().run()
@@ -182,7 +182,7 @@ def test_the_export_page_offers_the_tflite_file_next_to_the_onnx_one() -> None:
     assert any("ptq_core's own numbers in the file" in m.value for m in at.markdown)
 
 
-@pytest.mark.skipif(not resources.tflite_available(), reason="this engine has no Explorer.export_tflite yet")
+@pytest.mark.skipif(resources.tflite_unavailable() is not None, reason="litert-torch / ai-edge-litert not installed")
 def test_a_config_litert_cannot_take_is_a_message_not_a_traceback() -> None:
     at = new_app().run()
     at.radio(key="sb_a_mode").set_value("weight_only").run()  # not full-integer: refused before converting
