@@ -278,7 +278,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = QuantConfig.load(args.config)
     target = Target(max_drop=args.max_drop, min_agreement=args.min_agreement, max_kl=args.max_kl)
-    candidates = Candidates(_widths(args.weight_bits), allow_float=args.allow_float)
+    candidates = Candidates(_widths(args.weight_bits), allow_float=args.allow_float, narrow_clipping=args.narrow_clipping)
     candidates.validate()
     target.validate()
     _check_output(args.output, "--output")
@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_search.add_argument("--max-kl", type=float, default=None, help="mean output KL from FP32 at most this (nats)")
     p_search.add_argument("--allow-float", action="store_true",
                           help="layers may stay in float when even the widest width misses the target")
+    p_search.add_argument("--narrow-clipping", default="mse", metavar="mse|percentile|minmax|keep",
+                          help="weight clipping of a width narrower than the config's (default mse: a range chosen "
+                               "for the width; keep: the config's own)")
     p_search.add_argument("--frontier", default=None, help="also write every evaluated point as CSV (frontier marked)")
     _fanout_options(p_search)
     p_search.set_defaults(func=cmd_search)

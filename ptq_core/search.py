@@ -11,7 +11,8 @@ The method: greedy by measured damage per byte saved, then bisection with verifi
    in the order that helps most (each layer spared alone, measured), the fewest that meet the
    target found by bisection over that order.
 2. **One step at a time**: each remaining layer at each narrower width, alone on top of the base,
-   is evaluated (one evaluation per layer and width, all independent: fanned out). Its damage is
+   is evaluated (one evaluation per layer and width, all independent: fanned out; a width below the config's
+   takes its own clip range, MSE by default, ``Candidates.narrow_clipping``). Its damage is
    the increase in output KL over the base, a smooth measure that ranks layers even where top-1
    on a few hundred images moves by whole images; divided by the weight bytes the step saves.
 3. **Bisection** over the steps in that order: the largest number of cheapest steps taken together
@@ -41,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import MAX_BITS, MIN_BITS, LayerOverride, QuantConfig
+from .config import MAX_BITS, MIN_BITS, WEIGHT_CLIPPING, LayerOverride, QuantConfig
 from .errors import ConfigError
 from .fanout import Runner, SerialRunner
 from .progress import ProgressFn
@@ -106,8 +107,16 @@ class Candidates:
 
     weight_bits: tuple[int, ...] = (8, 4)
     allow_float: bool = False
+    # Clipping of a width narrower than the layer's own in the config ("keep": the config's). A clip range chosen
+    # for 8 bits (min-max, a 99.99th percentile) wastes a 4-bit grid on outliers; MSE picks the range for the width.
+    # EfficientNet-Lite0, its 8 largest layers at 4 bits: 84.68% top-1 with the config's percentile 99.99,
+    # 85.48% with MSE (FP32 88.71%, all-W8 87.90%); the classifier alone: 87.10% vs 87.63%.
+    narrow_clipping: str = "mse"
 
     def validate(self) -> None:
+        if self.narrow_clipping != "keep" and self.narrow_clipping not in WEIGHT_CLIPPING:
+            raise ConfigError(f"narrow-clipping: got {self.narrow_clipping!r}; allowed: {', '.join(WEIGHT_CLIPPING)} "
+                              "or keep (the config's own clipping)")
         if not self.weight_bits:
             raise ConfigError(f"weight-bits: got an empty set; allowed: one or more widths from {MIN_BITS} to {MAX_BITS}, "
                               "e.g. 8,6,4")
@@ -150,8 +159,11 @@ class SearchResult:
         return asdict(self)
 
 
-def _with_bits(config: QuantConfig, widths: dict[str, int]) -> QuantConfig:
-    """``config`` with each named layer's weights at its width (FLOAT: kept in float)."""
+def _with_bits(config: QuantConfig, widths: dict[str, int], narrow_clipping: str = "keep") -> QuantConfig:
+    """``config`` with each named layer's weights at its width (FLOAT: kept in float).
+
+    A width below the layer's own in ``config`` takes ``narrow_clipping`` (unless "keep").
+    """
     overrides = dict(config.overrides)
     keep = list(config.keep_float)
     for name, bits in widths.items():
@@ -159,7 +171,11 @@ def _with_bits(config: QuantConfig, widths: dict[str, int]) -> QuantConfig:
             keep.append(name)
             continue
         old = overrides.get(name, LayerOverride())
-        overrides[name] = LayerOverride(weights={**old.weights, "bits": bits}, activations=old.activations)
+        own = config.weight_quant_for(name) or config.weights
+        weights: dict[str, Any] = {**old.weights, "bits": bits}
+        if narrow_clipping != "keep" and bits < own.bits and own.clipping != narrow_clipping:
+            weights["clipping"] = narrow_clipping
+        overrides[name] = LayerOverride(weights=weights, activations=old.activations)
     return config.replace(overrides=overrides, keep_float=tuple(dict.fromkeys(keep)))
 
 
@@ -195,7 +211,7 @@ def search(
         return sum(table[n][widths.get(n, high)] for n in table)
 
     def evaluate(batch: list[tuple[str, dict[str, int]]], phase: str, estimate: int) -> list[Result]:
-        configs = [_with_bits(config, w) for _, w in batch]
+        configs = [_with_bits(config, w, candidates.narrow_clipping) for _, w in batch]
         results: list[Result | None] = [None] * len(batch)
 
         def on_result(i: int, result: Result) -> None:

@@ -55,7 +55,23 @@ def test_with_bits_keeps_other_override_fields() -> None:
     assert out.keep_float == ("fc2",)
 
 
+def test_narrower_widths_take_their_own_clipping_unless_kept() -> None:
+    config = QuantConfig.from_dict({"weights": {"clipping": "percentile", "percentile": 99.99}})
+    out = _with_bits(config, {"conv1": 4, "conv2": 8}, "mse")
+    assert dict(out.overrides["conv1"].weights) == {"bits": 4, "clipping": "mse"}
+    assert dict(out.overrides["conv2"].weights) == {"bits": 8}  # the config's own width keeps the config's clipping
+    assert dict(_with_bits(config, {"conv1": 4}, "keep").overrides["conv1"].weights) == {"bits": 4}
+
+
+def test_the_answer_records_the_narrow_clipping(cnn: Explorer) -> None:
+    result = search(cnn, QuantConfig.from_dict(BASE), Target(min_agreement=99.0), Candidates((8, 4)))
+    narrow = [ov.weights for ov in QuantConfig.from_dict(result.best.config).overrides.values() if ov.weights["bits"] < 8]
+    assert narrow and all(w["clipping"] == "mse" for w in narrow)
+
+
 @pytest.mark.parametrize(("target", "candidates", "message"), [
+    (Target(max_drop=1.0), Candidates(narrow_clipping="kl"),
+     r"^narrow-clipping: got 'kl'; allowed: minmax, percentile, mse or keep"),
     (Target(), Candidates(), r"^target: none given; allowed: --max-drop"),
     (Target(max_drop=-1.0), Candidates(), r"^max-drop: got -1.0; allowed: a number from 0 to 100"),
     (Target(min_agreement=101), Candidates(), r"^min-agreement: got 101; allowed: a number from 0 to 100"),
