@@ -605,13 +605,16 @@ def runtime_scatter(rows: Sequence[dict[str, Any]], measure: str, measure_title:
                            + (" (float ops: not an integer kernel's latency)" if simulated else "")
                            + "<br>batch 1: %{x:.3g} ms<br>" + measure_title + ": %{y:.2f} %<extra></extra>"),
         ))
-    # Labels of points closer than a fifth of a decade alternate above and below, so neighbours stay readable.
+    # Of two points closer than a fifth of a decade, the higher one's label goes above it and the lower one's below
+    # (labels placed the other way round meet between the points); a point with no near neighbour: above.
     order = sorted(range(len(drawn)), key=lambda i: drawn[i])
-    above = True
     for k, i in enumerate(order):
-        near = k > 0 and math.log10(drawn[i] / drawn[order[k - 1]]) < 0.2
-        above = not above if near else True
-        fig.data[i].textposition = "top center" if above else "bottom center"
+        fig.data[i].textposition = "top center"
+        if k > 0 and math.log10(drawn[i] / drawn[order[k - 1]]) < 0.2:
+            prev = order[k - 1]
+            higher = fig.data[i].y[0] >= fig.data[prev].y[0]
+            fig.data[i].textposition = "top center" if higher else "bottom center"
+            fig.data[prev].textposition = "bottom center" if higher else "top center"
     ticks = _log_ticks(drawn)
     fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     fig.update_yaxes(range=_padded([t.y[0] for t in fig.data]))

@@ -159,6 +159,15 @@ def test_the_chart_marks_the_simulation_and_leaves_out_what_did_not_run() -> Non
     assert fig.layout.yaxis.range[0] < 98.0 and fig.layout.yaxis.range[1] > 99.0  # every point inside, room for labels
 
 
+def test_labels_of_near_points_sit_outside_the_pair() -> None:
+    rows = [{"name": "onnxruntime", "kind": "integer", "available": True, "top1": 0.8737, "latency_ms": {"1": 5.8}},
+            {"name": "LiteRT", "kind": "integer", "available": True, "top1": 0.8763, "latency_ms": {"1": 6.3}},
+            {"name": "FP32 (PyTorch eager)", "kind": "float", "available": True, "top1": 0.8871, "latency_ms": {"1": 38.0}}]
+    fig = charts.runtime_scatter(rows, "top1", "top-1")
+    # the lower point's label below it, the higher one's above: they cannot meet between the points
+    assert [t.textposition for t in fig.data] == ["bottom center", "top center", "top center"]
+
+
 def test_the_integer_report_names_every_float_op_with_its_reason() -> None:
     text = deploy.integer_report({"integer": [{"layer": "conv1", "kernel": "QLinearConv (u8s8)"}],
                                   "float_ops": [{"layer": "sigmoid", "reason": "no integer kernel"},
