@@ -567,8 +567,7 @@ class Explorer:
         backend = self.backend("integer" if ev.arithmetic == "integer" else ev.backend)
         # A first answer's logits (its first samples, whole batches of a per-sample plan) are the same logits a
         # whole run computes for them: an evaluation without the probe continues from them instead of redoing them.
-        logits_key = (config.replace(evaluation=dataclasses.replace(ev, runtime=None, targets=(), layer_error_samples=1)).to_json(),
-                      ev.backend)
+        logits_key = (_without(config, runtime=None), ev.backend)
         done = self._known_logits(logits_key, backend, plan, len(indices)) if not layer_errors else None
         start = done.shape[0] if done is not None else 0
         run = backend.evaluate(
@@ -589,8 +588,7 @@ class Explorer:
         if checked:  # export and run on a real integer runtime (never raises)
             from .onnx.runtime import runtime_check as check_runtime
 
-            check_key = (config.replace(evaluation=dataclasses.replace(ev, targets=(), layer_error_samples=1)).to_json(),
-                         len(indices))
+            check_key = (_without(config), len(indices))
             with self._lock:
                 known_check = self._checks.get(check_key)
             if known_check is None:
@@ -603,10 +601,8 @@ class Explorer:
                     self._checks[check_key] = check
                     while len(self._checks) > LOGITS_CACHE_ENTRIES:
                         self._checks.popitem(last=False)
-            else:
+            else:  # only read below (metrics, size and warnings are copied into this Result)
                 check = dataclasses.replace(known_check, seconds=0.0)
-                check.metrics, check.size = dict(known_check.metrics), dict(known_check.size)
-                check.warnings = list(known_check.warnings)
             metrics.update(check.metrics)
             size.update(check.size)
             warnings.extend(check.warnings)
@@ -793,6 +789,13 @@ class Explorer:
             "labeled": self.dataset.evaluation_labels is not None,
             "num_classes": self.dataset.num_classes,
         }
+
+
+def _without(config: QuantConfig, **evaluation: Any) -> str:
+    """``config`` as JSON without what does not change its simulated logits or its runtime check (the probe size,
+    the deployment targets), with ``evaluation`` fields replaced: a cache key."""
+    ev = dataclasses.replace(config.evaluation, targets=(), layer_error_samples=1, **evaluation)
+    return config.replace(evaluation=ev).to_json()
 
 
 def _finite(x: float | None) -> float | None:

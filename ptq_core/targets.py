@@ -1,8 +1,9 @@
 """The Result's ``runtimes`` table: FP32, the simulation, onnxruntime and the deployment targets a config asks for.
 
-What lives here: :func:`runtime_rows`, which ``Explorer.evaluate`` calls with plain data once the
-simulation (and, when the config asks for it, the onnxruntime check) has run. It turns what those
-measured into :class:`~ptq_core.runtimes.RuntimeRow` rows and runs each of ``evaluation.targets``:
+What lives here: :class:`Measured` (what the evaluation measured, as plain data), :func:`base_rows`
+(the rows for FP32, the simulation and onnxruntime, from it) and :func:`target_row`, which runs one
+of ``evaluation.targets``; ``Explorer.evaluate`` calls them once the simulation (and, when the config
+asks for it, the onnxruntime check) has run. The targets:
 ``"litert"`` (:mod:`ptq_core.tflite`: ptq_core's plan as a full-integer ``.tflite`` in the LiteRT
 interpreter) and ``"pt2e"`` (:mod:`ptq_core.pt2e`: PyTorch's own PTQ on the same calibration images).
 Each target is imported only when asked for, and never raises: a missing package or a failed

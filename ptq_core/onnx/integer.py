@@ -72,16 +72,20 @@ def _offsets(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.round(x / scale)
 
 
-def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, zp: int, qmin: int, qmax: int, scale: torch.Tensor) -> torch.Tensor:
-    """MlasRequantizeOutput, then DequantizeLinear: ``acc`` exact integers, ``multiplier`` float32.
+def _to_grid(y: torch.Tensor, zp: int, qmin: int, qmax: int, scale: torch.Tensor) -> torch.Tensor:
+    """Round ``y`` (float32, in steps, zero point not yet added) onto the codes, then DequantizeLinear, in place.
 
-    Clamping to the container, rounding, adding the zero point and the Clip of a narrower range are
-    one clamp to ``[qmin - zp, qmax - zp]`` before rounding (integer bounds commute with rounding);
+    Clamping to the 8-bit container, rounding, adding the zero point and the Clip of a narrower range
+    are one clamp to ``[qmin - zp, qmax - zp]`` before rounding (integer bounds commute with rounding);
     DequantizeLinear's ``f32(q - zp) * s`` is then ``k * s``.
     """
     lo, hi = _container(qmin)
-    y = acc.to(torch.float32) * multiplier
     return y.clamp_(max(lo, qmin) - zp, min(hi, qmax) - zp).round_().mul_(scale)
+
+
+def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, zp: int, qmin: int, qmax: int, scale: torch.Tensor) -> torch.Tensor:
+    """MlasRequantizeOutput, then DequantizeLinear: ``acc`` exact integers, ``multiplier`` float32."""
+    return _to_grid(acc.to(torch.float32) * multiplier, zp, qmin, qmax, scale)
 
 
 class OrtQuantize(nn.Module):
@@ -94,16 +98,13 @@ class OrtQuantize(nn.Module):
         self.point = fq.point
         self.register_buffer("scale", fq.scale.clone())
         self.zp, self.qmin, self.qmax = int(fq.zero_point), fq.qmin, fq.qmax
-        self.lo, self.hi = _container(fq.qmin)
-
         # True after an integer kernel: its output is on this grid already (re-quantizing it changes nothing)
         self.passthrough = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.passthrough:
             return x
-        k = (x.float() / self.scale).clamp_(max(self.lo, self.qmin) - self.zp, min(self.hi, self.qmax) - self.zp)
-        return k.round_().mul_(self.scale)
+        return _to_grid(x.float() / self.scale, self.zp, self.qmin, self.qmax, self.scale)
 
 
 @dataclass
