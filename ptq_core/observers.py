@@ -17,9 +17,8 @@ pairs of adjacent bins are summed toward the centre, which gives exactly the his
 direct binning at 2R would have given. Batch statistics therefore merge exactly, in any order
 (``merge``, ``merge_all``). Bin counts are int64.
 
-Speed (see ``benchmarks/bench_observers.py``): one ``aminmax`` pass, then chunks of 256K
-elements go through multiply, floor, offset, int16 cast and ``bincount``; the chunks keep
-temporaries in cache and the int16 indices make ``bincount`` about 5x faster than int64.
+Speed (see ``benchmarks/bench_observers.py``): one ``aminmax`` pass, then one counting pass
+(:mod:`ptq_core.binning`: a numba loop on CPU float32, PyTorch ops elsewhere).
 Each TensorStats owns all its state, so different instances may be updated from different
 threads; one instance must not be updated from two threads at once.
 """
@@ -34,10 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .binning import bincount
 from .errors import CalibrationError
 
 NUM_BINS = 4096  # bins per side: 8-bit steps span >= 16 bins, so in-bin detail barely matters
-_CHUNK = 1 << 18  # elements per binning chunk: temporaries (1 MiB + 0.5 MiB) stay in cache
 # R never goes below 2**-100: keeps NUM_BINS / R a normal float32 (no overflow in x * (N / R)).
 _MIN_RANGE_EXP = -100
 
@@ -125,32 +124,9 @@ class TensorStats:
         elif need > self.range_exp:
             self.hist = _rebin(self.hist, need - self.range_exp)
             self.range_exp = need
-        self.hist += self._bincount(flat, NUM_BINS * math.ldexp(1.0, -self.range_exp))
+        self.hist += bincount(flat, NUM_BINS * math.ldexp(1.0, -self.range_exp), NUM_BINS)
         self.count += flat.numel()
         self.min, self.max = min(self.min, lo), max(self.max, hi)
-
-    @staticmethod
-    def _bincount(flat: Tensor, inv_width: float) -> Tensor:
-        """Counts of ``floor(x * inv_width) + NUM_BINS`` over ``[0, 2 * NUM_BINS)``, chunked."""
-        n = flat.numel()
-        chunk = n if flat.device.type != "cpu" else min(n, _CHUNK)
-        buf_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
-        buf = torch.empty(chunk, dtype=buf_dtype, device=flat.device)
-        idx = torch.empty(chunk, dtype=torch.int16, device=flat.device)  # 2 * NUM_BINS < 32768
-        counts = torch.zeros(2 * NUM_BINS, dtype=torch.int64, device=flat.device)
-        for start in range(0, n, chunk):
-            part = flat[start : start + chunk]
-            m = part.numel()
-            b, i = buf[:m], idx[:m]
-            if part.dtype == buf_dtype:
-                torch.mul(part, inv_width, out=b)  # exact: inv_width is a power of two
-            else:  # float16/bfloat16: widen first, inv_width may not fit their range
-                b.copy_(part).mul_(inv_width)
-            b.floor_().add_(NUM_BINS)
-            i.copy_(b)
-            counts += torch.bincount(i, minlength=2 * NUM_BINS)
-        assert counts.numel() == 2 * NUM_BINS, "bin index out of range"
-        return counts.cpu()
 
     # -- merging ------------------------------------------------------------------------------
     def copy(self) -> TensorStats:
