@@ -1,7 +1,7 @@
 """The simulated model as one FX graph: the FP32 and the quantized model side by side, ready to export.
 
 What lives here: the traced ops (the static fake quantize, written ``Mul -> QuantizeLinear(1) ->
-[Clip] -> DequantizeLinear`` when exported; the probe's sums of squares; the dynamic NaN/Inf
+Clip -> DequantizeLinear`` when exported; the probe's sums of squares; the dynamic NaN/Inf
 check), :func:`simulation_graph` (one FX graph computing the FP32 and the quantized model layer
 by layer), :func:`structure_key` (what decides that graph) and what a config feeds into it
 (:func:`weight_key`, :func:`weight_values`, :func:`static_feeds`). The ops' ``symbolic`` methods
@@ -15,18 +15,27 @@ Not here: exporting the graph to ONNX and giving it per-config initializers
 Names in the graph (and in its ONNX export)::
 
     inputs   input [N, ...]; w{i}, b{i} per Conv/Linear (made initializers per weight setting);
-             p{j}_inv, p{j}_scale (float32 scalars), p{j}_zp (int8/uint8 scalar) per static point j
+             p{j}_inv, p{j}_scale (float32 scalars), p{j}_zp, p{j}_lo, p{j}_hi (uint8 scalars) per static point j
     outputs  logits; with the probe fp32_logits; nonfinite{k} per dynamic point; signal{t}, noise{t} per probe tap
 
 The arithmetic is the simulation's, op for op (:func:`ptq_core.primitives.fake_quantize`)
     ``clamp(round_half_even(x * inv_scale) + zp, qmin, qmax)`` then ``(q - zp) * scale`` is
-    written ``Mul(x, inv_scale) -> QuantizeLinear(scale=1, zp) -> [Clip(qmin, qmax)] ->
+    written ``Mul(x, inv_scale) -> QuantizeLinear(scale=1, zp) -> Clip(lo, hi) ->
     DequantizeLinear(scale, zp)``: the same float32 product (``inv_scale`` fed as torch computes
     it, ``1.0 / scale`` in float32); QuantizeLinear divides by 1 (exact), rounds half to even,
-    adds the zero point and saturates to the 8-bit container, and the Clip narrows that to
+    adds the zero point and saturates to the uint8 container, and the Clip narrows that to
     ``[qmin, qmax]`` (2 to 8 bits, narrow symmetric ranges; clamping and rounding to integer
     bounds commute); DequantizeLinear computes ``float(q - zp) * scale``, the same single
-    rounding. Three passes instead of six, one-byte codes between them. onnxruntime's QDQ fusions
+    rounding. Four passes instead of six, one-byte codes between them.
+
+    Every static quantizer has the same ops and its values are all fed, so bits, scheme and
+    clipping are feeds and never a new export or session. A signed range is fed shifted by 128
+    into the uint8 container (``zp + 128`` and ``[qmin + 128, qmax + 128]``): the same integers
+    minus the same zero point, so the same values (int8 for symmetric ranges would need another
+    graph; uint8 is also what onnxruntime's fast kernels read). The Clip on full-range 8-bit
+    codes costs what a bit-width change saved: measured on EfficientNet-Lite0, 2 cores, a
+    scheme or activation-bits what-if needed a new export and session (0.6 s) before any image
+    ran. onnxruntime's QDQ fusions
     are off (``session.disable_quant_qdq``, :mod:`ptq_core.onnx.session`): no pair becomes an
     integer kernel.
 
@@ -63,28 +72,24 @@ from torch import nn
 from .errors import ExportError
 from .graph import PreparedModel, is_pass_through
 from .primitives import fake_quantize, qparams_from_range
-from .quantize import PointQuant, QuantPlan
+from .quantize import QuantPlan
 
 INPUT, LOGITS, FP32_LOGITS = "input", "logits", "fp32_logits"
 
 # -- the ops, as traced ------------------------------------------------------------------------------
 class _StaticFakeQuantize(torch.autograd.Function):
-    """The simulation's static fake_quantize in PyTorch; Mul -> QuantizeLinear(1) -> [Clip] -> DequantizeLinear in ONNX."""
+    """The simulation's static fake_quantize in PyTorch; Mul -> QuantizeLinear(1) -> Clip -> DequantizeLinear in ONNX."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                qmin: int, qmax: int, clip: bool) -> torch.Tensor:
+                lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         zp = zero_point.float()
-        return (torch.clamp(torch.round(x * inv_scale) + zp, qmin, qmax) - zp) * scale
+        return (torch.clamp(torch.round(x * inv_scale) + zp, lo.float(), hi.float()) - zp) * scale
 
     @staticmethod
-    def symbolic(g: Any, x: Any, inv_scale: Any, scale: Any, zero_point: Any, qmin: int, qmax: int, clip: bool) -> Any:
+    def symbolic(g: Any, x: Any, inv_scale: Any, scale: Any, zero_point: Any, lo: Any, hi: Any) -> Any:
         one = g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32))
-        q = g.op("QuantizeLinear", g.op("Mul", x, inv_scale), one, zero_point)
-        if clip:  # narrower than the 8-bit container: clamp the codes as the simulation does
-            dtype = torch.int8 if qmin < 0 else torch.uint8
-            q = g.op("Clip", q, g.op("Constant", value_t=torch.tensor(qmin, dtype=dtype)),
-                     g.op("Constant", value_t=torch.tensor(qmax, dtype=dtype)))
+        q = g.op("Clip", g.op("QuantizeLinear", g.op("Mul", x, inv_scale), one, zero_point), lo, hi)
         return g.op("DequantizeLinear", q, scale, zero_point)
 
 
@@ -130,14 +135,18 @@ class _SignalPower(torch.autograd.Function):
 
 
 def _static_fq(x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-               qmin: int, qmax: int, clip: bool) -> torch.Tensor:
-    return _StaticFakeQuantize.apply(x, inv_scale, scale, zero_point, qmin, qmax, clip)
+               lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    return _StaticFakeQuantize.apply(x, inv_scale, scale, zero_point, lo, hi)
 
 
 def _static_fq_torch(x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                     qmin: int, qmax: int, clip: bool) -> torch.Tensor:
-    """The PyTorch backend's static quantizer: :func:`fake_quantize` itself (it computes ``1 / scale`` as fed)."""
-    return fake_quantize(x, scale, zero_point, qmin, qmax)
+                     lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The PyTorch backend's static quantizer: :func:`fake_quantize` itself (it computes ``1 / scale`` as fed).
+
+    Its zero point and bounds come shifted into the uint8 container like the ONNX graph's (:func:`static_feeds`);
+    shifting ``zp``, ``qmin`` and ``qmax`` by the same integer gives the same values, exactly.
+    """
+    return fake_quantize(x, scale, zero_point, int(lo), int(hi))
 
 
 def _signal64(a: torch.Tensor) -> torch.Tensor:
@@ -198,21 +207,14 @@ def _bias(prepared: PreparedModel, unit: Any) -> torch.Tensor:
 
 
 # -- one graph per structure -------------------------------------------------------------------------
-def _container(pq: PointQuant) -> tuple[bool, bool]:
-    """(signed, clip): int8 codes for symmetric ranges, uint8 otherwise; clip when narrower than the container."""
-    signed = pq.qmin < 0
-    return signed, (pq.qmin, pq.qmax) != ((-128, 127) if signed else (0, 255))
-
-
 def structure_key(prepared: PreparedModel, plan: QuantPlan) -> tuple[Any, ...]:
     """What decides the exported graph; everything else a config sets is a feed or an initializer."""
     points: list[tuple[Any, ...]] = []
     for name, pq in plan.points.items():
         if pq.quant.mode == "dynamic":
             points.append((name, "dynamic", pq.quant.bits, pq.quant.scheme, pq.granularity))
-        else:
-            signed, clip = _container(pq)
-            points.append((name, "static", signed, (pq.qmin, pq.qmax) if clip else None))
+        else:  # bits, scheme and range are fed (static_feeds)
+            points.append((name, "static"))
     return (prepared.fold_batchnorm, prepared.variant, tuple(points))
 
 
@@ -264,13 +266,12 @@ def simulation_graph(
         weight_nodes[unit.node] = (placeholder(f"w{i}", prepared.weight(unit).clone()), placeholder(f"b{i}", _bias(prepared, unit)))
         weight_inputs[unit.name] = f"w{i}"
     static: dict[str, tuple[torch.fx.Node, ...]] = {}
-    static_inputs: dict[str, tuple[str, str, str]] = {}
+    static_inputs: dict[str, tuple[str, ...]] = {}
     for j, (name, pq) in enumerate(plan.points.items()):
         if pq.quant.mode == "static":
-            signed, _ = _container(pq)
-            names = (f"p{j}_inv", f"p{j}_scale", f"p{j}_zp")
-            zp = torch.tensor(0, dtype=torch.int8 if signed else torch.uint8)
-            static[name] = (placeholder(names[0], torch.tensor(1.0)), placeholder(names[1], torch.tensor(1.0)), placeholder(names[2], zp))
+            names = (f"p{j}_inv", f"p{j}_scale", f"p{j}_zp", f"p{j}_lo", f"p{j}_hi")
+            examples = (torch.tensor(1.0), torch.tensor(1.0), *(torch.tensor(v, dtype=torch.uint8) for v in (0, 0, 255)))
+            static[name] = tuple(placeholder(n, e) for n, e in zip(names, examples, strict=True))
             static_inputs[name] = names
 
     point_of_node = {prepared.point(name).node: name for name in plan.points}
@@ -296,7 +297,7 @@ def simulation_graph(
             dynamic.append((name, g.call_function(_nonfinite, (pre,))))
             env_d[node] = post
         else:
-            post = g.call_function(static_fq, (pre, *static[name], pq.qmin, pq.qmax, _container(pq)[1]))
+            post = g.call_function(static_fq, (pre, *static[name]))
             env_q[node] = post
         if probe:
             sums.append(("quantizer", name, g.call_function(signal, (pre,)), g.call_function(noise, (pre, post))))
@@ -376,17 +377,23 @@ def weight_values(weight_inputs: dict[str, str], prepared: PreparedModel, plan: 
     return out
 
 
-def static_feeds(static_inputs: dict[str, tuple[str, str, str]], plan: QuantPlan) -> dict[str, np.ndarray]:
-    """The quantizer values of ``plan``: ``1/scale`` computed as fake_quantize does (float32), scale, zero point.
+def static_feeds(static_inputs: dict[str, tuple[str, ...]], plan: QuantPlan) -> dict[str, np.ndarray]:
+    """The quantizer values of ``plan``: ``1/scale`` computed as fake_quantize does (float32), scale, and the zero
+    point and code range in the uint8 container (a signed range shifted by 128, see the module docstring).
 
-    ``static_inputs``: point -> (inv_scale, scale, zero_point) input names, as :func:`simulation_graph` returns it.
+    ``static_inputs``: point -> (inv_scale, scale, zero_point, lo, hi) input names, as :func:`simulation_graph` returns it.
+    Example: symmetric 8 bits, narrow range [-127, 127], zero point 0 -> zero point 128, lo 1, hi 255.
     """
     feeds: dict[str, np.ndarray] = {}
-    for name, (inv_name, scale_name, zp_name) in static_inputs.items():
+    for name, (inv_name, scale_name, zp_name, lo_name, hi_name) in static_inputs.items():
         pq = plan.points[name]
         assert pq.scale is not None and pq.zero_point is not None
+        shift = 128 if pq.qmin < 0 else 0
+        assert 0 <= pq.qmin + shift <= pq.qmax + shift <= 255, f"{name}: codes [{pq.qmin}, {pq.qmax}] exceed 8 bits"
         scale = torch.tensor(pq.scale, dtype=torch.float32)
         feeds[inv_name] = (1.0 / scale).numpy()
         feeds[scale_name] = scale.numpy()
-        feeds[zp_name] = np.array(pq.zero_point, dtype=np.int8 if pq.qmin < 0 else np.uint8)
+        feeds[zp_name] = np.array(int(pq.zero_point) + shift, dtype=np.uint8)
+        feeds[lo_name] = np.array(pq.qmin + shift, dtype=np.uint8)
+        feeds[hi_name] = np.array(pq.qmax + shift, dtype=np.uint8)
     return feeds

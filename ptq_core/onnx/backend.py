@@ -16,13 +16,14 @@ when other jobs share the cores; ``benchmarks/bench_real_models.py``).
 
 One export per structure, values fed per config (:mod:`ptq_core.onnx.simulate`)
     The structure is the prepared model plus which activation points carry a quantizer and of
-    what kind (static signed/unsigned and narrower than 8 bits or not; dynamic settings). It is
+    what kind (static, or dynamic with its settings). It is
     traced once into an ONNX graph of the quantized model, and into one holding the FP32 and the
     quantized graph side by side only when the per-layer errors are asked for (the probe; its
     session is made then too). What a config changes is a value:
 
-    * static quantizer values are graph INPUTS (``1/scale``, ``scale``, zero point): a new
-      clipping method, percentile or calibration subset costs new feeds, no export, no session;
+    * static quantizer values are graph INPUTS (``1/scale``, ``scale``, zero point, code range):
+      a new clipping method, percentile, bit width, scheme or calibration subset costs new
+      feeds, no export, no session;
     * weights are initializers, set per weight setting (a session per setting, no export). As
       graph inputs onnxruntime can neither prepack them nor run its blocked NCHWc convolutions:
       measured 15.3 ms/image for the quantized EfficientNet-Lite0 against 9.9 ms as initializers

@@ -38,7 +38,7 @@ class Structure:
     key: tuple[Any, ...]  # (structure_key, probe)
     model: onnx.ModelProto
     weight_inputs: dict[str, str]  # layer -> input name (made an initializer per weight setting)
-    static_inputs: dict[str, tuple[str, str, str]]  # point -> (inv_scale, scale, zero_point) input names
+    static_inputs: dict[str, tuple[str, ...]]  # point -> (inv_scale, scale, zero_point, lo, hi) input names
     dynamic_checks: list[tuple[str, str]]  # (point, output: NaN when its input has NaN or Inf), network order
     taps: list[tuple[str, str, str, str]]  # (kind "output" | "quantizer", name, signal output, noise output); [] without probe
     export_s: float = 0.0

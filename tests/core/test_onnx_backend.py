@@ -115,14 +115,19 @@ def test_same_numbers_as_the_torch_backend(cnn: Explorer, name: str) -> None:
     assert fast.latency["kind"] == "simulated" and "onnxruntime" in fast.latency["runtime"]
 
 
-def test_a_clipping_change_costs_no_export_and_no_session(cnn: Explorer) -> None:
+def test_a_clipping_bits_or_scheme_change_costs_no_export_and_no_session(cnn: Explorer) -> None:
     cnn.evaluate(_cfg("onnxruntime", activations={"clipping": "minmax"}))
     r = cnn.evaluate(_cfg("onnxruntime", activations={"clipping": "percentile", "percentile": 99.9}))
     assert r.timing["export_s"] == 0.0 and r.timing["session_s"] == 0.0  # new feeds only
     r = cnn.evaluate(_cfg("onnxruntime", weights={"clipping": "mse"}, activations={"clipping": "percentile", "percentile": 99.9}))
     assert r.timing["export_s"] == 0.0 and r.timing["session_s"] > 0.0  # new weights: a session, no export
-    r = cnn.evaluate(_cfg("onnxruntime", activations={"bits": 6}))
-    assert r.timing["export_s"] > 0.0  # a 6-bit range needs a Clip on the codes: another structure
+    for activations in ({"bits": 6}, {"scheme": "symmetric"}, {"bits": 4, "scheme": "symmetric"}):
+        r = cnn.evaluate(_cfg("onnxruntime", activations=activations))
+        assert r.timing["export_s"] == 0.0 and r.timing["session_s"] == 0.0, activations  # bits and scheme are fed too
+        torch_side = cnn.evaluate(_cfg("torch", activations=activations))
+        assert r.metrics["agreement"] == torch_side.metrics["agreement"], activations
+    r = cnn.evaluate(_cfg("onnxruntime", activations=None))
+    assert r.timing["export_s"] > 0.0  # weight-only: no activation quantizers, another structure
 
 
 def test_threads_share_one_backend() -> None:
