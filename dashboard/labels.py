@@ -45,6 +45,8 @@ def config_label(config: dict[str, Any]) -> str:
     extras = []
     if config["keep_float"]:
         extras.append(f"{len(config['keep_float'])} float")
+    if config.get("keep_float_activations"):  # absent from configs stored before the field existed
+        extras.append(f"{len(config['keep_float_activations'])} float activations")
     if config["overrides"]:
         extras.append(f"{len(config['overrides'])} overrides")
     if not config["fold_batchnorm"]:
@@ -67,7 +69,8 @@ def algorithms_label(algorithms: dict[str, Any] | None) -> str:
     if rounding == "adaround":
         parts.append(f"AdaRound({algorithms['adaround']['iterations']})")
     elif rounding != "nearest":
-        parts.append(ROUNDING.get(rounding, rounding))
+        float_inputs = rounding == "gptq" and (algorithms.get("gptq") or {}).get("inputs") == "float"
+        parts.append(ROUNDING.get(rounding, rounding) + ("(FP32 inputs)" if float_inputs else ""))
     if algorithms.get("bias_correction"):
         parts.append("BC")
     if algorithms.get("finetune"):

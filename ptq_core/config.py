@@ -37,6 +37,10 @@ every config is written as version 2.
   longer than the group (a short first conv, depthwise convs) get one group per row, the same
   numbers as ``per_channel``, and the Result warns, naming them.
 
+``keep_float_activations`` names activation points (a layer's output tensor, the model input) left
+without a quantizer while the layer's weights stay quantized: their readers take them in float (an
+integer runtime runs those readers in float too; the ONNX report says which).
+
 ``"activations": null`` is weight-only quantization; ``"activations": {"mode": "dynamic"}``
 quantizes each layer's input from its own min/max at inference time (no calibration).
 What the fields mean for the numbers (integer ranges, placement of activation quantizers)
@@ -72,6 +76,7 @@ ACTIVATION_MODES = ("static", "dynamic")
 SELECTIONS = ("random", "first", "balanced")
 RUNTIMES = ("onnxruntime",)  # evaluation.runtime: where the exported model is run and timed (or null)
 ROUNDINGS = ("nearest", "adaround", "gptq")  # algorithms.rounding: how weights are rounded onto their grid
+GPTQ_INPUTS = ("quantized", "float")  # algorithms.gptq.inputs: whose inputs make a layer's Hessian
 BACKENDS = ("torch", "onnxruntime")  # evaluation.backend: what runs the simulated model (same numbers, see ptq_core.simulation)
 # evaluation.arithmetic: float fake-quantize (fast, the default) or onnxruntime's integer kernels emulated exactly
 ARITHMETICS = ("float", "integer")
@@ -280,6 +285,11 @@ class GPTQ:
     # Quantize the columns with the largest Hessian diagonal first (the reference's act_order): their
     # error is then spread over the most columns. Scales are fixed before, so the export is unchanged.
     act_order: bool = True
+    # Whose inputs make each layer's Hessian. "quantized": the layer's input in the quantized model, every layer
+    # before it already rounded (GPTQ's sequential mode, so a layer compensates the error reaching it). "float": its
+    # input in the FP32 model, so a layer's result depends on its own weights and grid only and is computed once
+    # per layer and width: what a mixed-precision search needs (ptq_core.search).
+    inputs: str = "quantized"
 
     def validate(self, path: str = "algorithms.gptq") -> None:
         d = _check_positive(f"{path}.damping", self.damping, "0.01")
@@ -287,6 +297,7 @@ class GPTQ:
             raise _fail(f"{path}.damping", self.damping, "a number between 0 and 1 (a fraction of the Hessian's mean diagonal), e.g. 0.01")
         if not isinstance(self.act_order, bool):
             raise _fail(f"{path}.act_order", self.act_order, "true or false")
+        _check_choice(f"{path}.inputs", self.inputs, GPTQ_INPUTS)
 
 
 @dataclass(frozen=True)
@@ -429,6 +440,9 @@ class QuantConfig:
     evaluation: Evaluation = field(default_factory=Evaluation)
     fold_batchnorm: bool = True  # integer runtimes fold BN into the conv before quantizing
     keep_float: tuple[str, ...] = ()  # layer names left in floating point
+    # activation points (a layer's output tensor, the model input) with no quantizer: their readers take them in
+    # float, the layer's weights stay quantized. What a search's "16 = float" activation candidate writes.
+    keep_float_activations: tuple[str, ...] = ()
     overrides: Mapping[str, LayerOverride] = field(default_factory=dict)
     device: str = "cpu"  # cpu | cuda | cuda:N: where calibration and evaluation run (same numbers within float tolerance)
     algorithms: Algorithms = field(default_factory=Algorithms)  # all off: round-to-nearest
@@ -469,6 +483,9 @@ class QuantConfig:
         for i, name in enumerate(self.keep_float):
             if not isinstance(name, str) or not name:
                 raise _fail(f"keep_float[{i}]", name, "a layer name")
+        for i, name in enumerate(self.keep_float_activations):
+            if not isinstance(name, str) or not name:
+                raise _fail(f"keep_float_activations[{i}]", name, "an activation point name")
         for name, ov in self.overrides.items():
             self.weight_quant_for(name, _override=ov)
             if ov.activations:
@@ -520,6 +537,7 @@ class QuantConfig:
             "fold_batchnorm": self.fold_batchnorm,
             "device": self.device,
             "keep_float": list(self.keep_float),
+            "keep_float_activations": list(self.keep_float_activations),
             "algorithms": self.algorithms.to_dict(),
             "overrides": {
                 name: {k: dict(v) for k, v in (("weights", ov.weights), ("activations", ov.activations)) if v}
@@ -565,6 +583,11 @@ class QuantConfig:
             if not isinstance(kf, list):
                 raise _fail("keep_float", kf, "a list of layer names")
             kwargs["keep_float"] = tuple(kf)
+        if "keep_float_activations" in data:
+            kfa = data["keep_float_activations"]
+            if not isinstance(kfa, list):
+                raise _fail("keep_float_activations", kfa, "a list of activation point names")
+            kwargs["keep_float_activations"] = tuple(kfa)
         if "overrides" in data:
             ovs = data["overrides"]
             if not isinstance(ovs, Mapping):

@@ -23,7 +23,8 @@ and what the ONNX export reproduces one for one:
    softmax and GELU are rule 5: float between a dequantize and a quantize.
 3. Static mode: one quantizer on every tensor that a quantized unit produces or consumes
    (the model input included). Units listed in ``keep_float`` run in float: their input is
-   dequantized, their output is float unless a quantized unit consumes it.
+   dequantized, their output is float unless a quantized unit consumes it. Points listed in
+   ``keep_float_activations`` get no quantizer whoever reads them.
 4. Value-preserving ops (flatten, reshape, view, permute, max pooling, dropout, identity,
    zero padding, slicing, stochastic depth in eval mode) pass a quantized tensor through with
    no new quantizer: their output lies on the same integer grid. So do ``chunk``, ``split``,

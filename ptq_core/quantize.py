@@ -150,6 +150,10 @@ def check_names(prepared: PreparedModel, config: QuantConfig) -> None:
     for i, name in enumerate(config.keep_float):
         if name not in units:
             raise ConfigError(f"keep_float[{i}]: no layer named {name!r}; allowed: {', '.join(sorted(units)[:60])}")
+    for i, name in enumerate(config.keep_float_activations):
+        if name not in points:
+            raise ConfigError(f"keep_float_activations[{i}]: no activation point named {name!r}; allowed: "
+                              f"{', '.join(sorted(points)[:60])}")
     for name, ov in config.overrides.items():
         if ov.weights and name not in layers:
             raise ConfigError(f"overrides.{name}.weights: no Conv/Linear layer named {name!r}; allowed: {', '.join(layers[:60])}")
@@ -176,7 +180,7 @@ def active_points(prepared: PreparedModel, config: QuantConfig) -> dict[str, Act
         for u in quantized:
             names.extend(u.inputs)
             names.append(u.name)
-    wanted = set(names)
+    wanted = set(names) - set(config.keep_float_activations)  # spared points: their readers take them in float
     out: dict[str, ActivationQuant] = {}
     for p in prepared.points:  # network order
         if p.name in wanted:
@@ -259,6 +263,8 @@ def _override_warnings(prepared: PreparedModel, config: QuantConfig, active: dic
         if ov.activations and name not in active:
             if name in config.keep_float:
                 why = f"layer {name} is in keep_float, so its output stays float"
+            elif name in config.keep_float_activations:
+                why = f"{name} is in keep_float_activations"
             elif dynamic:
                 why = "dynamic mode quantizes only the inputs of quantized Conv/Linear layers"
             else:

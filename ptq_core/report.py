@@ -134,6 +134,8 @@ def config_label(config: dict[str, Any]) -> str:
                  + (f" {a.get('clipping')}" if a.get("mode") == "static" else ""))
     if config.get("keep_float"):
         parts.append(f"{len(config['keep_float'])} float")
+    if config.get("keep_float_activations"):
+        parts.append(f"{len(config['keep_float_activations'])} float activations")
     if config.get("overrides"):
         parts.append(f"{len(config['overrides'])} overrides")
     return " · ".join(parts)

@@ -45,6 +45,14 @@ def test_defaults_fill_in_and_are_stable() -> None:
     assert json.loads(QuantConfig().to_json()) == full
 
 
+def test_float_activations_and_gptq_inputs_round_trip() -> None:
+    cfg = QuantConfig.from_dict({"keep_float_activations": ["conv1", "add"],
+                                 "algorithms": {"rounding": "gptq", "gptq": {"inputs": "float"}}})
+    assert cfg.keep_float_activations == ("conv1", "add") and cfg.algorithms.gptq.inputs == "float"
+    assert QuantConfig.from_json(cfg.to_json()) == cfg
+    assert QuantConfig().to_dict()["keep_float_activations"] == [] and QuantConfig().algorithms.gptq.inputs == "quantized"
+
+
 def test_modes() -> None:
     assert QuantConfig.from_dict({"activations": None}).mode == "weight_only"
     assert QuantConfig.from_dict({"activations": {"mode": "dynamic"}}).mode == "dynamic"
@@ -78,6 +86,9 @@ def test_per_layer_resolution() -> None:
         ({"calibration": {"num_samples": 0}}, "calibration.num_samples"),
         ({"fold_batchnorm": "yes"}, "fold_batchnorm"),
         ({"keep_float": "fc2"}, "keep_float"),
+        ({"keep_float_activations": "conv1"}, "keep_float_activations: got 'conv1'; allowed: a list of activation point names"),
+        ({"keep_float_activations": [""]}, "keep_float_activations[0]: got ''; allowed: an activation point name"),
+        ({"algorithms": {"gptq": {"inputs": "fp32"}}}, "algorithms.gptq.inputs: got 'fp32'; allowed: quantized, float"),
         ({"overrides": {"conv1": {"weigths": {}}}}, "overrides.conv1.weigths: unknown key"),
         ({"overrides": {"conv1": {"weights": {"bits": 1}}}}, "overrides.conv1.weights.bits"),
         ({"activations": None, "overrides": {"conv1": {"activations": {"bits": 4}}}}, "activations are not quantized"),

@@ -157,6 +157,17 @@ def test_overrides_give_mixed_precision(cnn: Explorer) -> None:
         cnn.evaluate(_cfg(keep_float=["nope"]))
 
 
+def test_float_activations_have_no_quantizer_while_the_weights_stay_quantized(cnn: Explorer) -> None:
+    cfg = _cfg(keep_float_activations=["conv2"], overrides={"conv2": {"activations": {"bits": 6}}})
+    r = cnn.evaluate(cfg, runtime_check=False)
+    assert "conv2" not in {a["name"] for a in r.activations} and "conv1" in {a["name"] for a in r.activations}
+    assert r.layer("conv2")["weight_bits"] == 8  # only the tensor it outputs stays float
+    assert any("overrides.conv2.activations: conv2 has no activation quantizer (conv2 is in keep_float_activations)" in w
+               for w in r.warnings)
+    with pytest.raises(ConfigError, match=r"keep_float_activations\[0\]: no activation point named 'nope'; allowed: "):
+        cnn.evaluate(_cfg(keep_float_activations=["nope"]))
+
+
 def test_same_config_same_numbers_across_explorers(cnn: Explorer) -> None:
     cfg = _cfg(weights={"bits": 4, "clipping": "mse"}, activations={"clipping": "kl"}, calibration={"num_samples": 64, "seed": 3})
     a = cnn.evaluate(cfg)
