@@ -75,6 +75,9 @@ LOGITS_CACHE_ENTRIES = 8  # configs whose quantized logits are kept (1.5 MB each
 # ReLU6 -> ReLU changed the model itself (EfficientNet-Lite0: 60%, its FP32 top-1 88.7% -> 58.1%).
 CLE_FP32_AGREEMENT_WARNING = 0.99
 SMOOTHED_CACHE_ENTRIES = 4  # SmoothQuant models kept (alpha x calibration subset; a copy of every weight each)
+# Prepared model x calibration subset whose per-layer GPTQ results (float inputs) are kept: on EfficientNet-Lite0 one
+# holds every Hessian (~60 MB) and each layer's rounding at each width searched (4 bytes per weight and width).
+LAYER_CACHE_SCOPES = 2
 IMPROVED_CACHE_ENTRIES = 4  # plans improved by algorithms kept in memory (a copy of every weight each; also on disk)
 
 
@@ -109,6 +112,7 @@ class Explorer:
         self._outliers: dict[tuple[Any, ...], ChannelRanges] = {}  # per-channel max |x| at Linear inputs (channel_outliers)
         self._cle_reports: dict[bool, dict[str, Any]] = {}
         self._improved: OrderedDict[str, QuantPlan] = OrderedDict()  # algorithm key -> plan (ptq_core.algorithms)
+        self._layer_caches: OrderedDict[tuple[Any, ...], dict[Any, Any]] = OrderedDict()  # see _layer_cache_for
         self._stats: OrderedDict[tuple[Any, ...], CalibrationStats] = OrderedDict()
         self._plan_cache: dict[Any, Any] = {}
         self._reference: dict[tuple[Any, ...], torch.Tensor] = {}  # FP32 logits per piece of the evaluation split
@@ -407,7 +411,12 @@ class Explorer:
         def compute() -> QuantPlan:
             indices, _ = self.calibration_indices(config.calibration)
             pool = self.dataset.calibration_pool
-            disk = self._disk_key("algorithms", pool, indices, key)
+            algo = config.algorithms
+            # GPTQ from FP32 inputs alone is assembled from per-layer results kept in memory (_layer_cache_for): not
+            # written to disk, where a search's hundred configs would push everything else out of the cache.
+            per_layer = (algo.rounding == "gptq" and algo.gptq.inputs == "float" and not algo.bias_correction
+                         and algo.finetune is None)
+            disk = None if per_layer else self._disk_key("algorithms", pool, indices, key)
             stored = default_cache().load("algorithms", disk) if disk is not None else None
             improved = _restore_improved(plan, stored, key) if stored is not None else None
             if improved is None:
@@ -418,7 +427,7 @@ class Explorer:
                     with torch.no_grad():
                         teacher = torch.cat([self.model(x).float() for x in batches])
                 improved = improve(prepared, plan, config, batches=batches, teacher_logits=teacher, key=key,
-                                   on_progress=on_progress)
+                                   on_progress=on_progress, layer_cache=self._layer_cache_for(config, prepared, indices))
                 if disk is not None:
                     default_cache().save("algorithms", disk, _stored_improved(improved))
             with self._lock:
@@ -434,6 +443,19 @@ class Explorer:
         return dataclasses.replace(found, warnings=list(plan.warnings),
                                    algorithms={**found.algorithms,
                                                "seconds_now": time.perf_counter() - start if computed else 0.0})
+
+    def _layer_cache_for(self, config: QuantConfig, prepared: PreparedModel, indices: list[int]) -> dict[Any, Any]:
+        """The per-layer algorithm results (ptq_core.algorithms, ``layer_cache``) of this prepared model and calibration
+        subset: what they depend on besides the layer and its grid. The last LAYER_CACHE_SCOPES are kept."""
+        scope = (prepared.fold_batchnorm, prepared.variant, tuple(indices), config.calibration.batch_size, config.device,
+                 torch.get_num_threads())
+        with self._lock:
+            if scope not in self._layer_caches:
+                self._layer_caches[scope] = {}
+                while len(self._layer_caches) > LAYER_CACHE_SCOPES:
+                    self._layer_caches.popitem(last=False)
+            self._layer_caches.move_to_end(scope)
+            return self._layer_caches[scope]
 
     def quantized_model(self, config: QuantConfig) -> torch.fx.GraphModule:
         """A new simulated (fake-quantized) model for ``config``."""

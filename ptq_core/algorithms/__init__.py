@@ -5,7 +5,9 @@ One file per algorithm, each with what it needs and what it does:
 * :mod:`.cle` cross-layer equalization: rescales consecutive layers of the float model (data-free);
   the Explorer calibrates the equalized model anew (``PreparedModel.variant == "cle"``).
 * :mod:`.adaround` AdaRound and :mod:`.gptq` GPTQ: choose each weight's integer code, layer by
-  layer, from the layer's inputs in the quantized model (:mod:`.capture`).
+  layer, from the layer's inputs in the quantized model (:mod:`.capture`). GPTQ with ``inputs:
+  "float"`` reads them in the FP32 model instead: each layer's result then depends on that layer
+  alone, and is computed once per layer and grid (``layer_cache``; what the search reuses).
 * :mod:`.bias_correction`: removes the mean shift of each layer's output.
 * :mod:`.finetune`: quantization-aware fine-tuning by distillation from the FP32 model.
 
@@ -38,7 +40,7 @@ from ..quantize import FakeQuantize, LayerQuant, QuantPlan, build_quantized_mode
 from ..ranges import _broadcast_qparams, weight_error
 from .adaround import adaround_layer
 from .bias_correction import corrected_bias, corrected_bias_through
-from .capture import LayerData, layer_data, read_fp32, token_lengths, walk_quantized
+from .capture import LayerData, layer_data, read_fp32, read_fp32_hessians, token_lengths, walk_quantized
 from .cle import equalize, find_pairs
 from .finetune import LearnableFakeQuantize, QATWeight, finetune
 from .geometry import LayerGeometry, activation_fn
@@ -81,16 +83,20 @@ def _layer_view(prepared: PreparedModel, lq: LayerQuant) -> tuple[LayerGeometry,
 def improve(
     prepared: PreparedModel, plan: QuantPlan, config: QuantConfig, *, batches: Sequence[torch.Tensor],
     teacher_logits: torch.Tensor | None = None, key: str, on_progress: ProgressFn | None = None,
+    layer_cache: dict[Any, Any] | None = None,
 ) -> QuantPlan:
     """A new plan with ``config.algorithms`` applied (after cross-layer equalization, done on ``prepared`` already).
 
     ``batches``: the calibration images (the same subset as the statistics); ``teacher_logits``: the FP32 model's
     logits on them, in the same order (needed for fine-tuning); ``key`` identifies the result in caches.
+    ``layer_cache``: per-layer results that depend on nothing but the layer, its grid and the FP32 model on these
+    ``batches`` (GPTQ with ``inputs: "float"``: the Hessians and each layer's rounding), kept by the caller for the
+    next config of the same prepared model and calibration subset (a search evaluates a hundred).
     """
     flush = torch.set_flush_denormal(True)  # Adam's second moments and h(V) near 0 or 1 go denormal: 3-10x slower
     try:
         return _improve(prepared, plan, config, batches=batches, teacher_logits=teacher_logits, key=key,
-                        on_progress=on_progress)
+                        on_progress=on_progress, layer_cache={} if layer_cache is None else layer_cache)
     finally:
         if flush:
             torch.set_flush_denormal(False)
@@ -106,7 +112,7 @@ def _joined(batches: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _improve(
     prepared: PreparedModel, plan: QuantPlan, config: QuantConfig, *, batches: Sequence[torch.Tensor],
-    teacher_logits: torch.Tensor | None, key: str, on_progress: ProgressFn | None,
+    teacher_logits: torch.Tensor | None, key: str, on_progress: ProgressFn | None, layer_cache: dict[Any, Any],
 ) -> QuantPlan:
     algo = config.algorithms
     warnings = check(prepared, plan, config)
@@ -118,12 +124,26 @@ def _improve(
     # A text model's batches are [N, 2, L] tokens, each batch as long as its longest text: the algorithms see
     # every sample's real tokens only (padding is computed by the model but never used).
     lengths = token_lengths(batches)
-    if layerwise:
+    float_gptq = algo.rounding == "gptq" and algo.gptq.inputs == "float"
+    if layerwise and float_gptq and not algo.bias_correction:
+        # Each layer alone, from the FP32 model's inputs: no quantized forward, and every result is reused.
+        start = time.perf_counter()
+        hessians = _float_hessians(prepared, batches, lengths, layer_cache, on_progress)
+        for k, name in enumerate(quantized):
+            if on_progress is not None:
+                on_progress(k, len(quantized), f"GPTQ (float inputs): layer {k + 1} of {len(quantized)} ({name})")
+            report["layers"][name] = _float_gptq_layer(prepared, layers[name], hessians[str(layers[name].unit.module)],
+                                                       algo, layer_cache)
+        if on_progress is not None:
+            on_progress(len(quantized), len(quantized), "GPTQ: done")
+        report["seconds"]["layerwise"] = time.perf_counter() - start
+    elif layerwise:
         start = time.perf_counter()
         q_gm, _ = build_quantized_model(prepared, plan)
         what = {"adaround": "AdaRound", "gptq": "GPTQ"}.get(algo.rounding, "bias correction")
         views = {name: _layer_view(prepared, layers[name]) for name in quantized}
         paths = {name: str(layers[name].unit.module) for name in quantized}
+        hessians = _float_hessians(prepared, batches, lengths, layer_cache, on_progress) if float_gptq else {}
         sampled = {paths[name] for name in quantized
                    if algo.rounding == "adaround" or (algo.bias_correction and layers[name].unit.fused_activation)}
         fp32 = None
@@ -142,7 +162,9 @@ def _improve(
                 lq = layers[name]
                 geo, w, scale, zp = views[name]
                 data = layer_data(x, geo, fp32[paths[name]] if fp32 is not None else None,
-                                  hessian=algo.rounding == "gptq", lengths=lengths)
+                                  hessian=algo.rounding == "gptq" and not float_gptq, lengths=lengths)
+                if float_gptq:
+                    data.hessian = hessians[paths[name]]
                 step = None
                 if on_progress is not None:
                     k = done[0]
@@ -204,6 +226,36 @@ def _improve(
     return QuantPlan(plan.mode, layers, points, list(plan.warnings) + [w for w in warnings if w not in plan.warnings],
                      algorithm_key=key,
                      algorithms={**plan.algorithms, **report})
+
+
+def _float_hessians(prepared: PreparedModel, batches: Sequence[torch.Tensor], lengths: list[int] | None,
+                    cache: dict[Any, Any], on_progress: ProgressFn | None) -> dict[str, torch.Tensor]:
+    """Every Conv/Linear layer's Hessian from its FP32 input (module path -> ``[G, I, I]``): one FP32 forward for all,
+    whichever layers this config quantizes, so the next config (another layer quantized) finds its own here."""
+    units = [u for u in prepared.units if u.has_weights and u.module is not None]
+    missing = {str(u.module): LayerGeometry.of(u.name, prepared.weight_module(u)) for u in units
+               if ("hessian", str(u.module)) not in cache}
+    if missing:
+        if on_progress is not None:
+            on_progress(0, len(units), "GPTQ (float inputs): FP32 inputs of every layer")
+        found = read_fp32_hessians(copy.deepcopy(prepared.graph_module), missing, batches, lengths=lengths)
+        cache.update({("hessian", path): h for path, h in found.items()})
+    return {str(u.module): cache[("hessian", str(u.module))] for u in units if ("hessian", str(u.module)) in cache}
+
+
+def _float_gptq_layer(prepared: PreparedModel, lq: LayerQuant, hessian: torch.Tensor, algo: Algorithms,
+                      cache: dict[Any, Any]) -> dict[str, Any]:
+    """GPTQ of one layer from its FP32 Hessian, in place on ``lq``; computed once per layer, grid and GPTQ setting."""
+    assert lq.quant is not None
+    key = ("gptq", lq.unit.name, dataclasses.astuple(lq.quant), algo.gptq.damping, algo.gptq.act_order)
+    if key not in cache:
+        geo, w, scale, zp = _layer_view(prepared, lq)
+        data = LayerData(x_mean=torch.zeros(0), y_mean=None, hessian=hessian, x=None, y=None)
+        row = _repair_layer(prepared, lq, geo, w, scale, zp, data, algo, seed_offset=0)
+        cache[key] = (lq.fq_weight, dict(lq.error), row)
+    fq_weight, error, row = cache[key]
+    lq.fq_weight, lq.error = fq_weight.clone(), dict(error)  # a copy: fine-tuning starts from it
+    return dict(row)
 
 
 def _repair_layer(prepared: PreparedModel, lq: LayerQuant, geo: LayerGeometry, w: torch.Tensor, scale: torch.Tensor,

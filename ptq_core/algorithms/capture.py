@@ -21,7 +21,8 @@ Per layer (:class:`LayerData`, shapes in the view of :mod:`.geometry`):
 
 * ``x_mean [G, I]``, ``y_mean [G, O]``: the mean input column (quantized model) and the mean FP32
   output over every position of every calibration image: bias correction.
-* ``hessian [G, I, I]``: ``mean(x x^T)`` over every position: GPTQ.
+* ``hessian [G, I, I]``: ``mean(x x^T)`` over every position: GPTQ (:func:`read_fp32_hessians`: the same of
+  the FP32 model's input, one forward for every layer, for GPTQ with ``inputs: "float"``).
 * ``x [G, I, N]`` and ``y [G, O, N]``: N sampled positions (the same in both models), the quantized
   model's input columns and the FP32 pre-activation outputs there: AdaRound, bias correction
   through an activation.
@@ -160,6 +161,38 @@ def layer_data(x: torch.Tensor, geo: LayerGeometry, fp: _FP32Layer | None, *, he
         x=torch.cat(xs, dim=-1) if xs else None,
         y=torch.cat(fp.ys, dim=-1) if fp is not None and fp.ys else None,
     )
+
+
+def read_fp32_hessians(fp_gm: nn.Module, layers: dict[str, LayerGeometry], batches: Sequence[torch.Tensor], *,
+                       lengths: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    """One FP32 forward: per layer (module path -> geometry) ``mean(x x^T)`` of its input columns ``[G, I, I]``, as
+    :func:`layer_data` computes it from the quantized model's input: GPTQ with ``inputs: "float"``."""
+    sums: dict[str, torch.Tensor] = {}
+    columns = dict.fromkeys(layers, 0)
+    seen = dict.fromkeys(layers, 0)
+
+    def hook(path: str) -> Callable[..., None]:
+        geo = layers[path]
+
+        def fn(_m: nn.Module, args: Any) -> None:
+            for img in args[0].split(1):  # one image at a time, as layer_data: the same sums in the same order
+                cols = geo.columns(_real(img, geo, lengths, seen[path]).float())  # [G, I, L]
+                seen[path] += 1
+                h = torch.bmm(cols, cols.transpose(1, 2))
+                sums[path] = h if path not in sums else sums[path] + h
+                columns[path] += cols.shape[-1]
+
+        return fn
+
+    handles = [fp_gm.get_submodule(path).register_forward_pre_hook(hook(path)) for path in layers]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                fp_gm(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {path: h / max(1, columns[path]) for path, h in sums.items()}
 
 
 class _Walker(torch.fx.Interpreter):
