@@ -26,6 +26,7 @@ plus one float32 scale per channel or group (and a zero point for asymmetric wei
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -174,10 +175,18 @@ def proxy(explorer: Any, config: QuantConfig, *, candidate_bits: Sequence[int] =
     return rows
 
 
-def configs_for(config: QuantConfig, unit_names: Sequence[str], name: str) -> tuple[QuantConfig, QuantConfig]:
-    """(only ``name`` quantized, every unit but ``name`` quantized) on top of ``config``."""
+def configs_for(config: QuantConfig, unit_names: Sequence[str], name: str, *,
+                has_weights: bool = True) -> tuple[QuantConfig, QuantConfig]:
+    """(only ``name`` quantized, every unit but ``name`` quantized) on top of ``config``.
+
+    A unit without weights (an add, a pooling) quantized alone leaves no weight for the rounding, bias correction
+    or fine-tuning of ``config.algorithms`` to act on: they are off in its "only" config.
+    """
     only = config.replace(keep_float=tuple(u for u in unit_names if u != name),
                           overrides={k: v for k, v in config.overrides.items() if k == name})
+    if not has_weights and config.algorithms.after_rounding:
+        only = only.replace(algorithms=dataclasses.replace(config.algorithms, rounding="nearest", bias_correction=False,
+                                                           finetune=None))
     all_but = config.replace(keep_float=tuple(dict.fromkeys([*config.keep_float, name])),
                              overrides={k: v for k, v in config.overrides.items() if k != name})
     return only, all_but
@@ -216,7 +225,7 @@ def sensitivity(
     base = runner.evaluate_many([config])[0]
     configs: list[QuantConfig] = []
     for name in wanted:
-        configs.extend(configs_for(config, names, name))
+        configs.extend(configs_for(config, names, name, has_weights=bool(rows[name].weight_bytes)))
     done = [0]
 
     def on_result(i: int, result: Result) -> None:

@@ -35,6 +35,18 @@ def test_every_row_is_the_evaluation_it_says(cnn: Explorer) -> None:
     assert min(r.all_but.kl_divergence for r in report.layers if r.all_but) <= report.quantized.kl_divergence
 
 
+def test_with_gptq_a_unit_without_weights_is_measured_alone_rounding_nothing(cnn: Explorer) -> None:
+    config = QuantConfig.from_dict({**W4A4, "algorithms": {"rounding": "gptq", "gptq": {"inputs": "float"}}})
+    report = sensitivity(cnn, config, layers=["add", "fc1"])  # "add" alone quantizes no weight for GPTQ to round
+    rows = {r.name: r for r in report.layers if r.only is not None}
+    assert set(rows) == {"add", "fc1"}
+    names = [u.name for u in cnn.prepared().units]
+    add_only, add_all_but = configs_for(config, names, "add", has_weights=False)
+    assert add_only.algorithms.rounding == "nearest" and add_all_but.algorithms.rounding == "gptq"
+    assert rows["add"].only.agreement == cnn.evaluate(add_only, layer_errors=False, runtime_check=False).metrics["agreement"]
+    assert configs_for(config, names, "fc1")[0].algorithms.rounding == "gptq"
+
+
 def test_proxy_weight_bytes_and_hints_need_no_model_run(cnn: Explorer) -> None:
     rows = {r.name: r for r in proxy(cnn, QuantConfig.from_dict(W4A4), candidate_bits=(8, 4))}
     fc1 = rows["fc1"]  # Linear 64 -> 32: 2048 weights, per-channel symmetric: 32 float32 scales, no zero points
