@@ -6,7 +6,7 @@
     python -m ptq_core export --config assets/configs/w8a8.json --output model.onnx
     python -m ptq_core export --config assets/configs/w8a8.json --format tflite --output model.tflite
     python -m ptq_core sensitivity --config C.json --output S.json
-    python -m ptq_core search --config C.json --max-drop 1.0 --weight-bits 8,4 --output best.json --frontier f.csv
+    python -m ptq_core search --config C.json --max-drop 1.0 --weight-bits 8,4 --activation-bits 8,16 --output best.json --frontier f.csv
     python -m ptq_core report --results w8.json w4.json --output report.html
     python -m ptq_core list
 
@@ -248,11 +248,11 @@ def _runner(explorer: Any, args: argparse.Namespace) -> Runner:
     return make_runner(explorer, args.runner, address=args.ray_address)
 
 
-def _widths(text: str) -> tuple[int, ...]:
+def _widths(text: str, option: str = "weight-bits", allowed: str = "comma-separated widths from 2 to 8, e.g. 8,6,4") -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(f"weight-bits: got {text!r}; allowed: comma-separated widths from 2 to 8, e.g. 8,6,4") from None
+        raise ConfigError(f"{option}: got {text!r}; allowed: {allowed}") from None
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -278,7 +278,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = QuantConfig.load(args.config)
     target = Target(max_drop=args.max_drop, min_agreement=args.min_agreement, max_kl=args.max_kl)
-    candidates = Candidates(_widths(args.weight_bits), allow_float=args.allow_float, narrow_clipping=args.narrow_clipping)
+    candidates = Candidates(_widths(args.weight_bits), allow_float=args.allow_float, narrow_clipping=args.narrow_clipping,
+                            activation_bits=_widths(args.activation_bits, "activation-bits",
+                                                    "one width from 2 to 8, optionally with 16 (float), e.g. 8,16"))
     candidates.validate()
     target.validate()
     _check_output(args.output, "--output")
@@ -365,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_search.add_argument("--narrow-clipping", default="mse", metavar="mse|percentile|minmax|keep",
                           help="weight clipping of a width narrower than the config's (default mse: a range chosen "
                                "for the width; keep: the config's own)")
+    p_search.add_argument("--activation-bits", default="8", metavar="8[,16]",
+                          help="activation width of every point, and 16 to let the search leave the points that hurt "
+                               "most in float (keep_float_activations: no weight byte, but their readers run in float)")
     p_search.add_argument("--frontier", default=None, help="also write every evaluated point as CSV (frontier marked)")
     _fanout_options(p_search)
     p_search.set_defaults(func=cmd_search)

@@ -1,15 +1,25 @@
 """Mixed precision to a target: the smallest weights that still meet an accuracy target, and the frontier found.
 
 What lives here: :class:`Target` (top-1 drop, agreement or KL bounds), :class:`Candidates` (weight
-widths per layer, and whether a layer may stay in float), :func:`search` and what it returns
-(:class:`SearchResult`, :class:`Point`). Evaluations go through a :class:`ptq_core.fanout.Runner`.
+widths per layer, the activation width and whether an activation point may stay in float, whether a
+layer may stay in float), :func:`search` and what it returns (:class:`SearchResult`, :class:`Point`).
+Evaluations go through a :class:`ptq_core.fanout.Runner`.
 
 The method: greedy by measured damage per byte saved, then bisection with verification.
 
-1. **Base**: every Conv/Linear layer at the widest candidate width (the config's other settings
-   as they are). If the base misses the target and float is a candidate, layers are kept in float
-   in the order that helps most (each layer spared alone, measured), the fewest that meet the
-   target found by bisection over that order.
+1. **Base**: every Conv/Linear layer at the widest candidate width, every activation point at the
+   candidate activation width (the config's other settings as they are).
+
+   a. With 16 (float) among the activation candidates: each activation point in float alone, on the
+      base, is evaluated; the points that lower the output KL are ordered by it, and the fewest of
+      them that recover :data:`ACTIVATION_SHARE` of what all of them recover (and meet the target,
+      when the base missed it) are found by bisection and left in float (``keep_float_activations``).
+      A float activation costs no weight byte, so it comes first, and it buys the headroom the weight
+      steps then spend: on EfficientNet-Lite0 the all-W8A8 model is already 0.81 points below FP32,
+      one image of 372 is 0.27 points, and a 1-point budget leaves no image for 4-bit layers otherwise.
+   b. If the base still misses the target and float is a weight candidate, layers are kept in float
+      in the order that helps most (each layer spared alone, measured), the fewest that meet the
+      target found by bisection over that order.
 2. **One step at a time**: each remaining layer at each narrower width, alone on top of the base,
    is evaluated (one evaluation per layer and width, all independent: fanned out; a width below the config's
    takes its own clip range, MSE by default, ``Candidates.narrow_clipping``). Its damage is
@@ -19,9 +29,27 @@ The method: greedy by measured damage per byte saved, then bisection with verifi
    that still meets the target, each candidate verified by an evaluation (a layer's steps apply
    narrowest-wins). Damage is not additive, so a few more steps after the bisection point are then
    tried one by one, each kept only if the target still holds (:data:`REFINE_STEPS`).
-4. **Answer**: the smallest-weight evaluated configuration that meets every bound, as an ordinary
-   config (``overrides`` and ``keep_float``), reproducible by ``python -m ptq_core run``. When no
-   evaluated configuration meets the target, the one closest to it, and ``met`` False.
+4. **Answer**: the smallest-weight evaluated configuration that meets every bound (of equal size,
+   the one with fewer float activations), as an ordinary config (``overrides``, ``keep_float``,
+   ``keep_float_activations`` and the config's ``algorithms``), reproducible by ``python -m ptq_core
+   run`` and exportable to ONNX. When no evaluated configuration meets the target, the one closest
+   to it, and ``met`` False.
+
+The INT4 algorithms: every evaluation runs the config's ``algorithms`` as they are, so the answer
+reproduces with the same field. GPTQ in its sequential mode (``algorithms.gptq.inputs =
+"quantized"``, the default) rounds each layer from its input in the quantized model, every layer
+before it already rounded: a layer's codes depend on every other layer's width and on the
+activation quantizers, so nothing carries over from one evaluation to the next and each of a
+search's hundred evaluations would run GPTQ over the whole model (about a minute on
+EfficientNet-Lite0). With ``inputs = "float"`` each layer's Hessian comes from its FP32 input: its
+codes depend on its own weights and grid only, so the Explorer computes every Hessian in one FP32
+forward and each layer's rounding once per width, and every later evaluation reuses them
+(:func:`ptq_core.algorithms.improve`'s ``layer_cache``; on EfficientNet-Lite0 the first evaluation
+takes ~30 s more, a layer at a new width ~1 s). That is the mode to search with, and the answer
+carries it, so ``run`` computes exactly the same codes from scratch. It gives up the sequential
+mode's compensation of upstream error; at 8 bits it is still better than rounding to nearest
+(EfficientNet-Lite0 W8A8: 88.44% top-1 against 87.90%, FP32 88.71%; its 8 largest layers at 4 bits:
+87.37% against 85.75%).
 
 Why this and not HAWQ-style Hessian traces: one evaluation per layer and width measures the real
 damage through the real quantizers (clipping, activation quantizers after it), costs what a
@@ -46,11 +74,17 @@ from .config import MAX_BITS, MIN_BITS, WEIGHT_CLIPPING, LayerOverride, QuantCon
 from .errors import ConfigError
 from .fanout import Runner, SerialRunner
 from .progress import ProgressFn
+from .quantize import active_points
 from .result import Result
 from .sensitivity import weight_bytes
 
 REFINE_STEPS = 8  # steps tried one by one after the bisection (each one evaluation)
 FLOAT = 32  # a layer kept in float, as a width
+FLOAT_ACTIVATION = 16  # an activation point left in float, as a width (the issue's "16 = float")
+# When the base meets the target, activation points are spared until this share of what sparing every helpful one
+# recovers (output KL) is recovered: the headroom the weight steps then spend, bought with as few float points as
+# possible.
+ACTIVATION_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -112,6 +146,10 @@ class Candidates:
     # EfficientNet-Lite0, its 8 largest layers at 4 bits: 84.68% top-1 with the config's percentile 99.99,
     # 85.48% with MSE (FP32 88.71%, all-W8 87.90%); the classifier alone: 87.10% vs 87.63%.
     narrow_clipping: str = "mse"
+    # Widths of the activation quantizers: one integer width (every point's, in the base) and optionally
+    # FLOAT_ACTIVATION, which lets the search spare the points that hurt most (keep_float_activations). A spared point
+    # costs no weight byte, only integer kernels (its readers run in float), so only the fewest that help are spared.
+    activation_bits: tuple[int, ...] = (8,)
 
     def validate(self) -> None:
         if self.narrow_clipping != "keep" and self.narrow_clipping not in WEIGHT_CLIPPING:
@@ -123,6 +161,25 @@ class Candidates:
         for bits in self.weight_bits:
             if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
                 raise ConfigError(f"weight-bits: got {bits!r}; allowed: widths from {MIN_BITS} to {MAX_BITS}, e.g. 8,6,4")
+        allowed = (f"one width from {MIN_BITS} to {MAX_BITS}, optionally with {FLOAT_ACTIVATION} (the activation may "
+                   "stay in float), e.g. 8,16")
+        if not self.activation_bits:
+            raise ConfigError(f"activation-bits: got an empty set; allowed: {allowed}")
+        for bits in self.activation_bits:
+            if (isinstance(bits, bool) or not isinstance(bits, int)
+                    or not (MIN_BITS <= bits <= MAX_BITS or bits == FLOAT_ACTIVATION)):
+                raise ConfigError(f"activation-bits: got {bits!r}; allowed: {allowed}")
+        integer = sorted({b for b in self.activation_bits if b != FLOAT_ACTIVATION}, reverse=True)
+        if len(integer) != 1:
+            got = ",".join(map(str, self.activation_bits))
+            why = ("no integer width (for float activations everywhere, set \"activations\": null in the config)"
+                   if not integer else "a narrower activation saves no weight byte, so the search would never take it")
+            raise ConfigError(f"activation-bits: got {got}; allowed: {allowed}: {why}")
+
+    @property
+    def activation_width(self) -> int:
+        """The integer width of every activation point in the base."""
+        return max(b for b in self.activation_bits if b != FLOAT_ACTIVATION)
 
 
 @dataclass
@@ -159,8 +216,10 @@ class SearchResult:
         return asdict(self)
 
 
-def _with_bits(config: QuantConfig, widths: dict[str, int], narrow_clipping: str = "keep") -> QuantConfig:
-    """``config`` with each named layer's weights at its width (FLOAT: kept in float).
+def _with_bits(config: QuantConfig, widths: dict[str, int], narrow_clipping: str = "keep",
+               float_activations: Sequence[str] = ()) -> QuantConfig:
+    """``config`` with each named layer's weights at its width (FLOAT: kept in float), and the activation points
+    ``float_activations`` in float too.
 
     A width below the layer's own in ``config`` takes ``narrow_clipping`` (unless "keep").
     """
@@ -176,7 +235,8 @@ def _with_bits(config: QuantConfig, widths: dict[str, int], narrow_clipping: str
         if narrow_clipping != "keep" and bits < own.bits and own.clipping != narrow_clipping:
             weights["clipping"] = narrow_clipping
         overrides[name] = LayerOverride(weights=weights, activations=old.activations)
-    return config.replace(overrides=overrides, keep_float=tuple(dict.fromkeys(keep)))
+    return config.replace(overrides=overrides, keep_float=tuple(dict.fromkeys(keep)),
+                          keep_float_activations=tuple(dict.fromkeys([*config.keep_float_activations, *float_activations])))
 
 
 def search(
@@ -188,6 +248,13 @@ def search(
     start = time.perf_counter()
     candidates.validate()
     target.validate(labeled=explorer.dataset.evaluation_labels is not None and explorer.entry.pretrained)
+    spare_activations = FLOAT_ACTIVATION in candidates.activation_bits
+    if config.activations is None:
+        if candidates.activation_bits != Candidates().activation_bits:
+            raise ConfigError(f"activation-bits: got {','.join(map(str, candidates.activation_bits))} with a weight-only "
+                              "config (activations is null); allowed: the default, or a config that quantizes activations")
+    elif candidates.activation_width != config.activations.bits:
+        config = config.replace(activations=dataclasses.replace(config.activations, bits=candidates.activation_width))
     runner = runner if runner is not None else SerialRunner(explorer)
     prepared = explorer.prepared(config.fold_batchnorm)
     layers = [u for u in prepared.units if u.has_weights and u.name not in config.keep_float]
@@ -206,12 +273,15 @@ def search(
     int8_bytes = sum(t[8] for t in table.values())
     points: list[Point] = []
     evaluations = [0]
+    spared: tuple[str, ...] = ()  # activation points in float, decided in step 1
 
     def total_bytes(widths: dict[str, int]) -> int:
         return sum(table[n][widths.get(n, high)] for n in table)
 
-    def evaluate(batch: list[tuple[str, dict[str, int]]], phase: str, estimate: int) -> list[Result]:
-        configs = [_with_bits(config, w, candidates.narrow_clipping) for _, w in batch]
+    def evaluate(batch: list[tuple[str, dict[str, int]]], phase: str, estimate: int,
+                 acts: Sequence[tuple[str, ...]] | None = None) -> list[Result]:
+        acts = acts if acts is not None else [spared] * len(batch)
+        configs = [_with_bits(config, w, candidates.narrow_clipping, a) for (_, w), a in zip(batch, acts, strict=True)]
         results: list[Result | None] = [None] * len(batch)
 
         def on_result(i: int, result: Result) -> None:
@@ -231,20 +301,49 @@ def search(
         return [r for r in results if r is not None]
 
     names = [u.name for u in layers]
-    steps_estimate = len(names) * (len(widths_desc) - 1) + 2 * max(1, math.ceil(math.log2(max(2, len(names))))) + REFINE_STEPS
+    act_points = list(active_points(prepared, config)) if spare_activations else []
+    log2 = 2 * max(1, math.ceil(math.log2(max(2, len(names)))))
+    steps_estimate = (len(names) * (len(widths_desc) - 1) + log2 + REFINE_STEPS
+                      + (len(act_points) + 1 + log2 if act_points else 0))
     base_widths = {n: high for n in names}
     base = evaluate([(f"every layer at {high} bits", base_widths)], "base", steps_estimate)[0]
     fp32_top1 = base.metrics.get("fp32_top1")
 
-    # 1. When the widest widths miss the target: keep the layers that help most in float, the fewest that do it.
+    # 1a. Activation points in float (no weight byte): measured one by one, the fewest of the most helpful kept.
+    if act_points:
+        alone = evaluate([(f"activation {p} in float", base_widths) for p in act_points], "activations in float",
+                         steps_estimate, acts=[(p,) for p in act_points])
+        base_kl = float(base.metrics["kl_divergence"])
+        helpful = sorted((float(r.metrics["kl_divergence"]), i) for i, r in enumerate(alone)
+                         if float(r.metrics["kl_divergence"]) < base_kl)
+        order_acts = [act_points[i] for _, i in helpful]
+        if order_acts:
+            def acts_metrics(k: int) -> dict[str, Any]:
+                return evaluate([(f"{k} most helpful activations in float", base_widths)], "activations in float",
+                                steps_estimate, acts=[tuple(order_acts[:k])])[0].metrics
+
+            every = acts_metrics(len(order_acts))
+            goal_kl = base_kl - ACTIVATION_SHARE * (base_kl - float(every["kl_divergence"]))
+            misses = not target.meets(base.metrics)
+
+            def enough(m: dict[str, Any]) -> bool:  # meets the target when the base did not; most of the gain always
+                return float(m["kl_divergence"]) <= goal_kl and (not misses or target.meets(m))
+
+            k = _smallest_meeting(len(order_acts), acts_metrics, enough, known=every)
+            k = len(order_acts) if k is None else k  # none enough: all of them, the closest
+            spared = tuple(order_acts[:k])
+            base = evaluate([(f"every layer at {high} bits, {k} activations in float", base_widths)], "base",
+                            steps_estimate)[0]
+
+    # 1b. When the widest widths still miss the target: keep the layers that help most in float, the fewest that do it.
     floated: list[str] = []
     if not target.meets(base.metrics) and candidates.allow_float:
-        spared = evaluate([(f"{n} in float", {**base_widths, n: FLOAT}) for n in names], "layers in float",
-                          steps_estimate + len(names))
-        order = sorted(range(len(names)), key=lambda i: target.shortfall(spared[i].metrics))
+        spared_layers = evaluate([(f"{n} in float", {**base_widths, n: FLOAT}) for n in names], "layers in float",
+                                 steps_estimate + len(names))
+        order = sorted(range(len(names)), key=lambda i: target.shortfall(spared_layers[i].metrics))
         k = _smallest_meeting(len(order), lambda k: evaluate(
             [(f"{k} most helpful layers in float", {**base_widths, **{names[i]: FLOAT for i in order[:k]}})],
-            "layers in float", steps_estimate + len(names))[0].metrics, target)
+            "layers in float", steps_estimate + len(names))[0].metrics, target.meets)
         if k is not None:
             floated = [names[i] for i in order[:k]]
             base_widths.update({n: FLOAT for n in floated})
@@ -285,15 +384,18 @@ def search(
     _mark_frontier(points)
     meeting = [p for p in points if p.meets]
     if meeting:
-        best = min(meeting, key=lambda p: (p.weight_bytes, -p.agreement))
+        best = min(meeting, key=lambda p: (p.weight_bytes, len(p.config["keep_float_activations"]), -p.agreement))
+        floats = len(best.config["keep_float_activations"])
         message = (f"met ({target.describe()}): weights {best.weight_bytes:,} bytes = "
-                   f"{100 * best.weight_bytes / int8_bytes:.1f}% of the all-INT8 model ({int8_bytes:,} bytes); "
-                   f"{_measured(best, fp32_top1)}")
+                   f"{100 * best.weight_bytes / int8_bytes:.1f}% of the all-INT8 model ({int8_bytes:,} bytes)"
+                   f"{f', {floats} activation points in float' if floats else ''}; {_measured(best, fp32_top1)}")
     else:
         best = min(points, key=lambda p: target.shortfall(_metrics(p, fp32_top1)))
+        wider = " or allow float layers" if not candidates.allow_float else ""
+        wider += " or float activations (16)" if not spare_activations and config.mode == "static" else ""
         message = (f"NOT met ({target.describe()}): the closest configuration evaluated, {best.label}, falls short by "
                    f"{target.shortfall(_metrics(best, fp32_top1)):.3g} ({_measured(best, fp32_top1)}); "
-                   f"try wider widths{' or allow float layers' if not candidates.allow_float else ''}")
+                   f"try wider widths{wider}")
     return SearchResult(
         target=dataclasses.asdict(target), met=bool(meeting), message=message, best=best, int8_weight_bytes=int8_bytes,
         fp32_top1=fp32_top1, points=points, runner=runner.name, seconds=time.perf_counter() - start,
@@ -324,14 +426,15 @@ def _largest_meeting(n: int, metrics_of: Callable[[int], dict[str, Any]], target
     return lo
 
 
-def _smallest_meeting(n: int, metrics_of: Callable[[int], dict[str, Any]], target: Target) -> int | None:
-    """The smallest k in [1, n] whose configuration meets the target (None: not even n)."""
-    if not target.meets(metrics_of(n)):
+def _smallest_meeting(n: int, metrics_of: Callable[[int], dict[str, Any]], ok: Callable[[dict[str, Any]], bool], *,
+                      known: dict[str, Any] | None = None) -> int | None:
+    """The smallest k in [1, n] whose configuration is ``ok`` (None: not even n); ``known``: n's metrics, if measured."""
+    if not ok(known if known is not None else metrics_of(n)):
         return None
     lo, hi = 1, n
     while lo < hi:
         mid = (lo + hi) // 2
-        if target.meets(metrics_of(mid)):
+        if ok(metrics_of(mid)):
             hi = mid
         else:
             lo = mid + 1

@@ -136,6 +136,18 @@ def test_search_writes_a_config_that_reproduces_and_the_frontier(tmp_path: Path,
     assert rows[0]["label"] == "every layer at 8 bits" and any(r["frontier"] == "True" for r in rows)
 
 
+def test_search_with_float_activations_writes_them_into_a_config_run_reproduces(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    best, result = tmp_path / "best.json", tmp_path / "r.json"
+    assert main(["search", "--config", str(_w8a8(tmp_path)), "--max-kl", "0.002", "--weight-bits", "8,4",
+                 "--activation-bits", "3,16", "--runner", "serial", "--output", str(best), "--quiet"]) == 0
+    assert "search: met (KL <= 0.002)" in capsys.readouterr().err
+    answer = json.loads(best.read_text())
+    assert answer["activations"]["bits"] == 3 and answer["keep_float_activations"]  # 3-bit points, the worst in float
+    assert main(["run", "--config", str(best), "--output", str(result), "--quiet"]) == 0
+    assert json.loads(result.read_text())["metrics"]["kl_divergence"] <= 0.002
+
+
 def test_search_that_cannot_meet_the_target_still_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     best = tmp_path / "best.json"
     assert main(["search", "--config", str(_w8a8(tmp_path)), "--max-kl", "1e-9", "--runner", "serial",
@@ -150,6 +162,9 @@ def test_search_that_cannot_meet_the_target_still_answers(tmp_path: Path, capsys
     (["--max-drop", "1", "--weight-bits", "8,x"], "weight-bits: got '8,x'; allowed: comma-separated widths"),
     (["--max-drop", "1", "--weight-bits", "8,9"], "weight-bits: got 9; allowed: widths from 2 to 8"),
     (["--max-drop", "1", "--weight-bits", ""], "weight-bits: got an empty set"),
+    (["--max-drop", "1", "--activation-bits", "8,f"], "activation-bits: got '8,f'; allowed: one width from 2 to 8"),
+    (["--max-drop", "1", "--activation-bits", "8,32"], "activation-bits: got 32; allowed: one width from 2 to 8, "
+                                                       "optionally with 16"),
     (["--max-drop", "1", "--runner", "ray", "--ray-address", "127.0.0.1:9"], "ray address: cannot reach a Ray cluster at "
                                                                               "'127.0.0.1:9'"),
 ])

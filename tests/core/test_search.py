@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
 
-from ptq_core.config import QuantConfig
+import pytest
+import torch
+
+from ptq_core.config import GPTQ, QuantConfig
 from ptq_core.errors import ConfigError
 from ptq_core.pipeline import Explorer
-from ptq_core.search import FLOAT, Candidates, Target, _with_bits, search
+from ptq_core.quantize import active_points
+from ptq_core.search import ACTIVATION_SHARE, FLOAT, Candidates, Target, _with_bits, search
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,3 +87,82 @@ def test_bad_targets_and_candidates_name_what_is_allowed(cnn: Explorer, target: 
                                                        message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         search(cnn, QuantConfig.from_dict(BASE), target, candidates)
+
+
+def test_float_activations_reach_a_target_the_activation_width_misses_and_reproduce(cnn: Explorer, tmp_path) -> None:
+    # At 3 bits every activation point costs the digits CNN agreement; 16 lets the search leave the worst in float.
+    config = QuantConfig.from_dict(BASE)
+    target = Target(max_kl=0.002)
+    without = search(cnn, config, target, Candidates((8, 4), activation_bits=(3,)))
+    assert not without.met and "or float activations (16)" in without.message
+    result = search(cnn, config, target, Candidates((8, 4), activation_bits=(3, 16)))
+    assert result.met and "activation points in float" in result.message
+    best = QuantConfig.from_dict(result.best.config)
+    assert best.activations is not None and best.activations.bits == 3
+    assert 0 < len(best.keep_float_activations) < len(active_points(cnn.prepared(), config))  # some, not all
+    assert result.points[1].label.startswith("activation ") and result.points[1].label.endswith(" in float")
+    fresh = Explorer("digits_cnn", "digits")  # as `python -m ptq_core run` would, from scratch
+    again = fresh.evaluate(best, runtime_check=False)
+    assert again.metrics["kl_divergence"] == pytest.approx(result.best.kl_divergence, rel=1e-6)
+    plan = fresh.plan(best)
+    assert not set(best.keep_float_activations) & set(plan.points)  # no quantizer where the answer says float
+    fresh.export_onnx(best, tmp_path / "best.onnx")  # an ordinary config: exportable
+    assert (tmp_path / "best.onnx").stat().st_size > 0
+
+
+def test_the_base_spares_only_the_activations_that_recover_most_of_the_kl(cnn: Explorer) -> None:
+    config = QuantConfig.from_dict(BASE)
+    result = search(cnn, config, Target(min_agreement=50.0), Candidates((8,), activation_bits=(4, 16)))
+    by_label = {p.label: p for p in result.points}
+    helpful = [p for p in result.points if p.label.startswith("activation ") and p.kl_divergence < result.points[0].kl_divergence]
+    every = by_label[f"{len(helpful)} most helpful activations in float"]
+    spared = QuantConfig.from_dict(result.best.config).keep_float_activations
+    base_kl = result.points[0].kl_divergence
+    chosen = next(p for p in result.points if p.label.startswith("every layer at 8 bits,"))
+    assert chosen.kl_divergence <= base_kl - ACTIVATION_SHARE * (base_kl - every.kl_divergence) + 1e-12
+    assert 0 < len(spared) <= len(helpful)
+
+
+def test_gptq_from_float_inputs_is_searched_layer_by_layer_and_reproduces(cnn: Explorer) -> None:
+    config = QuantConfig.from_dict({**BASE, "algorithms": {"rounding": "gptq", "gptq": {"inputs": "float"}}})
+    result = search(cnn, config, Target(min_agreement=99.5), Candidates((8, 4, 3)))
+    assert result.met
+    best = QuantConfig.from_dict(result.best.config)
+    assert best.algorithms.rounding == "gptq" and best.algorithms.gptq.inputs == "float"
+    assert any(ov.weights.get("bits", 8) < 8 for ov in best.overrides.values())
+    again = Explorer("digits_cnn", "digits").evaluate(best, runtime_check=False)  # computed from scratch
+    assert again.metrics["kl_divergence"] == pytest.approx(result.best.kl_divergence, rel=1e-6)
+    assert again.metrics["agreement"] == pytest.approx(result.best.agreement)
+
+
+def test_gptq_from_float_inputs_rounds_a_layer_the_same_whatever_the_others_do(cnn: Explorer) -> None:
+    gptq = {"rounding": "gptq", "gptq": {"inputs": "float"}}
+    a = QuantConfig.from_dict({**BASE, "weights": {"bits": 4}, "algorithms": gptq})
+    b = _with_bits(a, {"conv1": 8, "conv2": FLOAT}, "keep", ["conv3"])
+    seq_a, seq_b = (c.replace(algorithms=dataclasses.replace(c.algorithms, gptq=GPTQ())) for c in (a, b))
+    fresh = Explorer("digits_cnn", "digits")  # nothing shared with the other configs' plans
+    fc1 = [explorer.plan(c).layers["fc1"].fq_weight for explorer, c in ((cnn, a), (cnn, b), (fresh, b))]
+    assert torch.equal(fc1[0], fc1[1]) and torch.equal(fc1[1], fc1[2])  # depends on fc1, its grid and FP32 only
+    nearest = cnn.plan(a.replace(algorithms=QuantConfig().algorithms)).layers["fc1"].fq_weight
+    assert not torch.equal(fc1[0], nearest)  # GPTQ did round it
+    # the sequential mode reads the quantized model, so fc1 changes with the layers before it
+    assert not torch.equal(cnn.plan(seq_a).layers["fc1"].fq_weight, cnn.plan(seq_b).layers["fc1"].fq_weight)
+
+
+@pytest.mark.parametrize(("candidates", "message"), [
+    (Candidates(activation_bits=()), r"^activation-bits: got an empty set; allowed: one width from 2 to 8, optionally "
+                                     r"with 16"),
+    (Candidates(activation_bits=(8, 17)), r"^activation-bits: got 17; allowed: one width from 2 to 8"),
+    (Candidates(activation_bits=(8, 4)), r"^activation-bits: got 8,4; allowed: .*a narrower activation saves no weight "
+                                         r"byte"),
+    (Candidates(activation_bits=(16,)), r"^activation-bits: got 16; allowed: .*no integer width"),
+])
+def test_bad_activation_candidates_name_what_is_allowed(cnn: Explorer, candidates: Candidates, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        search(cnn, QuantConfig.from_dict(BASE), Target(max_kl=0.1), candidates)
+
+
+def test_float_activations_need_quantized_activations(cnn: Explorer) -> None:
+    with pytest.raises(ConfigError, match=r"^activation-bits: got 8,16 with a weight-only config"):
+        search(cnn, QuantConfig.from_dict({**BASE, "activations": None}), Target(max_kl=0.1),
+               Candidates(activation_bits=(8, 16)))
