@@ -1,6 +1,7 @@
 """Sensitivity of every layer and a mixed-precision search to "top-1 drop <= 1 point", timed, on digits and EfficientNet-Lite0.
 
     .venv/bin/python benchmarks/bench_search.py [--models digits,efficientnet] [--runner serial|ray] [--weight-bits 8,6,4]
+        [--activation-bits 8,16] [--rounding gptq|nearest]
 
 For each model: a sensitivity run over every unit (each quantized alone and spared: two
 evaluations per unit), then :func:`ptq_core.search.search` to a top-1 drop of at most one point,
@@ -11,7 +12,9 @@ against the all-INT8 model's, its verified drop, the ten most sensitive layers a
 EfficientNet-Lite0 needs ../shared/data/imagenet-samples (skipped with a message when absent):
 calibrate on the 128-image pool, evaluate the other 372, onnxruntime backend, per-channel
 symmetric weights clipped at the 99.99th percentile, activations at the 99.999th (the W8A8
-configuration that meets the 1-point bar, benchmarks/RESULTS.md). Goals (issue 11): sensitivity
+configuration that meets the 1-point bar, benchmarks/RESULTS.md); by default with GPTQ rounding from FP32 inputs
+(``algorithms.gptq.inputs = "float"``: each layer's rounding computed once per width and reused by every
+evaluation) and activation points allowed to stay in float (``--activation-bits 8,16``). Goals (issue 11): sensitivity
 <= 10 min, search <= 20 min end to end with weights <= 60% of all-INT8 (goal 45%); digits under a
 minute each.
 """
@@ -42,16 +45,17 @@ from ptq_core.search import Candidates, Target, search  # noqa: E402
 from ptq_core.sensitivity import sensitivity  # noqa: E402
 
 
-def _config(model: str) -> QuantConfig:
+def _config(model: str, rounding: str = "nearest") -> QuantConfig:
+    algorithms = {"rounding": rounding, "gptq": {"inputs": "float"}}
     if model == "efficientnet":
         data = {"kind": "image_folder", "path": str(SAMPLES), "num_calibration": 128, "seed": 0, "max_images": None}
         return QuantConfig.from_dict({
             "model": "efficientnet_lite0", "dataset": data, "calibration": {"num_samples": 128},
             "weights": {"clipping": "percentile", "percentile": 99.99},
             "activations": {"clipping": "percentile", "percentile": 99.999},
-            "evaluation": {"runtime": None, "backend": "onnxruntime"},
+            "evaluation": {"runtime": None, "backend": "onnxruntime"}, "algorithms": algorithms,
         })
-    return QuantConfig.from_dict({"evaluation": {"runtime": None, "backend": "onnxruntime"}})
+    return QuantConfig.from_dict({"evaluation": {"runtime": None, "backend": "onnxruntime"}, "algorithms": algorithms})
 
 
 def _verify(best: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +70,8 @@ def _verify(best: dict[str, Any]) -> dict[str, Any]:
         return json.loads(out.read_text())
 
 
-def bench(model: str, runner_name: str, widths: tuple[int, ...]) -> list[str]:
-    config = _config(model)
+def bench(model: str, runner_name: str, widths: tuple[int, ...], acts: tuple[int, ...], rounding: str) -> list[str]:
+    config = _config(model, rounding)
     explorer = Explorer(config.model, config.dataset)
     runner = make_runner(explorer, runner_name)
     explorer.evaluate(config, layer_errors=False, runtime_check=False)  # calibration and FP32 reference, as a session has
@@ -91,7 +95,7 @@ def bench(model: str, runner_name: str, widths: tuple[int, ...]) -> list[str]:
         lines.append(f"| {i} | {r.name} | {r.kind} | {r.parameters:,} | {only} | {spared} | {proxy} | {hint} |")
 
     start = time.perf_counter()
-    result = search(explorer, config, Target(max_drop=1.0), Candidates(widths), runner=runner)
+    result = search(explorer, config, Target(max_drop=1.0), Candidates(widths, activation_bits=acts), runner=runner)
     search_s = time.perf_counter() - start
     start = time.perf_counter()
     cli = _verify(result.best.config)
@@ -100,12 +104,14 @@ def bench(model: str, runner_name: str, widths: tuple[int, ...]) -> list[str]:
     drop = 100 * (m["fp32_top1"] - m["quant_top1"])
     share = result.best.weight_bytes / result.int8_weight_bytes
     total = sens_s + search_s + verify_s
-    lines += ["", f"Search to top-1 drop <= 1 point, widths {','.join(map(str, widths))}: {len(result.points)} evaluations in "
+    lines += ["", f"Search to top-1 drop <= 1 point, widths {','.join(map(str, widths))}, activations "
+              f"{','.join(map(str, acts))}, rounding {rounding}: {len(result.points)} evaluations in "
               f"{search_s:.0f} s; {result.message}.", "",
               f"Verified by `python -m ptq_core run` in a fresh process ({verify_s:.0f} s): top-1 {100 * m['quant_top1']:.2f}% "
               f"vs FP32 {100 * m['fp32_top1']:.2f}% = drop {drop:.2f} points ({'met' if drop <= 1.0 else 'NOT met'}); weights "
               f"{result.best.weight_bytes:,} bytes = {100 * share:.1f}% of all-INT8 "
-              f"({'goal met' if share <= 0.45 else 'ok' if share <= 0.60 else 'over'}: <= 60%, goal 45%). Sensitivity + "
+              f"({'goal met' if share <= 0.45 else 'ok' if share <= 0.60 else 'over'}: <= 60%, goal 45%); "
+              f"{len(result.best.config['keep_float_activations'])} activation points in float. Sensitivity + "
               f"search + verification {total / 60:.1f} min ({'ok' if total <= 1200 else 'over'}: <= 20 min).", "",
               "Frontier (every evaluated point no other beats on both size and agreement):", "",
               "| configuration | weight bytes | % of all-INT8 | agreement | top-1 | meets |", "|---|---:|---:|---:|---:|---|"]
@@ -121,6 +127,9 @@ def main() -> None:
     parser.add_argument("--models", default="digits,efficientnet")
     parser.add_argument("--runner", default="serial", choices=["serial", "ray"])
     parser.add_argument("--weight-bits", default="8,6,4")
+    parser.add_argument("--activation-bits", default="8,16", help="16: an activation point may stay in float")
+    parser.add_argument("--rounding", default="gptq", choices=["gptq", "nearest"],
+                        help="gptq: GPTQ from FP32 inputs (algorithms.gptq.inputs float) on every quantized layer")
     args = parser.parse_args()
     tune_malloc()
     torch.set_num_threads(1)
@@ -132,7 +141,8 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"Machine: {cpu}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}\n")
     for model in models:
-        print("\n".join(bench(model, args.runner, widths)) + "\n", flush=True)
+        acts = tuple(int(b) for b in args.activation_bits.split(","))
+        print("\n".join(bench(model, args.runner, widths, acts, args.rounding)) + "\n", flush=True)
 
 
 if __name__ == "__main__":
