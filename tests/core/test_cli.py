@@ -140,10 +140,10 @@ def test_search_with_float_activations_writes_them_into_a_config_run_reproduces(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     best, result = tmp_path / "best.json", tmp_path / "r.json"
     assert main(["search", "--config", str(_w8a8(tmp_path)), "--max-kl", "0.002", "--weight-bits", "8,4",
-                 "--activation-bits", "3,16", "--runner", "serial", "--output", str(best), "--quiet"]) == 0
+                 "--activation-bits", "4,16", "--runner", "serial", "--output", str(best), "--quiet"]) == 0
     assert "search: met (KL <= 0.002)" in capsys.readouterr().err
     answer = json.loads(best.read_text())
-    assert answer["activations"]["bits"] == 3 and answer["keep_float_activations"]  # 3-bit points, the worst in float
+    assert answer["activations"]["bits"] == 4 and answer["keep_float_activations"]  # 4-bit points, the worst in float
     assert main(["run", "--config", str(best), "--output", str(result), "--quiet"]) == 0
     assert json.loads(result.read_text())["metrics"]["kl_divergence"] <= 0.002
 
