@@ -22,13 +22,28 @@ clamps; ``k = q - zero_point`` are integer offsets; the container is u8 ``[0, 25
                            y = saturate(rint(fma(q_a, r_a, fma(q_b, r_b, c0))))   (codes, not offsets; fused multiply-adds)
     QLinearGlobalAveragePool
                            acc = sum(q) - zp_x * HW (int32); y = rint([f32(f32(acc) * f32(s_x / f32(s_y * HW))), ...]) + zp_y
+    QLinearMatMul (a transformer's Q·Kᵀ and attention·V: two activations)
+                           acc = sum(k_a * k_b) (int32, exact); y = rint([f32(f32(acc) * f32(f32(s_a * s_b) / s_y)), ...]) + zp_y
+    DynamicQuantizeLinear  lo = min(min(x), 0), hi = max(max(x), 0), s = f32((hi - lo) / 255),
+                           zp = rint([0 - f32(lo / s), 0, 255]); then QuantizeLinear's division, u8
+    DynamicQuantizeMatMul (MatMulInteger -> Cast -> Mul -> Add, fused)
+                           y = f32(f32(acc) * f32(s_x * s_w)) + bias   (acc = sum(k_x * k_w), int32, exact)
     max pool, flatten, zero pad, reshape    exact on the codes (the float simulation's values are on the same grid)
 
-Units onnxruntime runs in float (weights below 5 bits or per group, weight-only and dynamic layers, units
-kept in float, inputs that are not quantized) run here as the float simulation runs them, with
+Units onnxruntime runs in float (weights below 5 bits or per group, weight-only layers, dynamic per-token
+layers, units kept in float, inputs that are not quantized) run here as the float simulation runs them, with
 QuantizeLinear's division: their float op (a convolution's summation order) is not bit-exact with
 onnxruntime's, and :class:`IntegerReport` lists them with the reason. A unit whose float32 multiplier
 onnxruntime would compute differently (not observed) would show up in the test that compares logits.
+
+Float ops between the integer kernels (a transformer's LayerNorm, softmax, GELU, the scaling of the
+attention scores) are PyTorch's here and MLAS's there: equal to a few float32 ulps, not bit for bit.
+A quantized network carries such a difference on wherever it moves a value across a rounding
+boundary of the next quantizer; the integer kernels add none of their own, which is why this model
+follows onnxruntime where the float simulation cannot (all-MiniLM-L6-v2 static W8A8, 64 sentences:
+cosine of the two embeddings 0.99992 here, 0.928 for the float simulation). Dynamic per-tensor keeps
+attention, LayerNorm and GELU in float and one range per batch, so there both stay near 0.999
+(``benchmarks/RESULTS.md``, "Transformers").
 
 Exactness assumes onnxruntime's exact integer kernels: on CPUs with VNNI/AMX, or with
 ``session.x64quantprecision = 1`` on AVX2 (:mod:`ptq_core.onnx.session` sets it); the default U8S8 AVX2
@@ -39,7 +54,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +68,7 @@ from ..calibration import load_batch
 from ..graph import PreparedModel, Unit, is_pass_through, node_map, pass_through_source
 from ..models.device import device_context
 from ..progress import StepFn
-from ..quantize import FakeQuantize, QuantPlan, build_quantized_model
+from ..quantize import DynamicFakeQuantize, FakeQuantize, QuantPlan, build_quantized_model
 from ..ranges import quantize_weight
 from ..timing import SIMULATED_BUDGET_S, median_ms
 from .report import classify
@@ -121,15 +136,12 @@ def _grid(plan: QuantPlan, point: str) -> _Grid:
     return _Grid(torch.tensor(pq.scale, dtype=torch.float32), int(pq.zero_point), pq.qmin, pq.qmax)
 
 
-class IntegerLinearOp(nn.Module):
-    """QLinearConv (Conv1d/Conv2d) or QGemm (Linear): integer accumulation, int32 bias, one requantization."""
+class _IntegerSums(nn.Module):
+    """The exact integer sums ``sum(k_x * k_w)`` of a convolution or Linear whose weight codes are known."""
 
     codes: torch.Tensor
-    bias_q: torch.Tensor
-    multiplier: torch.Tensor
 
-    def __init__(self, module: nn.Module, codes: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor,
-                 bias: torch.Tensor | None, x: _Grid, y: _Grid) -> None:
+    def __init__(self, module: nn.Module, codes: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor) -> None:
         super().__init__()
         self.module_type = "conv" if isinstance(module, (nn.Conv1d, nn.Conv2d)) else "linear"
         self.conv_args: tuple[Any, ...] = ()
@@ -137,7 +149,7 @@ class IntegerLinearOp(nn.Module):
             self.conv = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
             self.conv_args = (module.stride, module.padding, module.dilation, module.groups)
         out = codes.shape[0]
-        s_w = w_scale.reshape(-1).to(torch.float32).expand(out) if w_scale.numel() == 1 else w_scale.reshape(-1).to(torch.float32)
+        self.s_w = w_scale.reshape(-1).to(torch.float32).expand(out) if w_scale.numel() == 1 else w_scale.reshape(-1).to(torch.float32)
         zp_w = w_zp.reshape(-1).expand(out) if w_zp.numel() == 1 else w_zp.reshape(-1)
         shape = (out,) + (1,) * (codes.dim() - 1)
         w = codes.to(torch.float64) - zp_w.to(torch.float64).reshape(shape)
@@ -149,7 +161,37 @@ class IntegerLinearOp(nn.Module):
         self.path = ("float32" if terms * 255 * w_max < _F32_EXACT else
                      "nibbles" if terms * 16 * w_max < _F32_EXACT else "float64")
         self.register_buffer("codes", w.to(torch.float64 if self.path == "float64" else torch.float32))
-        bias_scale = x.scale * s_w  # float32, as the Mul node BiasQuantization inserts
+
+    def _view(self, k: torch.Tensor) -> tuple[int, ...]:
+        """How a per-output-channel vector broadcasts against the sums of ``k``."""
+        return (1, -1) + (1,) * (k.dim() - 2) if self.module_type == "conv" else (1,) * (k.dim() - 1) + (-1,)
+
+    def _sums(self, k: torch.Tensor) -> torch.Tensor:
+        if self.module_type == "conv":
+            return self.conv(k, self.codes, None, *self.conv_args)
+        return k @ self.codes.t()
+
+    def exact_sums(self, k: torch.Tensor) -> torch.Tensor:
+        """``sum(k * w)`` of the integer offsets ``k`` (float32 integers), exactly, as float64 (float32 on that path)."""
+        if self.path == "float32":
+            return self._sums(k)
+        if self.path == "nibbles":
+            low = torch.remainder(k, 16.0)
+            return self._sums((k - low) / 16.0).to(torch.float64) * 16.0 + self._sums(low).to(torch.float64)
+        return self._sums(k.to(torch.float64))
+
+
+class IntegerLinearOp(_IntegerSums):
+    """QLinearConv (Conv1d/Conv2d) or QGemm (Linear): integer accumulation, int32 bias, one requantization."""
+
+    bias_q: torch.Tensor
+    multiplier: torch.Tensor
+
+    def __init__(self, module: nn.Module, codes: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor,
+                 bias: torch.Tensor | None, x: _Grid, y: _Grid) -> None:
+        super().__init__(module, codes, w_scale, w_zp)
+        out = codes.shape[0]
+        bias_scale = x.scale * self.s_w  # float32, as the Mul node BiasQuantization inserts
         b = torch.zeros(out) if bias is None else bias.detach().to(torch.float32)
         self.register_buffer("bias_q", torch.round(b / bias_scale).to(torch.float64))
         # float32 bias when every code is a float32 integer: acc (exact) + bias is then rounded once, as cvtepi32_ps does
@@ -157,28 +199,69 @@ class IntegerLinearOp(nn.Module):
         self.register_buffer("multiplier", bias_scale / y.scale)  # X_scale * W_scale[i] / Y_scale in float32
         self.x, self.y = x, y
 
-    def _sums(self, k: torch.Tensor) -> torch.Tensor:
-        if self.module_type == "conv":
-            return self.conv(k, self.codes, None, *self.conv_args)
-        return k @ self.codes.t()
-
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         k = _offsets(inp, self.x.scale)
-        view = (1, -1) + (1,) * (k.dim() - 2) if self.module_type == "conv" else (1,) * (k.dim() - 1) + (-1,)
+        view = self._view(k)
         if self.path == "float32" and self.bias_f32 is not None:  # both exact float32: one correctly rounded add
             acc32 = self._sums(k).add_(self.bias_f32.view(view))
             y = self.y
             return _requantize(acc32, self.multiplier.view(view), y.zp, y.qmin, y.qmax, y.scale)
-        if self.path == "float32":
-            acc = self._sums(k).to(torch.float64)
-        elif self.path == "nibbles":
-            low = torch.remainder(k, 16.0)
-            acc = self._sums((k - low) / 16.0).to(torch.float64) * 16.0 + self._sums(low).to(torch.float64)
-        else:
-            acc = self._sums(k.to(torch.float64))
-        acc = acc + self.bias_q.view(view)
+        acc = self.exact_sums(k).to(torch.float64) + self.bias_q.view(view)
         y = self.y
         return _requantize(acc, self.multiplier.view(view), y.zp, y.qmin, y.qmax, y.scale)
+
+
+def dynamic_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DynamicQuantizeLinear (u8) as onnxruntime computes it: the offsets ``q - zp`` (float32 integers) and the scale.
+
+    The range widened to contain 0, ``s = f32((hi - lo) / 255)`` (1 when ``hi == lo``), ``zp =
+    rint([0 - f32(lo / s), 0, 255])``, then QuantizeLinear's division. The float simulation
+    (:class:`ptq_core.quantize.DynamicFakeQuantize`) multiplies by ``f32(1 / s)`` instead and floors the
+    scale at float32's eps: the same codes but for a value within an ulp of a tie.
+    """
+    xf = x.to(torch.float32)
+    lo, hi = torch.clamp(xf.min(), max=0.0), torch.clamp(xf.max(), min=0.0)
+    scale = torch.where(hi == lo, torch.ones_like(hi), (hi - lo) / 255.0)
+    zp = torch.round(torch.clamp(0.0 - lo / scale, 0.0, 255.0))
+    return torch.maximum(torch.minimum(xf / scale, 255.0 - zp), -zp).round_(), scale
+
+
+class IntegerDynamicLinear(_IntegerSums):
+    """DynamicQuantizeLinear on the float input, then DynamicQuantizeMatMul: exact sums scaled in float32, plus bias."""
+
+    bias: torch.Tensor
+    w_scale: torch.Tensor
+
+    def __init__(self, module: nn.Module, codes: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor,
+                 bias: torch.Tensor | None) -> None:
+        super().__init__(module, codes, w_scale, w_zp)
+        out = codes.shape[0]
+        self.register_buffer("w_scale", self.s_w.clone())
+        self.register_buffer("bias", torch.zeros(out) if bias is None else bias.detach().to(torch.float32).clone())
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        k, s_x = dynamic_quantize(inp)
+        acc = self.exact_sums(k).to(torch.float32)  # int32 -> float: one rounding, as onnxruntime's conversion
+        return acc.mul_(s_x * self.w_scale).add_(self.bias)
+
+
+class IntegerMatMul(nn.Module):
+    """QLinearMatMul: the product of two quantized activations, an exact integer sum, one requantization."""
+
+    multiplier: torch.Tensor
+
+    def __init__(self, a: _Grid, b: _Grid, y: _Grid) -> None:
+        super().__init__()
+        self.a, self.b, self.y = a, b, y
+        self.register_buffer("multiplier", a.scale * b.scale / y.scale)  # f32(f32(s_a * s_b) / s_y), as onnxruntime
+
+    def forward(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        ka, kb = _offsets(xa, self.a.scale), _offsets(xb, self.b.scale)
+        # |k| <= 255 on either side: float32 sums stay exact while K * 255 * 255 < 2**24 (K up to 258)
+        exact32 = ka.shape[-1] * 255 * 255 < _F32_EXACT
+        acc = torch.matmul(ka, kb) if exact32 else torch.matmul(ka.to(torch.float64), kb.to(torch.float64))
+        y = self.y
+        return _requantize(acc, self.multiplier, y.zp, y.qmin, y.qmax, y.scale)
 
 
 def _f32(x: float) -> float:
@@ -273,7 +356,15 @@ def build_integer_model(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch
         if isinstance(mod, FakeQuantize):
             gm.set_submodule(name, OrtQuantize(mod))
     modules = dict(gm.named_modules())
+    for n in gm.graph.nodes:  # a quantizer's output has its input's shape: value-preserving ops after it are followed
+        src = n.args[0] if n.op == "call_module" and n.args else None
+        if isinstance(modules.get(str(n.target)), (OrtQuantize, DynamicFakeQuantize)) and isinstance(src, torch.fx.Node):
+            n.meta.setdefault("tensor_meta", src.meta.get("tensor_meta"))
     formats = {name: weight_format(lq, plan.mode) for name, lq in plan.layers.items() if lq.quant is not None}
+    for name, fmt in formats.items():  # per-token inputs are exported as float ops, their Linear as a float Gemm
+        if fmt == "dynamic" and any(plan.points[i].granularity == "per_token" for i in plan.layers[name].unit.inputs
+                                    if i in plan.points):
+            formats[name] = "int8"
     kernels, fallback = classify(prepared, plan, formats)
     report = IntegerReport(float_ops=[{"layer": f["layer"], "reason": f["reason"]} for f in fallback])
     nodes = node_map(gm)
@@ -296,8 +387,10 @@ def build_integer_model(prepared: PreparedModel, plan: QuantPlan) -> tuple[torch
 def _integer_unit(gm: torch.fx.GraphModule, node: torch.fx.Node, unit: Unit, plan: QuantPlan,
                   modules: dict[str, nn.Module]) -> str | None:
     """Replace ``unit``'s op by its integer kernel; None when done, else why it stays a float op."""
-    y = _grid(plan, unit.name)
     tag = "ptq_int_" + unit.name.replace(".", "_")
+    if unit.has_weights and plan.mode == "dynamic":
+        return _dynamic_linear(gm, node, unit, plan, modules, tag)
+    y = _grid(plan, unit.name)
     if unit.has_weights:
         lq = plan.layers[unit.name]
         assert lq.qparams is not None and lq.fq_weight is not None and unit.module is not None
@@ -318,10 +411,52 @@ def _integer_unit(gm: torch.fx.GraphModule, node: torch.fx.Node, unit: Unit, pla
             return "add: an input is not read from a quantizer; it runs as the float simulation does"
         _replace(gm, node, tag, IntegerAdd(grid_a, grid_b, y), (a, b))
         return None
+    if unit.kind == "matmul":
+        a, b = node.args[:2]
+        assert isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)
+        grid_a, grid_b = _read_grid(a, plan, modules), _read_grid(b, plan, modules)
+        if grid_a is None or grid_b is None:
+            return "matmul: an operand is not read from a quantizer; it runs as the float simulation does"
+        _replace(gm, node, tag, IntegerMatMul(grid_a, grid_b, y), (a, b))
+        return None
     if unit.kind == "avgpool" and _is_global_pool(node, modules):
         _replace(gm, node, tag, IntegerGlobalAveragePool(_grid(plan, unit.inputs[0]), y, keepdim=True), (node.args[0],))
         return None
     return f"{unit.kind}: its onnxruntime integer kernel is not emulated here; it runs as the float simulation does"
+
+
+def _substitute(old: torch.fx.Node | None, new: torch.fx.Node) -> Callable[[torch.fx.Node], torch.fx.Node]:
+    return lambda n: new if n is old else n
+
+
+def _dynamic_linear(gm: torch.fx.GraphModule, node: torch.fx.Node, unit: Unit, plan: QuantPlan,
+                    modules: dict[str, nn.Module], tag: str) -> str | None:
+    """A dynamic Linear reading its DynamicQuantizeLinear -> :class:`IntegerDynamicLinear` on the float tensor."""
+    lq = plan.layers[unit.name]
+    assert lq.qparams is not None and lq.fq_weight is not None and unit.module is not None
+    # The quantizer, maybe behind value-preserving ops (attention's context: permute, flatten). Per tensor, those
+    # commute with quantization (same values, same min/max): the Linear reads them applied to the float tensor.
+    chain: list[torch.fx.Node] = []
+    src = node.args[0]
+    while isinstance(src, torch.fx.Node) and src.op != "call_module" and is_pass_through(src, modules):
+        chain.append(src)
+        src = pass_through_source(src)
+    quantizer = modules.get(str(src.target)) if isinstance(src, torch.fx.Node) and src.op == "call_module" else None
+    if not isinstance(quantizer, DynamicFakeQuantize) or quantizer.per_token or (quantizer.bits, quantizer.scheme) != (8, "asymmetric"):
+        return "dynamic Linear whose input is not one 8-bit asymmetric per-tensor DynamicQuantizeLinear; it runs as the float simulation does"
+    assert isinstance(src, torch.fx.Node) and isinstance(src.args[0], torch.fx.Node)
+    value: torch.fx.Node = src.args[0]
+    with gm.graph.inserting_before(node):
+        for op_node in reversed(chain):
+            value = gm.graph.node_copy(op_node, _substitute(pass_through_source(op_node), value))
+    module = gm.get_submodule(unit.module)
+    bias = module.bias if isinstance(module.bias, torch.Tensor) else None
+    op = IntegerDynamicLinear(module, quantize_weight(lq.fq_weight, lq.qparams), lq.qparams.scale, lq.qparams.zero_point, bias)
+    _replace(gm, node, tag, op, (value,))
+    for dead in [*chain, src]:  # the quantized path, once nothing reads it (each Linear quantizes its float input itself)
+        if not dead.users:
+            gm.graph.erase_node(dead)
+    return None
 
 
 class IntegerBackend:

@@ -53,7 +53,8 @@ class ExportReport:
 
 
 # -- what runs on integers ---------------------------------------------------------------------------
-_UNIT_KERNELS = {"add": "QLinearAdd", "mul": "QLinearMul", "cat": "QLinearConcat", "avgpool": "QLinearAveragePool"}
+_UNIT_KERNELS = {"add": "QLinearAdd", "mul": "QLinearMul", "cat": "QLinearConcat", "avgpool": "QLinearAveragePool",
+                 "matmul": "QLinearMatMul"}
 
 
 def classify(prepared: PreparedModel, plan: QuantPlan, formats: dict[str, str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

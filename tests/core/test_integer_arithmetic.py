@@ -16,7 +16,14 @@ from onnx import TensorProto, helper
 
 from ptq_core.config import QuantConfig
 from ptq_core.errors import ConfigError
-from ptq_core.onnx.integer import IntegerAdd, IntegerGlobalAveragePool, _Grid, build_integer_model
+from ptq_core.onnx.integer import (
+    IntegerAdd,
+    IntegerGlobalAveragePool,
+    IntegerMatMul,
+    _Grid,
+    build_integer_model,
+    dynamic_quantize,
+)
 from ptq_core.onnx.session import PROVIDER, session_options
 from ptq_core.pipeline import Explorer
 
@@ -122,3 +129,41 @@ def test_qlinear_global_average_pool_matches_onnxruntime_bit_for_bit() -> None:
         pool = IntegerGlobalAveragePool(_Grid(torch.tensor(sx), zx, 0, 255), _Grid(torch.tensor(sy), zy, 0, 255), keepdim=True)
         got = pool(torch.from_numpy((x.astype(np.float32) - zx) * sx)) / torch.tensor(sy) + zy
         np.testing.assert_array_equal(torch.round(got).numpy().astype(np.uint8), want, err_msg=f"trial {trial}")
+
+
+def test_qlinear_matmul_matches_onnxruntime_bit_for_bit() -> None:
+    rng = np.random.default_rng(2)
+    for trial in range(24):
+        # a head's width (Q·Kᵀ), a sentence's length and the longest one (attention·V), one past float32-exact sums
+        k = (32, 62, 258, 300)[trial % 4]
+        a = rng.integers(0, 256, size=(2, 3, 9, k), dtype=np.uint8)
+        b = rng.integers(0, 256, size=(2, 3, k, 11), dtype=np.uint8)
+        sa, sb = (np.float32(rng.uniform(0.002, 0.2)) for _ in range(2))
+        sy = np.float32(sa * sb * rng.uniform(100, 2000) * np.sqrt(k))  # outputs spread over the codes, some saturate
+        za, zb, zy = (int(rng.integers(0, 256)) for _ in range(3))
+        node = helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"])
+        feeds = {"a": a, "sa": _scalar(sa, np.float32), "za": _scalar(za, np.uint8), "b": b, "sb": _scalar(sb, np.float32),
+                 "zb": _scalar(zb, np.uint8), "sy": _scalar(sy, np.float32), "zy": _scalar(zy, np.uint8)}
+        want = _run_op(node, feeds, [2, 3, 9, 11])
+        ga, gb, gy = (_Grid(torch.tensor(s), z, 0, 255) for s, z in ((sa, za), (sb, zb), (sy, zy)))
+        deq = [torch.from_numpy((q.astype(np.float32) - z) * s) for q, s, z in ((a, sa, za), (b, sb, zb))]
+        got = IntegerMatMul(ga, gb, gy)(*deq) / gy.scale + zy
+        np.testing.assert_array_equal(torch.round(got).numpy().astype(np.uint8), want, err_msg=f"trial {trial}, K {k}")
+
+
+def test_dynamic_quantize_linear_matches_onnxruntime_bit_for_bit() -> None:
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(n, t, None) for n, t in
+                               (("y", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(1), providers=[PROVIDER])
+    rng = np.random.default_rng(3)
+    cases = [rng.normal(0, 1, (4, 7, 384)), np.abs(rng.normal(0, 3, (5, 1536))) - 0.17,  # LayerNorm-like, GELU-like
+             -np.abs(rng.normal(0, 1, (3, 100))), rng.standard_cauchy((6, 384)),  # all negative, heavy outliers
+             np.zeros((2, 8))]
+    for i, x in enumerate(x.astype(np.float32) for x in cases):
+        q, s, z = sess.run(None, {"x": x})
+        k, scale = dynamic_quantize(torch.from_numpy(x))
+        assert float(scale) == float(s), f"case {i}"
+        np.testing.assert_array_equal(k.numpy(), q.astype(np.float32) - np.float32(z), err_msg=f"case {i}")
