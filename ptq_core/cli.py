@@ -279,8 +279,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = QuantConfig.load(args.config)
     target = Target(max_drop=args.max_drop, min_agreement=args.min_agreement, max_kl=args.max_kl)
     candidates = Candidates(_widths(args.weight_bits), allow_float=args.allow_float, narrow_clipping=args.narrow_clipping,
-                            activation_bits=_widths(args.activation_bits, "activation-bits",
-                                                    "one width from 2 to 8, optionally with 16 (float), e.g. 8,16"))
+                            activation_bits=None if args.activation_bits is None else _widths(
+                                args.activation_bits, "activation-bits",
+                                "one width from 2 to 8, optionally with 16 (float), e.g. 8,16"))
     candidates.validate()
     target.validate()
     _check_output(args.output, "--output")
@@ -367,9 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_search.add_argument("--narrow-clipping", default="mse", metavar="mse|percentile|minmax|keep",
                           help="weight clipping of a width narrower than the config's (default mse: a range chosen "
                                "for the width; keep: the config's own)")
-    p_search.add_argument("--activation-bits", default="8", metavar="8[,16]",
-                          help="activation width of every point, and 16 to let the search leave the points that hurt "
-                               "most in float (keep_float_activations: no weight byte, but their readers run in float)")
+    p_search.add_argument("--activation-bits", default=None, metavar="8[,16]",
+                          help="activation width of every point (default: the config's), and 16 to let the search leave "
+                               "the points that hurt most in float (keep_float_activations: no weight byte, but their "
+                               "readers run in float)")
     p_search.add_argument("--frontier", default=None, help="also write every evaluated point as CSV (frontier marked)")
     _fanout_options(p_search)
     p_search.set_defaults(func=cmd_search)

@@ -149,7 +149,8 @@ class Candidates:
     # Widths of the activation quantizers: one integer width (every point's, in the base) and optionally
     # FLOAT_ACTIVATION, which lets the search spare the points that hurt most (keep_float_activations). A spared point
     # costs no weight byte, only integer kernels (its readers run in float), so only the fewest that help are spared.
-    activation_bits: tuple[int, ...] = (8,)
+    # None: the config's own activation widths, no point in float.
+    activation_bits: tuple[int, ...] | None = None
 
     def validate(self) -> None:
         if self.narrow_clipping != "keep" and self.narrow_clipping not in WEIGHT_CLIPPING:
@@ -161,6 +162,8 @@ class Candidates:
         for bits in self.weight_bits:
             if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
                 raise ConfigError(f"weight-bits: got {bits!r}; allowed: widths from {MIN_BITS} to {MAX_BITS}, e.g. 8,6,4")
+        if self.activation_bits is None:
+            return
         allowed = (f"one width from {MIN_BITS} to {MAX_BITS}, optionally with {FLOAT_ACTIVATION} (the activation may "
                    "stay in float), e.g. 8,16")
         if not self.activation_bits:
@@ -177,8 +180,10 @@ class Candidates:
             raise ConfigError(f"activation-bits: got {got}; allowed: {allowed}: {why}")
 
     @property
-    def activation_width(self) -> int:
-        """The integer width of every activation point in the base."""
+    def activation_width(self) -> int | None:
+        """The integer width of every activation point in the base (None: the config's own)."""
+        if self.activation_bits is None:
+            return None
         return max(b for b in self.activation_bits if b != FLOAT_ACTIVATION)
 
 
@@ -248,12 +253,12 @@ def search(
     start = time.perf_counter()
     candidates.validate()
     target.validate(labeled=explorer.dataset.evaluation_labels is not None and explorer.entry.pretrained)
-    spare_activations = FLOAT_ACTIVATION in candidates.activation_bits
+    spare_activations = FLOAT_ACTIVATION in (candidates.activation_bits or ())
     if config.activations is None:
-        if candidates.activation_bits != Candidates().activation_bits:
+        if candidates.activation_bits is not None:
             raise ConfigError(f"activation-bits: got {','.join(map(str, candidates.activation_bits))} with a weight-only "
-                              "config (activations is null); allowed: the default, or a config that quantizes activations")
-    elif candidates.activation_width != config.activations.bits:
+                              "config (activations is null); allowed: none given, or a config that quantizes activations")
+    elif candidates.activation_width is not None and candidates.activation_width != config.activations.bits:
         config = config.replace(activations=dataclasses.replace(config.activations, bits=candidates.activation_width))
     runner = runner if runner is not None else SerialRunner(explorer)
     prepared = explorer.prepared(config.fold_batchnorm)

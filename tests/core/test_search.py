@@ -167,6 +167,12 @@ def test_bad_activation_candidates_name_what_is_allowed(cnn: Explorer, candidate
         search(cnn, QuantConfig.from_dict(BASE), Target(max_kl=0.1), candidates)
 
 
+def test_without_activation_candidates_the_config_keeps_its_activation_widths(cnn: Explorer) -> None:
+    config = QuantConfig.from_dict({**BASE, "activations": {"bits": 6}})
+    best = QuantConfig.from_dict(search(cnn, config, Target(min_agreement=99.0), Candidates((8, 4))).best.config)
+    assert best.activations is not None and best.activations.bits == 6 and best.keep_float_activations == ()
+
+
 def test_float_activations_need_quantized_activations(cnn: Explorer) -> None:
     with pytest.raises(ConfigError, match=r"^activation-bits: got 8,16 with a weight-only config"):
         search(cnn, QuantConfig.from_dict({**BASE, "activations": None}), Target(max_kl=0.1),
