@@ -71,7 +71,7 @@ from ptq_core.primitives import dequantize
 from ptq_core.progress import ProgressFn
 from ptq_core.quantize import check_names
 from ptq_core.ranges import activation_range, range_error, weight_qparams
-from ptq_core.search import Candidates, Target, search
+from ptq_core.search import FLOAT_ACTIVATION, Candidates, Target, search
 from ptq_core.sensitivity import proxy, sensitivity
 
 from . import labels, state, uploads
@@ -821,14 +821,22 @@ class _Recording:
         return self.inner.evaluate_many(configs, on_result=record)  # type: ignore[no-any-return]
 
 
-def run_search(config_json: str, kind: str, value: float, bits: tuple[int, ...], allow_float: bool) -> dict[str, Any]:
-    """:func:`ptq_core.search.search` for the page: points reach ``search_points`` as measured; a PTQError is returned."""
+def run_search(config_json: str, kind: str, value: float, bits: tuple[int, ...], allow_float: bool, *,
+               float_activations: bool = False) -> dict[str, Any]:
+    """:func:`ptq_core.search.search` for the page: points reach ``search_points`` as measured; a PTQError is returned.
+
+    ``float_activations``: activation points may stay in float (the config's activation width, or 16 = float).
+    """
     config = QuantConfig.from_json(config_json)
     explorer = explorer_for(config)
+    activation_bits = None
+    if float_activations and config.activations is not None:
+        activation_bits = (config.activations.bits, FLOAT_ACTIVATION)
     points: list[dict[str, Any]] = st.session_state.setdefault("search_points", [])
     try:
         with activity().evaluation(), _progress("Search") as on_progress:
-            result = search(explorer, config, Target(**{kind: value}), Candidates(tuple(bits), allow_float),
+            result = search(explorer, config, Target(**{kind: value}),
+                            Candidates(tuple(bits), allow_float, activation_bits=activation_bits),
                             runner=_Recording(SerialRunner(explorer)), on_progress=on_progress,
                             on_point=lambda p: points.append(dataclasses.asdict(p)))
     except PTQError as exc:

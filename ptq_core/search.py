@@ -414,8 +414,9 @@ def _metrics(p: Point, fp32_top1: float | None) -> dict[str, Any]:
 def _measured(p: Point, fp32_top1: float | None) -> str:
     parts = [f"agreement {100 * p.agreement:.2f}%", f"KL {p.kl_divergence:.4g}"]
     if p.quant_top1 is not None and fp32_top1 is not None:
-        parts.insert(0, f"top-1 {100 * p.quant_top1:.2f}% ({100 * (fp32_top1 - p.quant_top1):.2f} points below FP32's "
-                        f"{100 * fp32_top1:.2f}%)")
+        drop = 100 * (fp32_top1 - p.quant_top1)
+        side = f"{drop:.2f} points below" if drop >= 0 else f"{-drop:.2f} points above"
+        parts.insert(0, f"top-1 {100 * p.quant_top1:.2f}% ({side} FP32's {100 * fp32_top1:.2f}%)")
     return ", ".join(parts)
 
 

@@ -120,6 +120,7 @@ def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
     ss.setdefault("search_value", TARGET_DEFAULTS[ss["search_kind"]])
     ss.setdefault("search_bits", [8, 6, 4])
     ss.setdefault("search_float", False)
+    ss.setdefault("search_float_acts", False)
     c1, c2, c3, c4 = st.columns([2, 1, 2, 1], vertical_alignment="bottom")
     said = labels.words(result["metrics"])
     targets = EMBEDDING_TARGETS if labels.is_embedding(result["metrics"]) else TARGETS
@@ -129,6 +130,12 @@ def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
                    format_func=labels.bits)
     c4.checkbox("Layers may stay in float", key="search_float",
                 help="When even the widest width misses the target, keep the layers that help most in float.")
+    static = config.activations is not None and config.activations.mode == "static"
+    c4.checkbox("Activations may stay in float", key="search_float_acts", disabled=not static,
+                help="Before narrowing any weight, leave in float the fewest activation points that recover most of "
+                     "the accuracy: a float activation costs no weight byte (its readers run in float on an integer "
+                     "runtime), and buys the room 4-bit layers need." if static else
+                     "Only for static activation quantizers (this configuration has none to spare).")
     key = config.to_json()
     c1, c2 = st.columns([1, 3], vertical_alignment="center")
     c1.button("Search", key="search_run", on_click=_search, args=(key,), type="primary")
@@ -137,7 +144,7 @@ def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
     outcome = None
     if ss.get("search_run_for") == key:
         outcome = resources.run_search(key, ss["search_kind"], float(ss["search_value"]), tuple(ss["search_bits"]),
-                                       bool(ss["search_float"]))
+                                       bool(ss["search_float"]), float_activations=static and bool(ss["search_float_acts"]))
         ss["search_run_for"] = None
         ss["search_outcome"] = outcome
     outcome = ss.get("search_outcome") if outcome is None else outcome

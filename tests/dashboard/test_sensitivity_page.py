@@ -45,3 +45,33 @@ def test_a_search_answer_lands_on_the_scatter_and_applies(explorer: Explorer) ->
     best = QuantConfig.from_dict(engine.best.config)  # the sidebar now holds the answer: it is what the page exports
     open_page(at, "export")
     assert QuantConfig.from_json(at.code[0].value) == best
+
+
+def test_a_search_may_leave_activations_in_float(explorer: Explorer) -> None:
+    """The checkbox hands the config's activation width plus 16 (float) to the engine; the answer applies whole."""
+    at = open_page(new_app().run(), "sensitivity")
+    at.selectbox(key="search_kind").set_value("min_agreement")
+    at.number_input(key="search_value").set_value(99.5)
+    at.multiselect(key="search_bits").set_value([8, 4])
+    at.checkbox(key="search_float_acts").check()
+    at.button(key="search_run").click().run()
+    assert not problems(at)
+    config = state.default_config()
+    assert config.activations is not None
+    engine = search(explorer, config, Target(min_agreement=99.5),
+                    Candidates((8, 4), activation_bits=(config.activations.bits, 16)))
+    assert [s.value for s in at.success] == [engine.message]
+    at.button(key="search_apply").click().run()
+    assert not problems(at)
+    open_page(at, "export")
+    applied = QuantConfig.from_json(at.code[0].value)
+    assert applied == QuantConfig.from_dict(engine.best.config)
+    assert applied.keep_float_activations  # the answer spares some (measured: the input, "x")
+
+
+def test_float_activations_are_not_offered_without_static_activations() -> None:
+    at = new_app().run()
+    at.radio(key="sb_a_mode").set_value(state.WEIGHT_ONLY).run()
+    at = open_page(at, "sensitivity")
+    assert not problems(at)
+    assert at.checkbox(key="search_float_acts").disabled
