@@ -91,20 +91,23 @@ def _numba_kernel() -> Callable[..., Any] | None:
         log.info("numba unavailable (%s): activation histograms use PyTorch ops", exc)
         return None
 
-    @numba.njit(nogil=True, cache=True, boundscheck=True)
+    @numba.njit(nogil=True, cache=True)
     def count(x: Any, inv_width: Any, num_bins: int) -> Any:  # pragma: no cover - compiled, not traced
         span = 2 * num_bins
         lanes = np.zeros(4 * span, dtype=np.int32)  # four sub-histograms: equal neighbours do not wait
         n = x.shape[0]
         body = n - n % 4
-        # uint32 indices: no negative-index wraparound check in the loop
+        # An index is clamped into [0, span) (uint32: a negative one wraps high and clamps too): the caller's range
+        # guarantees it is there already, and a clamp cannot write out of bounds whatever the input, at less cost
+        # than numba's bounds checks (0.80 against 0.97 ns per element on ReLU6-like data, this machine).
+        top = np.uint32(span - 1)
         for i in range(0, body, 4):
-            lanes[np.uint32(np.int32(np.floor(x[i] * inv_width)) + num_bins)] += 1
-            lanes[np.uint32(np.int32(np.floor(x[i + 1] * inv_width)) + num_bins + span)] += 1
-            lanes[np.uint32(np.int32(np.floor(x[i + 2] * inv_width)) + num_bins + 2 * span)] += 1
-            lanes[np.uint32(np.int32(np.floor(x[i + 3] * inv_width)) + num_bins + 3 * span)] += 1
+            lanes[min(np.uint32(np.int32(np.floor(x[i] * inv_width)) + num_bins), top)] += 1
+            lanes[min(np.uint32(np.int32(np.floor(x[i + 1] * inv_width)) + num_bins), top) + span] += 1
+            lanes[min(np.uint32(np.int32(np.floor(x[i + 2] * inv_width)) + num_bins), top) + 2 * span] += 1
+            lanes[min(np.uint32(np.int32(np.floor(x[i + 3] * inv_width)) + num_bins), top) + 3 * span] += 1
         for i in range(body, n):
-            lanes[np.uint32(np.int32(np.floor(x[i] * inv_width)) + num_bins)] += 1
+            lanes[min(np.uint32(np.int32(np.floor(x[i] * inv_width)) + num_bins), top)] += 1
         out = np.zeros(span, dtype=np.int64)
         for k in range(4):
             out += lanes[k * span : (k + 1) * span]
