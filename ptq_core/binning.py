@@ -99,7 +99,9 @@ def _numba_kernel() -> Callable[..., Any] | None:
         body = n - n % 4
         # An index is clamped into [0, span) (uint32: a negative one wraps high and clamps too): the caller's range
         # guarantees it is there already, and a clamp cannot write out of bounds whatever the input, at less cost
-        # than numba's bounds checks (0.80 against 0.97 ns per element on ReLU6-like data, this machine).
+        # than numba's bounds checks: 0.80 against 0.97 ns per element, measured side by side on 9.6M ReLU6-like values
+        # (2026-12-03, the AVX512-VNNI EPYC of the docstring; that day's machine ran the checked loop slower than the
+        # docstring's 0.74 ns).
         top = np.uint32(span - 1)
         for i in range(0, body, 4):
             lanes[min(np.uint32(np.int32(np.floor(x[i] * inv_width)) + num_bins), top)] += 1
