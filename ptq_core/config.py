@@ -327,12 +327,16 @@ class SmoothQuant:
 
     # Migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha). 0.5 is the paper's default for
     # BERT-sized and OPT models (it balances the two ranges); larger moves more of the range into the weights.
-    alpha: float = 0.5
+    # "auto": per group of Linears sharing an input, the alpha of 0-1 whose quantized outputs come closest to
+    # FP32 on the calibration samples (Intel Neural Compressor's alpha="auto"; ptq_core.algorithms.smoothquant).
+    alpha: float | str = 0.5
 
     def validate(self, path: str = "algorithms.smoothquant") -> None:
         a = self.alpha
+        if a == "auto":
+            return
         if isinstance(a, bool) or not isinstance(a, int | float) or not 0.0 <= float(a) <= 1.0:
-            raise _fail(f"{path}.alpha", a, "a number from 0 to 1, e.g. 0.5")
+            raise _fail(f"{path}.alpha", a, 'a number from 0 to 1, e.g. 0.5, or "auto" (chosen per group of Linears)')
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ class Explorer:
                 batches = [load_batch(pool, chunk)[0] for chunk in chunks(indices, config.calibration.batch_size)]
                 inputs = set(active_points(base, config.replace(algorithms=Algorithms())))
                 self._smooth[key] = smooth(base, inputs, batches, alpha=sq.alpha, example=self.example_input(),
-                                           variant=variant, lengths=token_lengths(batches))
+                                           variant=variant, lengths=token_lengths(batches), config=config)
                 while len(self._smooth) > SMOOTHED_CACHE_ENTRIES:
                     self._smooth.pop(next(iter(self._smooth)))
             return self._smooth[key]
@@ -186,7 +186,13 @@ class Explorer:
         sq = config.algorithms.smoothquant
         if sq is None or config.mode == "weight_only":
             return ""
-        return f"smoothquant:{sq.alpha:g}:{digest('cal', indices, config.calibration.batch_size)[:12]}"
+        if sq.alpha == "auto":  # chosen for how the config quantizes: that is part of the name
+            quant = digest(config.weights, config.activations, config.overrides, config.keep_float,
+                           config.keep_float_activations)
+            alpha = f"auto-{quant[:8]}"
+        else:
+            alpha = f"{sq.alpha:g}"
+        return f"smoothquant:{alpha}:{digest('cal', indices, config.calibration.batch_size)[:12]}"
 
     def _channel_ranges(self, prepared: PreparedModel, config: QuantConfig) -> ChannelRanges:
         """Per-channel max |x| at the Linear inputs of ``prepared`` on ``config``'s calibration samples, kept."""
