@@ -62,7 +62,8 @@ def algorithms_label(algorithms: dict[str, Any] | None) -> str:
         return ""
     parts = []
     if algorithms.get("smoothquant"):
-        parts.append(f"SQ({algorithms['smoothquant']['alpha']:g})")
+        alpha = algorithms["smoothquant"]["alpha"]
+        parts.append(f"SQ({alpha if isinstance(alpha, str) else format(alpha, 'g')})")  # a number, or "auto"
     if algorithms.get("cross_layer_equalization"):
         parts.append("CLE")
     rounding = algorithms.get("rounding", "nearest")

@@ -55,6 +55,8 @@ GPTQ_COST = "about 2 minutes on EfficientNet-Lite0, a second on digits."
 # SmoothQuant's second pass (max |x| per channel, then the model prepared anew), measured 2026-12 with one torch thread
 # on the same shared 2-core machine: 3 s for all-MiniLM-L6-v2 on its 256 calibration sentences, 0.02 s on digits_mlp.
 SMOOTHQUANT_COST = "about 3 s on all-MiniLM-L6-v2 (256 calibration sentences), a blink on digits"
+# alpha "auto": 11 quantized matmuls per group on the calibration tokens; measured 2026-12-03, same machine and thread
+SMOOTHQUANT_AUTO_COST = "about 11 s on all-MiniLM-L6-v2"
 FINETUNE_COST = ("About 2.4 s per step of 16 images on EfficientNet-Lite0 (100 steps: about 4 minutes), 200 steps in "
                  "a few seconds on digits.")
 MODES = ["static", "dynamic", state.WEIGHT_ONLY]
@@ -231,8 +233,13 @@ def _algorithms() -> None:
                      "Linears reading one input, and a second pass over the calibration samples to measure the "
                      f"channels: {SMOOTHQUANT_COST}. Applies when activations are quantized (static or dynamic); "
                      "the Activations page shows each channel before and after.")
+    sb.checkbox("SmoothQuant alpha: auto", key=state.SQ_AUTO_KEY, disabled=not ss["sb_alg_smoothquant"],
+                help="Chooses alpha per group of Linears reading one input (0 to 1 in steps of 0.05): the one "
+                     "whose quantized outputs, with this config's weight and activation settings, come closest to "
+                     "FP32 on the calibration samples (Intel Neural Compressor's alpha=\"auto\"). The Result's "
+                     f"algorithms list the chosen alphas. Costs {SMOOTHQUANT_AUTO_COST} more.")
     sb.slider("SmoothQuant alpha", min_value=0.0, max_value=1.0, step=0.05, key="sb_alg_sq_alpha",
-              disabled=not ss["sb_alg_smoothquant"],
+              disabled=not ss["sb_alg_smoothquant"] or ss[state.SQ_AUTO_KEY],
               help="How much of each channel's range moves into the weights. 1: every activation channel "
                    "ends with the same max (flat) and the weights take the whole outlier; 0: the weights end "
                    "flat and the activations take their spread. 0.5 (the paper's default) meets halfway: both "

@@ -53,8 +53,10 @@ ALG_KEYS = {"sb_alg_cle": "cross_layer_equalization", "sb_alg_bias_correction": 
             "sb_alg_rounding": "rounding"}
 ALG_ADAROUND_KEYS = {"sb_alg_adaround_iterations": "iterations"}
 ALG_FINETUNE_KEYS = {"sb_alg_ft_steps": "steps", "sb_alg_ft_lr": "lr", "sb_alg_ft_batch_size": "batch_size"}
-# SmoothQuant: a checkbox ("smoothquant": null when off) and its alpha, held while off as the fine-tune controls are.
+# SmoothQuant: a checkbox ("smoothquant": null when off), its alpha and an "auto" checkbox (alpha "auto": chosen per
+# group of Linears; the slider keeps its number meanwhile), both held while off as the fine-tune controls are.
 ALG_SMOOTHQUANT_KEYS = {"sb_alg_sq_alpha": "alpha"}
+SQ_AUTO_KEY = "sb_alg_sq_auto"
 WEIGHT_ONLY = "weight_only"  # the sb_a_mode value for "activations": null
 DEFAULT_GROUP_SIZE = 32  # what the group-size control shows while granularity is not per_group
 MAX_HISTORY = 300  # evaluated configs kept per session for the Overview scatter
@@ -94,7 +96,9 @@ def _widget_values(config: QuantConfig) -> dict[str, Any]:
         values.update({key: getattr(alg.finetune, f) for key, f in ALG_FINETUNE_KEYS.items()})
     values["sb_alg_smoothquant"] = alg.smoothquant is not None
     if alg.smoothquant is not None:
-        values.update({key: float(getattr(alg.smoothquant, f)) for key, f in ALG_SMOOTHQUANT_KEYS.items()})
+        values[SQ_AUTO_KEY] = alg.smoothquant.alpha == "auto"
+        if not values[SQ_AUTO_KEY]:
+            values.update({key: float(getattr(alg.smoothquant, f)) for key, f in ALG_SMOOTHQUANT_KEYS.items()})
     return values
 
 
@@ -114,6 +118,7 @@ def init_state() -> None:
     defaults["sb_w_group_size"] = DEFAULT_GROUP_SIZE
     defaults.update({key: getattr(Finetune(), f) for key, f in ALG_FINETUNE_KEYS.items()})  # shown while off
     defaults.update({key: float(getattr(SmoothQuant(), f)) for key, f in ALG_SMOOTHQUANT_KEYS.items()})  # likewise
+    defaults[SQ_AUTO_KEY] = False
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
     st.session_state.setdefault("history", [])  # list of history entries, oldest first
@@ -175,6 +180,8 @@ def _algorithms_from_state(base: dict[str, Any]) -> dict[str, Any]:
     if ss["sb_alg_smoothquant"]:
         alg["smoothquant"] = {**(base.get("smoothquant") or {}),
                               **{f: float(ss[key]) for key, f in ALG_SMOOTHQUANT_KEYS.items()}}
+        if ss[SQ_AUTO_KEY]:
+            alg["smoothquant"]["alpha"] = "auto"
     else:
         alg["smoothquant"] = None
     return alg

@@ -159,7 +159,8 @@ def _outlier_caption(config: QuantConfig, row: dict[str, Any]) -> str:
     sq = config.algorithms.smoothquant
     t = row.get("summary_smoothed")
     if t is not None and sq is not None:
-        parts.append(f"**After SmoothQuant** (alpha {sq.alpha:g}): the largest channel is **{t['channel']}** with "
+        alpha = "chosen per group" if sq.alpha == "auto" else f"{sq.alpha:g}"
+        parts.append(f"**After SmoothQuant** (alpha {alpha}): the largest channel is **{t['channel']}** with "
                      f"max |x| {t['max']:.4g}, the median {t['median']:.4g}: ratio **{ratio_text(t['ratio'])}**.")
     elif sq is not None and config.activations is None:
         parts.append("SmoothQuant is on but does nothing here: it applies only while activations are quantized.")

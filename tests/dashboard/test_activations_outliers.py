@@ -1,7 +1,8 @@
 """The Activations page's outlier channels and the sidebar's SmoothQuant control, under AppTest with the real engine.
 
 * The SmoothQuant checkbox and alpha slider are ``config.algorithms.smoothquant`` (null when off; alpha kept
-  while off, as the fine-tune controls keep theirs); a shared link restores them.
+  while off, as the fine-tune controls keep theirs); the "auto" checkbox is ``alpha: "auto"``; a shared link
+  restores them.
 * The outlier section measures only when its toggle is on; it draws the chart and the ranking table with
   the numbers of a fresh ``Explorer.channel_outliers`` of the same config, before and after SmoothQuant,
   in static, dynamic and weight-only modes (the histogram part keeps its static-only message).
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import sharing, state
+from dashboard import labels, sharing, state
 from ptq_core.config import QuantConfig, SmoothQuant
 from ptq_core.models import MINILM
 from ptq_core.pipeline import Explorer
@@ -100,6 +101,23 @@ def test_the_smoothquant_control_is_algorithms_smoothquant() -> None:
     assert at.slider(key="sb_alg_sq_alpha").disabled and at.slider(key="sb_alg_sq_alpha").value == 0.75
     at.checkbox(key="sb_alg_smoothquant").check().run()
     assert controls_config(at).algorithms.smoothquant == SmoothQuant(alpha=0.75)
+
+
+def test_the_auto_checkbox_is_alpha_auto_and_a_link_restores_it() -> None:
+    at = open_page(new_app().run(), "learn")
+    assert at.checkbox(key="sb_alg_sq_auto").disabled and not at.checkbox(key="sb_alg_sq_auto").value
+    at.checkbox(key="sb_alg_smoothquant").check().run()
+    at.checkbox(key="sb_alg_sq_auto").check().run()
+    assert not problems(at)
+    assert controls_config(at).algorithms.smoothquant == SmoothQuant(alpha="auto")
+    assert at.slider(key="sb_alg_sq_alpha").disabled and at.slider(key="sb_alg_sq_alpha").value == 0.5  # kept for "off"
+    at.checkbox(key="sb_alg_sq_auto").uncheck().run()
+    assert controls_config(at).algorithms.smoothquant == SmoothQuant(alpha=0.5)
+    at = linked({"algorithms": {"smoothquant": {"alpha": "auto"}}}, "learn")
+    assert not problems(at)
+    assert at.checkbox(key="sb_alg_sq_auto").value and not at.checkbox(key="sb_alg_sq_auto").disabled
+    assert controls_config(at).algorithms.smoothquant == SmoothQuant(alpha="auto")
+    assert labels.algorithms_label(controls_config(at).algorithms.to_dict()) == "+SQ(auto)"
 
 
 def test_a_link_restores_smoothquant_and_weight_only_says_it_does_nothing() -> None:
