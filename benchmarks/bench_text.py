@@ -57,6 +57,7 @@ DYN_TOKEN = {"mode": "dynamic", "granularity": "per_token"}
 DYN_TENSOR = {"mode": "dynamic", "granularity": "per_tensor"}
 STATIC = {"mode": "static", "clipping": "mse"}
 SQ = {"smoothquant": {"alpha": 0.5}}
+SQ_AUTO = {"smoothquant": {"alpha": "auto"}}  # alpha chosen per Linear group on the calibration sentences
 INTEGER = {"arithmetic": "integer"}  # onnxruntime's integer kernels emulated exactly (ptq_core.onnx.integer)
 
 
@@ -67,6 +68,7 @@ def rows(explorer: Explorer) -> dict[str, dict[str, Any]]:
         "W8A8 dynamic per-token": {"activations": DYN_TOKEN},
         "W8A8 dynamic per-token, weights MSE": {"activations": DYN_TOKEN, "weights": {"clipping": "mse"}},
         "W8A8 dynamic per-token + SmoothQuant 0.5": {"activations": DYN_TOKEN, "algorithms": SQ},
+        "W8A8 dynamic per-token + SmoothQuant auto": {"activations": DYN_TOKEN, "algorithms": SQ_AUTO},
         "W8A8 dynamic per-tensor": {"activations": DYN_TENSOR},
         "W8A8 dynamic per-tensor + SmoothQuant 0.5": {"activations": DYN_TENSOR, "algorithms": SQ},
         "W8A8 dynamic per-tensor, integer arithmetic": {"activations": DYN_TENSOR, "evaluation": INTEGER},
@@ -79,10 +81,13 @@ def rows(explorer: Explorer) -> dict[str, dict[str, Any]]:
                                         "algorithms": {"rounding": "gptq"}},
         "W8A8 static": {"activations": STATIC},
         "W8A8 static + SmoothQuant 0.5": {"activations": STATIC, "algorithms": SQ},
+        "W8A8 static + SmoothQuant auto": {"activations": STATIC, "algorithms": SQ_AUTO},
         "W8A8 static, integer arithmetic": {"activations": STATIC, "evaluation": INTEGER},
         "W8A8 static, residual stream float": {"activations": STATIC, "keep_float": residual},
         "W8A8 static, residual stream float + SmoothQuant 0.5": {"activations": STATIC, "keep_float": residual,
                                                                  "algorithms": SQ},
+        "W8A8 static, residual stream float + SmoothQuant auto": {"activations": STATIC, "keep_float": residual,
+                                                                  "algorithms": SQ_AUTO},
         "W8A8 static, residual stream float + SmoothQuant 0.5, integer arithmetic": {
             "activations": STATIC, "keep_float": residual, "algorithms": SQ, "evaluation": INTEGER},
     }

@@ -55,8 +55,9 @@ GPTQ_COST = "about 2 minutes on EfficientNet-Lite0, a second on digits."
 # SmoothQuant's second pass (max |x| per channel, then the model prepared anew), measured 2026-12 with one torch thread
 # on the same shared 2-core machine: 3 s for all-MiniLM-L6-v2 on its 256 calibration sentences, 0.02 s on digits_mlp.
 SMOOTHQUANT_COST = "about 3 s on all-MiniLM-L6-v2 (256 calibration sentences), a blink on digits"
-# alpha "auto": 11 quantized matmuls per group on the calibration tokens; measured 2026-12-03, same machine and thread
-SMOOTHQUANT_AUTO_COST = "about 11 s on all-MiniLM-L6-v2"
+# alpha "auto": 21 quantized matmuls per Linear on the calibration tokens; measured 2026-12-03 (same machine, one
+# thread): 20.5-21.6 s of choosing on all-MiniLM-L6-v2's 128 calibration sentences
+SMOOTHQUANT_AUTO_COST = "about 20 s on all-MiniLM-L6-v2"
 FINETUNE_COST = ("About 2.4 s per step of 16 images on EfficientNet-Lite0 (100 steps: about 4 minutes), 200 steps in "
                  "a few seconds on digits.")
 MODES = ["static", "dynamic", state.WEIGHT_ONLY]
