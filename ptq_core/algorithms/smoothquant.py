@@ -160,7 +160,8 @@ def _read_inputs(gm: torch.fx.GraphModule, paths: list[str], batches: Sequence[t
 def _quantized_input(xs: list[torch.Tensor], aq: ActivationQuant) -> list[torch.Tensor]:
     """``xs`` (per calibration batch, rows of real tokens) through the quantizer ``aq`` puts on a Linear input:
     dynamic per token (a row's own range), dynamic per tensor (the batch's range), static (one range from all of them,
-    clipped as ``aq.clipping`` says, from the same statistics the calibration keeps)."""
+    clipped as ``aq.clipping`` says, from the statistics the calibration keeps; here of real tokens only, where the
+    calibrated quantizer's range also sees the padding)."""
     if aq.mode == "dynamic":
         dynamic = DynamicFakeQuantize("smoothquant_auto", aq.bits, aq.scheme, per_token=aq.granularity == "per_token")
         return [dynamic(x) for x in xs]
