@@ -180,19 +180,26 @@ class Explorer:
                     self._smooth.pop(next(iter(self._smooth)))
             return self._smooth[key]
 
-    @staticmethod
-    def _smooth_variant(config: QuantConfig, indices: list[int]) -> str:
-        """The name of the SmoothQuant variant ``config`` quantizes ("" for none): alpha and the samples it saw."""
+    def _smooth_variant(self, config: QuantConfig, indices: list[int]) -> str:
+        """The name of the SmoothQuant variant ``config`` quantizes ("" for none): alpha, the Linear inputs it smooths
+        and the samples it saw.
+
+        Which inputs are smoothed follows from what the config quantizes (a Linear kept in float, an activation
+        point spared), so they are part of the name: two configs of one alpha that smooth different Linears are two
+        models, not one cached for the first of them. With "auto" the alphas are chosen for the config's weight and
+        activation settings, so those are part of it too.
+        """
         sq = config.algorithms.smoothquant
         if sq is None or config.mode == "weight_only":
             return ""
+        inputs = sorted(active_points(self._base_prepared(config), config.replace(algorithms=Algorithms())))
         if sq.alpha == "auto":  # chosen for how the config quantizes: that is part of the name
             quant = digest(config.weights, config.activations, config.overrides, config.keep_float,
                            config.keep_float_activations)
             alpha = f"auto-{quant[:8]}"
         else:
             alpha = f"{sq.alpha:g}"
-        return f"smoothquant:{alpha}:{digest('cal', indices, config.calibration.batch_size)[:12]}"
+        return f"smoothquant:{alpha}:{digest('inputs', inputs)[:8]}:{digest('cal', indices, config.calibration.batch_size)[:12]}"
 
     def _channel_ranges(self, prepared: PreparedModel, config: QuantConfig) -> ChannelRanges:
         """Per-channel max |x| at the Linear inputs of ``prepared`` on ``config``'s calibration samples, kept."""

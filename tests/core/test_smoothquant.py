@@ -206,3 +206,13 @@ def test_auto_runs_from_the_cli_and_reproduces(tmp_path: Path, capsys: pytest.Ca
     assert a["algorithms"]["smoothquant"]["alpha"] == "auto" and a["config"]["algorithms"]["smoothquant"]["alpha"] == "auto"
     assert a["algorithms"]["smoothquant"]["alphas"] == b["algorithms"]["smoothquant"]["alphas"]  # deterministic
     assert a["metrics"] == b["metrics"]
+
+
+def test_configs_of_one_alpha_that_smooth_different_linears_are_different_models(explorer: Explorer) -> None:
+    point = explorer.prepared_for(_config(None)).unit("layers.0.attention.query").inputs[0]
+    spared = _config(0.5).replace(keep_float_activations=(point,))  # Q/K/V of layer 0 read it in float: no grid to help
+    full, partial = explorer.smoothquant_report(_config(0.5)), explorer.smoothquant_report(spared)
+    assert explorer.prepared_for(spared).variant != explorer.prepared_for(_config(0.5)).variant
+    assert full["layers"] == 36 and partial["layers"] == 33
+    assert ["layers.0.attention.query", "layers.0.attention.key", "layers.0.attention.value"] not in \
+        [g["layers"] for g in partial["groups"]]
