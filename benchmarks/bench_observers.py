@@ -2,8 +2,9 @@
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_observers.py`` (or ``make bench``).
 
-For each activation size it prints the time of ``TensorStats.update`` (the chosen design:
-aminmax, then chunked multiply/floor/int16 cast/bincount), of the alternatives it was picked
+For each activation size it prints the time of ``TensorStats.update`` (the chosen design: one compiled
+pass for min, max and counts, ``ptq_core.binning.histogram``, on float32 CPU tensors of 128K elements or
+more; aminmax, then chunked multiply/floor/int16 cast/bincount below that), of the alternatives it was picked
 over (``torch.histc`` over [-R, R], one unchunked int64 ``bincount``), and of a 3x3 Conv2d
 forward producing a tensor of that size (in_channels = out_channels), plus the overhead
 ratio update / conv. Then the time of each ``activation_range`` method on one statistics object.

@@ -1,30 +1,44 @@
-"""The counting loop of the activation histogram: ``floor(x * inv_width) + num_bins`` counted per bin.
+"""The activation histogram's counting: ``floor(x * inv_width) + num_bins`` counted per bin, and the range with it.
 
-What lives here: :func:`bincount` and its two implementations, one compiled by numba (CPU,
-float32) and one of PyTorch ops (every other device and dtype, and when numba is missing). Both
-give the same counts, exactly: ``inv_width`` is a power of two, so ``x * inv_width`` and its floor
-are exact in float32, and every value lands in the bin it mathematically belongs to
-(``tests/core/test_binning.py`` compares them on values that sit on bin edges). What the bins
-mean is :mod:`ptq_core.observers`.
+What lives here: :func:`histogram`, one compiled pass (numba) that finds a float32 CPU tensor's min
+and max and counts its histogram at the power-of-two range those need, and :func:`bincount_torch`,
+the same counts from PyTorch ops at a range the caller found (every other device and dtype, small
+tensors, and when numba is missing). Both give the same counts, exactly: ``inv_width`` is a power of
+two, so ``x * inv_width`` and its floor are exact in float32, and every value lands in the bin it
+mathematically belongs to (``tests/core/test_binning.py`` compares them on values that sit on bin
+edges). What the bins mean is :mod:`ptq_core.observers`.
 
-Why a compiled loop. Statistics collection is the model's forward plus this histogram over every
-activation element (about 7 million elements per image for EfficientNet-Lite0), and PyTorch needs
-five passes for it: multiply, floor, add the offset, cast to int16, ``bincount``; ``bincount``
-alone also scans for the minimum and maximum and then counts one element at a time, each count
-waiting for the previous one when neighbouring values share a bin (the zeros after a ReLU).
-The numba loop does it in one pass and spreads consecutive elements over four sub-histograms, so
-a run of equal values does not serialize. One thread, 2026-12-02, AMD EPYC (AVX512-VNNI), 9.6M
-elements: 0.74 ns per element against 1.55 ns for the PyTorch ops on ReLU6-like data, 0.77 against
-1.26 ns on normal data. It compiles once per installation (numba's on-disk cache, about 4 s the
-first time; importing numba and loading it about 1 s in each new process, so tensors below
-:data:`NUMBA_MIN_ELEMENTS` skip it) and releases the GIL, so the calibration workers count side by side.
+Why a compiled pass, and why this shape. Statistics collection is the model's forward plus this
+histogram over every activation element (about 7 million elements per image for EfficientNet-Lite0,
+36% of them exact zeros after its ReLU6s), and the increments are the cost: a plain loop of
+``counts[bin] += 1`` spends most of its time on increments of the same counter in a row, each
+waiting for the previous one to be stored (the zeros), and on counters that do not stay in the
+first-level cache. So the tensor is taken in chunks of :data:`CHUNK` elements (they stay in the
+second-level cache between the steps):
+
+1. min and max of the chunk, on the float's bits read as ordered integers (a loop the compiler
+   vectorizes; NaN and Inf show up as keys beyond those of the infinities);
+2. if the chunk needs a wider range than the counts so far, the counts are re-binned to it, exactly
+   as :func:`ptq_core.observers._rebin` does (pairs of bins summed toward the centre);
+3. each element's bin index, vectorized, into a small buffer; the zero bin's increments go to one
+   of :data:`SPREAD` spare counters in turn, so that the zeros' increments do not wait on one another;
+4. the increments, one counter array of 8,208 int32 (32 KB).
+
+One core, 2026-12-03, AMD EPYC (AVX512-VNNI), EfficientNet-Lite0's activations at all 61 points for
+8 images: 0.90 ns per element for the whole pass, against 1.16-1.21 ns for the earlier ``aminmax``
+plus a loop of four sub-histograms, measured side by side (benchmarks/RESULTS.md, issue 9). It
+compiles once per installation (numba's on-disk cache) and loading it takes about a second in each
+new process, so tensors below :data:`NUMBA_MIN_ELEMENTS` take the PyTorch ops. It releases the GIL, so the
+calibration workers count side by side.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,33 +48,53 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 TORCH_CHUNK = 1 << 18  # elements per PyTorch chunk: temporaries (1 MiB + 0.5 MiB) stay in cache
-# Elements per numba call: its int32 counters cannot overflow below 2**31 elements.
-NUMBA_CHUNK = 1 << 30
-# Smaller tensors use the PyTorch ops: importing numba and loading its compiled loop take about a second, more than
-# the loop saves on the digits models (tens of thousands of elements a point and batch), and a batch of 32 at the
-# narrow end of EfficientNet-Lite0 (32 * 1280 pooled features) would gain milliseconds.
-NUMBA_MIN_ELEMENTS = 1 << 20
+CHUNK = 1 << 16  # elements per step of the compiled pass: the chunk (256 KiB) and its indices stay in L2
+SPREAD = 16  # spare counters the zero bin's increments rotate over
+# Elements between two flushes of the int32 counters into the int64 result: no counter can overflow.
+FLUSH = 1 << 30
+# Smaller tensors use the PyTorch ops: importing numba and loading its compiled pass take about a second, more than
+# the pass saves on the digits models (tens of thousands of elements a point and batch), and a batch of 32 at the
+# narrow end of EfficientNet-Lite0 (32 * 1280 pooled features) would gain milliseconds. At a million, 23 of
+# EfficientNet-Lite0's 61 points (5% of its elements, at twice the cost per element) took the PyTorch ops.
+NUMBA_MIN_ELEMENTS = 1 << 17
 
 
-def bincount(flat: Tensor, inv_width: float, num_bins: int) -> Tensor:
-    """int64 counts ``[2 * num_bins]`` of ``floor(flat * inv_width) + num_bins``, on the CPU.
+@dataclass(frozen=True)
+class Binned:
+    """What :func:`histogram` found: int64 ``counts [2 * num_bins]`` over ``[-2**range_exp, 2**range_exp)``,
+    the exact ``min`` and ``max``, and ``finite`` False when the tensor holds NaN or Inf (then nothing else holds)."""
 
-    ``flat`` is 1-D and float; ``inv_width`` a power of two chosen so that every index falls in
-    ``[0, 2 * num_bins)`` (the caller's ``aminmax`` pass guarantees it).
+    counts: Tensor
+    range_exp: int
+    min: float
+    max: float
+    finite: bool
+
+
+def histogram(flat: Tensor, start_exp: int | None, num_bins: int, min_exp: int) -> Binned | None:
+    """Min, max and the histogram of ``flat`` (1-D) in one pass, at ``range_exp = max(start_exp, need)`` where
+    ``need`` is the exponent of the power of two just above ``max |x|`` (at least ``min_exp``).
+
+    None when the compiled pass does not apply (not float32, not on the CPU, fewer than :data:`NUMBA_MIN_ELEMENTS`
+    elements, numba missing): the caller then finds the range with ``aminmax`` and counts with :func:`bincount_torch`.
     """
-    use_numba = flat.device.type == "cpu" and flat.dtype == torch.float32 and flat.numel() >= NUMBA_MIN_ELEMENTS
-    kernel = _numba_kernel() if use_numba else None
+    if flat.device.type != "cpu" or flat.dtype != torch.float32 or flat.numel() < NUMBA_MIN_ELEMENTS:
+        return None
+    kernel = _kernel()
     if kernel is None:
-        return bincount_torch(flat, inv_width, num_bins)
+        return None
+    assert 2 * num_bins + SPREAD <= 1 << 16, "bin indices are uint16"
     x = flat.contiguous().numpy()
-    counts = np.zeros(2 * num_bins, dtype=np.int64)
-    for start in range(0, x.shape[0], NUMBA_CHUNK):
-        counts += kernel(x[start : start + NUMBA_CHUNK], np.float32(inv_width), num_bins)
-    return torch.from_numpy(counts)
+    start = min_exp - 1 if start_exp is None else max(start_exp, min_exp)
+    counts, exp, lo, hi, finite = kernel(x, start, num_bins, min_exp, CHUNK)
+    # + 0.0: a -0.0 minimum reads as 0.0, as torch.aminmax of the same values may give either
+    return Binned(torch.from_numpy(counts), int(exp), float(lo) + 0.0, float(hi) + 0.0, bool(finite))
 
 
 def bincount_torch(flat: Tensor, inv_width: float, num_bins: int) -> Tensor:
-    """:func:`bincount` with PyTorch ops, in chunks of :data:`TORCH_CHUNK` on the CPU (any float dtype, any device)."""
+    """int64 counts ``[2 * num_bins]`` of ``floor(flat * inv_width) + num_bins`` with PyTorch ops, in chunks of
+    :data:`TORCH_CHUNK` on the CPU (any float dtype, any device). ``inv_width`` is a power of two chosen so that every
+    index falls in ``[0, 2 * num_bins)`` (the caller's ``aminmax`` pass guarantees it)."""
     n = flat.numel()
     chunk = n if flat.device.type != "cpu" else min(n, TORCH_CHUNK)
     buf_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
@@ -83,36 +117,103 @@ def bincount_torch(flat: Tensor, inv_width: float, num_bins: int) -> Tensor:
 
 
 @functools.cache
-def _numba_kernel() -> Callable[..., Any] | None:
-    """The compiled loop, or None (logged once) when numba cannot be imported here."""
+def _kernel() -> Callable[..., Any] | None:
+    """The compiled pass, or None (logged once) when numba cannot be imported here."""
     try:
         import numba
     except ImportError as exc:  # pragma: no cover - numba is in requirements.txt
         log.info("numba unavailable (%s): activation histograms use PyTorch ops", exc)
         return None
+    return _compile(numba)
+
+
+def _compile(numba: Any) -> Callable[..., Any]:  # pragma: no cover - compiled, not traced
+    # float32 bits as int32 keys that order like the floats: negative floats have their magnitude bits flipped.
+    # The map is its own inverse. Keys beyond those of +Inf / -Inf are NaN.
+    key_pos_inf = np.int32(0x7F800000)
+    key_neg_inf = np.int32(-0x7F800001)  # bits 0xFF800000 -> key 0x807FFFFF
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def to_float(key: Any) -> Any:
+        bits = np.empty(1, dtype=np.int32)
+        bits[0] = key ^ ((key >> 31) & np.int32(0x7FFFFFFF))
+        return bits.view(np.float32)[0]
 
     @numba.njit(nogil=True, cache=True)
-    def count(x: Any, inv_width: Any, num_bins: int) -> Any:  # pragma: no cover - compiled, not traced
-        span = 2 * num_bins
-        lanes = np.zeros(4 * span, dtype=np.int32)  # four sub-histograms: equal neighbours do not wait
-        n = x.shape[0]
-        body = n - n % 4
-        # An index is clamped into [0, span) (uint32: a negative one wraps high and clamps too): the caller's range
-        # guarantees it is there already, and a clamp cannot write out of bounds whatever the input, at less cost
-        # than numba's bounds checks: 0.80 against 0.97 ns per element, measured side by side on 9.6M ReLU6-like values
-        # (2026-12-03, the AVX512-VNNI EPYC of the docstring; that day's machine ran the checked loop slower than the
-        # docstring's 0.74 ns).
-        top = np.uint32(span - 1)
-        for i in range(0, body, 4):
-            lanes[min(np.uint32(np.int32(np.floor(x[i] * inv_width)) + num_bins), top)] += 1
-            lanes[min(np.uint32(np.int32(np.floor(x[i + 1] * inv_width)) + num_bins), top) + span] += 1
-            lanes[min(np.uint32(np.int32(np.floor(x[i + 2] * inv_width)) + num_bins), top) + 2 * span] += 1
-            lanes[min(np.uint32(np.int32(np.floor(x[i + 3] * inv_width)) + num_bins), top) + 3 * span] += 1
-        for i in range(body, n):
-            lanes[min(np.uint32(np.int32(np.floor(x[i] * inv_width)) + num_bins), top)] += 1
-        out = np.zeros(span, dtype=np.int64)
-        for k in range(4):
-            out += lanes[k * span : (k + 1) * span]
-        return out
+    def key_range(keys: Any) -> Any:  # 1. min and max as ordered integer keys (vectorized)
+        kmin, kmax = np.int32(0x7FFFFFFF), np.int32(-0x7FFFFFFF - 1)
+        for j in range(keys.shape[0]):
+            b = keys[j]
+            k = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
+            kmin = min(kmin, k)
+            kmax = max(kmax, k)
+        return kmin, kmax
 
-    return count
+    @numba.njit(nogil=True, cache=True)
+    def bin_indices(x: Any, inv_width: Any, num_bins: int, idx: Any) -> None:  # 3. (vectorized)
+        span = np.int32(2 * num_bins)
+        top, nb = span - np.int32(1), np.int32(num_bins)
+        for j in range(x.shape[0]):
+            t = np.int32(np.floor(x[j] * inv_width)) + nb
+            t = min(max(t, np.int32(0)), top)
+            idx[j] = np.uint16(span + (j & (SPREAD - 1)) if t == nb else t)
+
+    @numba.njit(nogil=True, cache=True)
+    def increments(idx: Any, m: int, counters: Any) -> None:  # 4.
+        for j in range(m):
+            counters[idx[j]] += 1
+
+    @numba.njit(nogil=True, cache=True)
+    def run(x: Any, start_exp: int, num_bins: int, min_exp: int, chunk: int) -> Any:
+        span = 2 * num_bins
+        counters = np.zeros(span + SPREAD, dtype=np.int32)
+        out = np.zeros(span, dtype=np.int64)
+        idx = np.empty(min(chunk, max(x.shape[0], 1)), dtype=np.uint16)  # span + SPREAD <= 65536: checked in histogram()
+        keys = x.view(np.int32)
+        n = x.shape[0]
+        exp = start_exp  # below min_exp: no range yet
+        kmin_all, kmax_all = np.int32(0x7FFFFFFF), np.int32(-0x7FFFFFFF - 1)
+        unflushed = 0
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            kmin, kmax = key_range(keys[s:e])
+            if kmax >= key_pos_inf or kmin <= key_neg_inf:
+                return out, exp, np.nan, np.nan, False
+            kmin_all, kmax_all = min(kmin_all, kmin), max(kmax_all, kmax)
+            max_abs = max(-to_float(kmin), to_float(kmax))
+            need = max(math.frexp(max_abs)[1], min_exp) if max_abs > 0 else min_exp
+            if exp < min_exp:
+                exp = need
+            elif need > exp:  # 2. a wider range: flush, then re-bin what was counted (exact, see observers._rebin)
+                for i in range(span):
+                    out[i] += counters[i]
+                for i in range(SPREAD):
+                    out[num_bins] += counters[span + i]
+                counters[:] = 0
+                shift = min(need - exp, 62)
+                wider = np.zeros(span, dtype=np.int64)
+                for i in range(span):
+                    wider[((i - num_bins) >> shift) + num_bins] += out[i]
+                out[:] = wider
+                exp = need
+            inv_width = np.float32(num_bins * math.ldexp(1.0, -exp))
+            m = e - s
+            bin_indices(x[s:e], inv_width, num_bins, idx)
+            increments(idx, m, counters)
+            unflushed += m
+            if unflushed >= FLUSH:
+                for i in range(span):
+                    out[i] += counters[i]
+                for i in range(SPREAD):
+                    out[num_bins] += counters[span + i]
+                counters[:] = 0
+                unflushed = 0
+        for i in range(span):
+            out[i] += counters[i]
+        for i in range(SPREAD):
+            out[num_bins] += counters[span + i]
+        if n == 0:
+            return out, exp, np.nan, np.nan, True
+        return out, exp, to_float(kmin_all), to_float(kmax_all), True
+
+    return run

@@ -17,8 +17,9 @@ pairs of adjacent bins are summed toward the centre, which gives exactly the his
 direct binning at 2R would have given. Batch statistics therefore merge exactly, in any order
 (``merge``, ``merge_all``). Bin counts are int64.
 
-Speed (see ``benchmarks/bench_observers.py``): one ``aminmax`` pass, then one counting pass
-(:mod:`ptq_core.binning`: a numba loop on CPU float32, PyTorch ops elsewhere).
+Speed (see ``benchmarks/bench_observers.py``): on CPU float32 tensors of a million elements or more, one
+compiled pass finds the min, max and counts (:func:`ptq_core.binning.histogram`); elsewhere one ``aminmax``
+pass, then the counts from PyTorch ops.
 Each TensorStats owns all its state, so different instances may be updated from different
 threads; one instance must not be updated from two threads at once.
 """
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .binning import bincount
+from .binning import bincount_torch, histogram
 from .errors import CalibrationError
 
 NUM_BINS = 4096  # bins per side: 8-bit steps span >= 16 bins, so in-bin detail barely matters
@@ -108,8 +109,14 @@ class TensorStats:
             return
         if not flat.is_floating_point():
             flat = flat.to(torch.float32)
-        lo_t, hi_t = torch.aminmax(flat)
-        lo, hi = float(lo_t), float(hi_t)
+        binned = histogram(flat, self.range_exp, NUM_BINS, _MIN_RANGE_EXP)  # one compiled pass, when it applies
+        if binned is None:
+            lo_t, hi_t = torch.aminmax(flat)
+            lo, hi = float(lo_t), float(hi_t)
+        elif binned.finite:
+            lo, hi = binned.min, binned.max
+        else:  # the batch's min and max for the message: NaN propagates through aminmax
+            lo, hi = (float(v) for v in torch.aminmax(flat))
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise CalibrationError(
                 f"{name}: activation contains NaN or Inf (batch min={lo}, max={hi}); "
@@ -119,12 +126,17 @@ class TensorStats:
         # frexp: max_abs = m * 2**e with 0.5 <= m < 1, so 2**e > max_abs strictly and every
         # index below lands in [0, 2 * NUM_BINS) without a clamp.
         need = max(math.frexp(max_abs)[1], _MIN_RANGE_EXP) if max_abs > 0 else _MIN_RANGE_EXP
+        if binned is not None:  # counted at max(self.range_exp, need) already
+            need = binned.range_exp
         if self.range_exp is None:
             self.range_exp = need
         elif need > self.range_exp:
             self.hist = _rebin(self.hist, need - self.range_exp)
             self.range_exp = need
-        self.hist += bincount(flat, NUM_BINS * math.ldexp(1.0, -self.range_exp), NUM_BINS)
+        if binned is not None:
+            self.hist += binned.counts
+        else:
+            self.hist += bincount_torch(flat, NUM_BINS * math.ldexp(1.0, -self.range_exp), NUM_BINS)
         self.count += flat.numel()
         self.min, self.max = min(self.min, lo), max(self.max, hi)
 
