@@ -26,8 +26,8 @@ second-level cache between the steps):
 
 One core, 2026-12-03, AMD EPYC (AVX512-VNNI), EfficientNet-Lite0's activations at all 61 points for
 8 images: 0.90 ns per element for the whole pass, against 1.16-1.21 ns for the earlier ``aminmax``
-plus a loop of four sub-histograms, measured side by side (benchmarks/RESULTS.md, issue 9). It
-compiles once per installation (numba's on-disk cache) and loading it takes about a second in each
+plus a loop of four sub-histograms, measured side by side (benchmarks/RESULTS.md, issue 9). The loops are
+:mod:`ptq_core._histogram_kernel`; they compile once per installation (numba's on-disk cache) and loading it takes about a second in each
 new process, so tensors below :data:`NUMBA_MIN_ELEMENTS` take the PyTorch ops. It releases the GIL, so the
 calibration workers count side by side.
 """
@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,100 +118,8 @@ def bincount_torch(flat: Tensor, inv_width: float, num_bins: int) -> Tensor:
 def _kernel() -> Callable[..., Any] | None:
     """The compiled pass, or None (logged once) when numba cannot be imported here."""
     try:
-        import numba
+        from ._histogram_kernel import run
     except ImportError as exc:  # pragma: no cover - numba is in requirements.txt
         log.info("numba unavailable (%s): activation histograms use PyTorch ops", exc)
         return None
-    return _compile(numba)
-
-
-def _compile(numba: Any) -> Callable[..., Any]:  # pragma: no cover - compiled, not traced
-    # float32 bits as int32 keys that order like the floats: negative floats have their magnitude bits flipped.
-    # The map is its own inverse. Keys beyond those of +Inf / -Inf are NaN.
-    key_pos_inf = np.int32(0x7F800000)
-    key_neg_inf = np.int32(-0x7F800001)  # bits 0xFF800000 -> key 0x807FFFFF
-
-    @numba.njit(nogil=True, cache=True, inline="always")
-    def to_float(key: Any) -> Any:
-        bits = np.empty(1, dtype=np.int32)
-        bits[0] = key ^ ((key >> 31) & np.int32(0x7FFFFFFF))
-        return bits.view(np.float32)[0]
-
-    @numba.njit(nogil=True, cache=True)
-    def key_range(keys: Any) -> Any:  # 1. min and max as ordered integer keys (vectorized)
-        kmin, kmax = np.int32(0x7FFFFFFF), np.int32(-0x7FFFFFFF - 1)
-        for j in range(keys.shape[0]):
-            b = keys[j]
-            k = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
-            kmin = min(kmin, k)
-            kmax = max(kmax, k)
-        return kmin, kmax
-
-    @numba.njit(nogil=True, cache=True)
-    def bin_indices(x: Any, inv_width: Any, num_bins: int, idx: Any) -> None:  # 3. (vectorized)
-        span = np.int32(2 * num_bins)
-        top, nb = span - np.int32(1), np.int32(num_bins)
-        for j in range(x.shape[0]):
-            t = np.int32(np.floor(x[j] * inv_width)) + nb
-            t = min(max(t, np.int32(0)), top)
-            idx[j] = np.uint16(span + (j & (SPREAD - 1)) if t == nb else t)
-
-    @numba.njit(nogil=True, cache=True)
-    def increments(idx: Any, m: int, counters: Any) -> None:  # 4.
-        for j in range(m):
-            counters[idx[j]] += 1
-
-    @numba.njit(nogil=True, cache=True)
-    def run(x: Any, start_exp: int, num_bins: int, min_exp: int, chunk: int) -> Any:
-        span = 2 * num_bins
-        counters = np.zeros(span + SPREAD, dtype=np.int32)
-        out = np.zeros(span, dtype=np.int64)
-        idx = np.empty(min(chunk, max(x.shape[0], 1)), dtype=np.uint16)  # span + SPREAD <= 65536: checked in histogram()
-        keys = x.view(np.int32)
-        n = x.shape[0]
-        exp = start_exp  # below min_exp: no range yet
-        kmin_all, kmax_all = np.int32(0x7FFFFFFF), np.int32(-0x7FFFFFFF - 1)
-        unflushed = 0
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            kmin, kmax = key_range(keys[s:e])
-            if kmax >= key_pos_inf or kmin <= key_neg_inf:
-                return out, exp, np.nan, np.nan, False
-            kmin_all, kmax_all = min(kmin_all, kmin), max(kmax_all, kmax)
-            max_abs = max(-to_float(kmin), to_float(kmax))
-            need = max(math.frexp(max_abs)[1], min_exp) if max_abs > 0 else min_exp
-            if exp < min_exp:
-                exp = need
-            elif need > exp:  # 2. a wider range: flush, then re-bin what was counted (exact, see observers._rebin)
-                for i in range(span):
-                    out[i] += counters[i]
-                for i in range(SPREAD):
-                    out[num_bins] += counters[span + i]
-                counters[:] = 0
-                shift = min(need - exp, 62)
-                wider = np.zeros(span, dtype=np.int64)
-                for i in range(span):
-                    wider[((i - num_bins) >> shift) + num_bins] += out[i]
-                out[:] = wider
-                exp = need
-            inv_width = np.float32(num_bins * math.ldexp(1.0, -exp))
-            m = e - s
-            bin_indices(x[s:e], inv_width, num_bins, idx)
-            increments(idx, m, counters)
-            unflushed += m
-            if unflushed >= FLUSH:
-                for i in range(span):
-                    out[i] += counters[i]
-                for i in range(SPREAD):
-                    out[num_bins] += counters[span + i]
-                counters[:] = 0
-                unflushed = 0
-        for i in range(span):
-            out[i] += counters[i]
-        for i in range(SPREAD):
-            out[num_bins] += counters[span + i]
-        if n == 0:
-            return out, exp, np.nan, np.nan, True
-        return out, exp, to_float(kmin_all), to_float(kmax_all), True
-
     return run
