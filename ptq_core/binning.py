@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -112,6 +113,16 @@ def bincount_torch(flat: Tensor, inv_width: float, num_bins: int) -> Tensor:
         counts += torch.bincount(i, minlength=2 * num_bins)
     assert counts.numel() == 2 * num_bins, "bin index out of range"
     return counts.cpu()
+
+
+def warm_up() -> bool:
+    """Load the compiled pass now (compiling it the first time after an install or a change: about 5 s), so that
+    the first large statistics do not wait for it; True when it is there. Safe to call from any thread."""
+    kernel = _kernel()
+    if kernel is None:
+        return False
+    kernel(np.zeros(4, dtype=np.float32), 0, 4, -100, 4)
+    return True
 
 
 @functools.cache

@@ -121,3 +121,8 @@ def test_tensor_stats_of_a_large_tensor_equal_the_merged_small_ones() -> None:
     grown.update(x * 10, "big")
     both = torch.cat([x * 0.01, x * 10])
     assert grown.range_exp == math.frexp(60.0)[1] and torch.equal(grown.hist, _reference(both, grown.range_exp))
+
+
+def test_warm_up_loads_the_compiled_pass() -> None:
+    assert binning.warm_up() is True
+    assert binning._kernel() is not None

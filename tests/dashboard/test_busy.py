@@ -24,6 +24,7 @@ from torch import nn
 
 from dashboard import resources, sharing
 from dashboard.state import default_config
+from ptq_core import binning
 from tests.dashboard.helpers import new_app, problems
 
 
@@ -213,3 +214,14 @@ def test_the_dashboard_exports_one_at_a_time() -> None:
     resources.configure_torch()  # every run calls it: wrapped once
     assert not getattr(torch.onnx.export.__wrapped__, "_ptq_serialized", False)  # type: ignore[attr-defined]
     assert _export_during_another(torch.onnx.export) == []
+
+
+def test_the_histogram_kernel_is_loaded_once_in_the_background() -> None:
+    """Every run calls configure_torch: the compiled histogram pass is loaded by one background thread, once."""
+    resources.configure_torch()
+    resources.configure_torch()
+    starters = [t for t in threading.enumerate() if t.name == "ptq_warm_histogram"]
+    assert len(starters) <= 1 and resources._warm_up_started
+    for t in starters:
+        t.join(timeout=120)
+    assert binning._kernel.cache_info().currsize == 1 and binning._kernel() is not None
