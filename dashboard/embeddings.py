@@ -14,14 +14,16 @@ from typing import Any
 
 import streamlit as st
 
-from ptq_core.metrics import KNN_K, RECALL_K
+from ptq_core.metrics import KNN_K, NEAR_TIE_COSINE, RECALL_K
 
 from . import labels
 
 COSINE_HELP = ("For each evaluation sentence, the cosine between its quantized and its FP32 embedding (1 = the same "
                "direction); the mean over the sentences, and below it the lowest.")
 NEIGHBOUR_HELP = ("Share of evaluation sentences whose nearest other sentence is the same one under the quantized "
-                  "model as under FP32 (each model searched among its own embeddings).")
+                  "model as under FP32 (each model searched among its own embeddings). Under it: how many sentences' "
+                  "nearest neighbour moved, and how many of those moves were near ties: the two nearest FP32 "
+                  f"neighbours within {NEAR_TIE_COSINE:g} cosine of each other, which any small perturbation can swap.")
 RECALL_HELP = (f"Of each sentence's {RECALL_K} nearest other sentences under FP32, the share the quantized model also "
                f"ranks among its own {RECALL_K} nearest; the mean over the sentences.")
 KNN_HELP = (f"Leave-one-out k-NN on the evaluation sentences: each sentence gets the topic most common among its "

@@ -88,6 +88,18 @@ def cosine(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+
+def neighbours_moved(metrics: dict[str, Any], n: int) -> str | None:
+    """"20 of 622 moved, 17 near ties": whose nearest neighbour changed, and how many of those were FP32 near ties
+    (None for a Result from before the counts were kept)."""
+    moved, near = metrics.get("neighbours_moved"), metrics.get("neighbours_moved_near_ties")
+    if moved is None or near is None:
+        return None
+    if moved == 0:
+        return f"none of {n} moved"
+    return f"{moved:.0f} of {n} moved, {near:.0f} near {'tie' if near == 1 else 'ties'}"
+
+
 # -- tasks: what a Result's numbers mean ----------------------------------------------------------------
 EMBEDDING = "embedding"  # metrics["task"] of the text model; classification Results have no "task" key
 

@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if m.get("task") == "embedding":  # k-NN topic accuracy, neighbours and cosine: ptq_core.metrics.embedding_metrics
             knn = f"5-NN topic accuracy FP32 {m['fp32_top1']:.2%} -> quantized {m['quant_top1']:.2%}, " if "quant_top1" in m else ""
             quality = (f"{knn}cosine to FP32 mean {m['cosine_mean']:.4f} (lowest {m['cosine_min']:.4f}), "
-                       f"nearest-neighbour agreement {m['neighbour_agreement']:.2%}")
+                       f"nearest-neighbour agreement {m['neighbour_agreement']:.2%}"
+                       f" ({m['neighbours_moved']:.0f} moved, {m['neighbours_moved_near_ties']:.0f} of them FP32 near ties)")
         else:
             top1 = f"top-1 FP32 {m['fp32_top1']:.2%} -> quantized {m['quant_top1']:.2%}, " if "quant_top1" in m else ""
             quality = f"{top1}agreement {m['agreement']:.2%}"

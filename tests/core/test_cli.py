@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -195,7 +196,9 @@ def test_run_on_the_text_model_reports_embedding_measures_and_reproduces(tmp_pat
     cfg_path.write_text(json.dumps(config))
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     assert main(["run", "--config", str(cfg_path), "--output", str(first)]) == 0
-    assert "cosine to FP32 mean 0.99" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cosine to FP32 mean 0.99" in err
+    assert re.search(r"nearest-neighbour agreement \d+\.\d\d% \(\d+ moved, \d+ of them FP32 near ties\)", err)
     assert main(["run", "--config", str(cfg_path), "--output", str(second), "--quiet"]) == 0
     a, b = json.loads(first.read_text()), json.loads(second.read_text())
     assert a["metrics"]["task"] == "embedding" and a["algorithms"]["smoothquant"]["alpha"] == 0.5
