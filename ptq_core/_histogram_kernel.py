@@ -56,8 +56,25 @@ def increments(idx: Any, m: int, counters: Any) -> None:  # 4.
         counters[idx[j]] += 1
 
 
+
+@numba.njit(nogil=True, cache=True)
+def flush(counters: Any, out: Any, num_bins: int) -> None:
+    """Add the int32 ``counters`` into the int64 ``out`` (the spare ones into the zero bin) and zero them."""
+    span = 2 * num_bins
+    for i in range(span):
+        out[i] += counters[i]
+    for i in range(SPREAD):
+        out[num_bins] += counters[span + i]
+    counters[:] = 0
+
+
 @numba.njit(nogil=True, cache=True)
 def run(x: Any, start_exp: int, num_bins: int, min_exp: int, chunk: int) -> Any:
+    """``(counts, range_exp, min, max, finite)`` of float32 ``x``, chunk by chunk (steps 1-4 of :mod:`ptq_core.binning`).
+
+    ``start_exp`` below ``min_exp`` means no range yet; the counts are at ``max(start_exp, need)``. On NaN or Inf it
+    stops with ``finite`` False (the other values mean nothing then).
+    """
     span = 2 * num_bins
     counters = np.zeros(span + SPREAD, dtype=np.int32)
     out = np.zeros(span, dtype=np.int64)
@@ -78,11 +95,7 @@ def run(x: Any, start_exp: int, num_bins: int, min_exp: int, chunk: int) -> Any:
         if exp < min_exp:
             exp = need
         elif need > exp:  # 2. a wider range: flush, then re-bin what was counted (exact, see observers._rebin)
-            for i in range(span):
-                out[i] += counters[i]
-            for i in range(SPREAD):
-                out[num_bins] += counters[span + i]
-            counters[:] = 0
+            flush(counters, out, num_bins)
             shift = min(need - exp, 62)
             wider = np.zeros(span, dtype=np.int64)
             for i in range(span):
@@ -95,16 +108,9 @@ def run(x: Any, start_exp: int, num_bins: int, min_exp: int, chunk: int) -> Any:
         increments(idx, m, counters)
         unflushed += m
         if unflushed >= FLUSH:
-            for i in range(span):
-                out[i] += counters[i]
-            for i in range(SPREAD):
-                out[num_bins] += counters[span + i]
-            counters[:] = 0
+            flush(counters, out, num_bins)
             unflushed = 0
-    for i in range(span):
-        out[i] += counters[i]
-    for i in range(SPREAD):
-        out[num_bins] += counters[span + i]
+    flush(counters, out, num_bins)
     if n == 0:
         return out, exp, np.nan, np.nan, True
     return out, exp, to_float(kmin_all), to_float(kmax_all), True
