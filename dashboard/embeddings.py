@@ -22,8 +22,9 @@ COSINE_HELP = ("For each evaluation sentence, the cosine between its quantized a
                "direction); the mean over the sentences, and below it the lowest.")
 NEIGHBOUR_HELP = ("Share of evaluation sentences whose nearest other sentence is the same one under the quantized "
                   "model as under FP32 (each model searched among its own embeddings). Under it: how many sentences' "
-                  "nearest neighbour moved, and how many of those moves were near ties: the two nearest FP32 "
-                  f"neighbours within {NEAR_TIE_COSINE:g} cosine of each other, which any small perturbation can swap.")
+                  "nearest neighbour moved, and in brackets how many of those moves were near ties: the two nearest "
+                  f"FP32 neighbours within {NEAR_TIE_COSINE:g} cosine of each other, which any small perturbation can "
+                  "swap.")
 RECALL_HELP = (f"Of each sentence's {RECALL_K} nearest other sentences under FP32, the share the quantized model also "
                f"ranks among its own {RECALL_K} nearest; the mean over the sentences.")
 KNN_HELP = (f"Leave-one-out k-NN on the evaluation sentences: each sentence gets the topic most common among its "

@@ -89,15 +89,13 @@ def cosine(x: float | None) -> str:
 
 
 
-def neighbours_moved(metrics: dict[str, Any], n: int) -> str | None:
-    """"20 of 622 moved, 17 near ties": whose nearest neighbour changed, and how many of those were FP32 near ties
-    (None for a Result from before the counts were kept)."""
+def neighbours_moved(metrics: dict[str, Any]) -> str | None:
+    """"20 moved (18 ties)": how many samples' nearest neighbour changed, and how many of those were FP32 near ties
+    (short: it sits under a card's value). None for a Result from before the counts were kept."""
     moved, near = metrics.get("neighbours_moved"), metrics.get("neighbours_moved_near_ties")
     if moved is None or near is None:
         return None
-    if moved == 0:
-        return f"none of {n} moved"
-    return f"{moved:.0f} of {n} moved, {near:.0f} near {'tie' if near == 1 else 'ties'}"
+    return "none moved" if moved == 0 else f"{moved:.0f} moved ({near:.0f} {'tie' if near == 1 else 'ties'})"
 
 
 # -- tasks: what a Result's numbers mean ----------------------------------------------------------------

@@ -189,13 +189,13 @@ def embedding_cards(result: dict[str, Any]) -> None:
     _card(cols[0], "Cosine to FP32 (mean)" + subset, labels.cosine(m["cosine_mean"]),
           delta=f"min {labels.cosine(m['cosine_min'])}", delta_color="off", delta_arrow="off",
           help=embeddings.COSINE_HELP)
-    n = result["dataset"]["num_eval_samples"]
     _card(cols[1], "Nearest-neighbour agreement" + subset, labels.pct(m["neighbour_agreement"]),
-          delta=labels.neighbours_moved(m, n), delta_color="off", delta_arrow="off", help=embeddings.NEIGHBOUR_HELP)
+          delta=labels.neighbours_moved(m), delta_color="off", delta_arrow="off", help=embeddings.NEIGHBOUR_HELP)
     _card(cols[2], "Recall@10" + subset, labels.pct(m["recall_at_10"]), help=embeddings.RECALL_HELP)
     _size_card(cols[3], result["size"])
     _latency_card(cols[4], result["latency"])
     cols = st.columns(5)
+    n = result["dataset"]["num_eval_samples"]
     if "fp32_top1" in m:
         _card(cols[0], "k-NN topic accuracy, FP32" + subset, labels.pct(m["fp32_top1"]), help=embeddings.KNN_HELP)
         delta_pp = 100 * (m["quant_top1"] - m["fp32_top1"])
