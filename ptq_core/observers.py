@@ -122,12 +122,13 @@ class TensorStats:
                 f"{name}: activation contains NaN or Inf (batch min={lo}, max={hi}); "
                 "allowed: finite values only - check the model's weights and the input data"
             )
-        max_abs = max(-lo, hi)
-        # frexp: max_abs = m * 2**e with 0.5 <= m < 1, so 2**e > max_abs strictly and every
-        # index below lands in [0, 2 * NUM_BINS) without a clamp.
-        need = max(math.frexp(max_abs)[1], _MIN_RANGE_EXP) if max_abs > 0 else _MIN_RANGE_EXP
-        if binned is not None:  # counted at max(self.range_exp, need) already
+        if binned is not None:  # counted at max(self.range_exp, what the batch needs) already
             need = binned.range_exp
+        else:
+            # frexp: max_abs = m * 2**e with 0.5 <= m < 1, so 2**e > max_abs strictly and every
+            # index below lands in [0, 2 * NUM_BINS) without a clamp.
+            max_abs = max(-lo, hi)
+            need = max(math.frexp(max_abs)[1], _MIN_RANGE_EXP) if max_abs > 0 else _MIN_RANGE_EXP
         if self.range_exp is None:
             self.range_exp = need
         elif need > self.range_exp:
