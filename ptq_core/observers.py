@@ -98,8 +98,8 @@ class TensorStats:
     def update(self, x: Tensor, name: str = "activation") -> None:
         """Add every element of ``x`` (any shape, any device, float dtype) as one batch.
 
-        Raises CalibrationError naming ``name`` if ``x`` has NaN or Inf (found from the
-        min/max pass: NaN propagates through ``aminmax``, so no extra pass is needed).
+        Raises CalibrationError naming ``name`` if ``x`` has NaN or Inf (found by the min/max that
+        the range needs anyway: the compiled pass's, or ``aminmax``, through which NaN propagates).
         """
         if self.name is None:
             self.name = name
