@@ -56,7 +56,6 @@ def increments(idx: Any, m: int, counters: Any) -> None:  # 4.
         counters[idx[j]] += 1
 
 
-
 @numba.njit(nogil=True, cache=True)
 def flush(counters: Any, out: Any, num_bins: int) -> None:
     """Add the int32 ``counters`` into the int64 ``out`` (the spare ones into the zero bin) and zero them."""

@@ -40,6 +40,7 @@ from .ranges import (
 
 if TYPE_CHECKING:
     from .calibration import CalibrationStats
+    from .observers import TensorStats
 
 
 class FakeQuantize(nn.Module):
@@ -288,6 +289,21 @@ def _override_warnings(prepared: PreparedModel, config: QuantConfig, active: dic
     return warnings
 
 
+def weight_qparams_for(w: torch.Tensor, wq: WeightQuant) -> Any:
+    """The grid ``wq`` puts on weight ``w`` (:func:`ptq_core.ranges.weight_qparams`; a group size counts only
+    ``per_group``)."""
+    return weight_qparams(w, bits=wq.bits, scheme=wq.scheme, granularity=wq.granularity,
+                          group_size=wq.group_size if wq.granularity == "per_group" else None,
+                          clipping=wq.clipping, percentile=wq.percentile)
+
+
+def static_range(ts: TensorStats, aq: ActivationQuant) -> tuple[float, float, float, int]:
+    """``(lo, hi, scale, zero_point)`` of a static activation quantizer ``aq`` on statistics ``ts``."""
+    lo, hi = activation_range(ts, method=aq.clipping, bits=aq.bits, scheme=aq.scheme, percentile=aq.percentile)
+    scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), aq.bits, aq.scheme)
+    return lo, hi, float(scale), int(zp)
+
+
 def _weight_key(unit: Unit, wq: WeightQuant) -> tuple[Any, ...]:
     return (unit.module, dataclasses.astuple(wq))
 
@@ -321,10 +337,7 @@ def make_plan(
         key = ("w", prepared.variant) + _weight_key(unit, wq)
         if key not in cache:
             w = prepared.weight(unit)
-            qp = weight_qparams(
-                w, bits=wq.bits, scheme=wq.scheme, granularity=wq.granularity,
-                group_size=wq.group_size, clipping=wq.clipping, percentile=wq.percentile,
-            )
+            qp = weight_qparams_for(w, wq)
             cache[key] = (qp, fake_quantize_weight(w, qp), weight_error(w, qp))
         qp, fq, err = cache[key]
         layers[unit.name] = LayerQuant(unit=unit, quant=wq, qparams=qp, fq_weight=fq, error=dict(err))
@@ -345,10 +358,9 @@ def make_plan(
         akey = (name, aq.bits, aq.scheme, aq.clipping, aq.percentile if aq.clipping == "percentile" else None)
         if akey not in stats.ranges:
             ts = stats.points[name]
-            lo, hi = activation_range(ts, method=aq.clipping, bits=aq.bits, scheme=aq.scheme, percentile=aq.percentile)
+            lo, hi, scale, zp = static_range(ts, aq)
             err = range_error(ts, lo, hi, bits=aq.bits, scheme=aq.scheme)
-            scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), aq.bits, aq.scheme)
-            stats.ranges[akey] = (lo, hi, float(scale), int(zp), err)
+            stats.ranges[akey] = (lo, hi, scale, zp, err)
         lo, hi, scale, zp, err = stats.ranges[akey]
         qmin, qmax = int_range(aq.bits, aq.scheme)
         points[name] = PointQuant(name, aq, "per_tensor", lo, hi, scale, zp, qmin, qmax, err)

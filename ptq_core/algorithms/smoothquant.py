@@ -56,9 +56,9 @@ from torch import nn
 
 from ..graph import PreparedModel, prepare
 from ..observers import TensorStats
-from ..primitives import fake_quantize, int_range, qparams_from_range
-from ..quantize import DynamicFakeQuantize
-from ..ranges import activation_range, fake_quantize_weight, weight_qparams
+from ..primitives import fake_quantize, int_range
+from ..quantize import DynamicFakeQuantize, static_range, weight_qparams_for
+from ..ranges import fake_quantize_weight
 from .capture import real_tokens
 
 if TYPE_CHECKING:
@@ -168,20 +168,17 @@ def _quantized_input(xs: list[torch.Tensor], aq: ActivationQuant) -> list[torch.
     stats = TensorStats()
     for x in xs:
         stats.update(x, "smoothquant_auto")
-    lo, hi = activation_range(stats, method=aq.clipping, bits=aq.bits, scheme=aq.scheme, percentile=aq.percentile)
-    scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), aq.bits, aq.scheme)
+    _, _, scale, zp = static_range(stats, aq)
     qmin, qmax = int_range(aq.bits, aq.scheme)
-    return [fake_quantize(x, scale, zp, qmin, qmax) for x in xs]
+    scale_t, zp_t = torch.tensor(scale, dtype=torch.float32), torch.tensor(zp, dtype=torch.int32)  # as FakeQuantize holds them
+    return [fake_quantize(x, scale_t, zp_t, qmin, qmax) for x in xs]
 
 
 def _quantized_weight(w: torch.Tensor, wq: WeightQuant | None) -> torch.Tensor:
     """``w`` as the config quantizes this layer's weights (``wq`` None: kept in float), as ``make_plan`` does."""
     if wq is None:
         return w
-    gs = wq.group_size if wq.granularity == "per_group" else None
-    qp = weight_qparams(w, bits=wq.bits, scheme=wq.scheme, granularity=wq.granularity, group_size=gs,
-                        clipping=wq.clipping, percentile=wq.percentile)
-    return fake_quantize_weight(w, qp)
+    return fake_quantize_weight(w, weight_qparams_for(w, wq))
 
 
 def smoothing_factors(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> torch.Tensor:
