@@ -53,6 +53,8 @@ from ptq_core.onnx.session import input_feed, make_runtime_session  # noqa: E402
 from ptq_core.pipeline import Explorer  # noqa: E402
 
 W4G32 = {"bits": 4, "granularity": "per_group", "group_size": 32}
+# 8-bit weights, one range per N inputs of an output row: less weight error than one per row (exported as MatMulNBits)
+W8G32, W8G64, W8G128 = ({"granularity": "per_group", "group_size": g} for g in (32, 64, 128))
 DYN_TOKEN = {"mode": "dynamic", "granularity": "per_token"}
 DYN_TENSOR = {"mode": "dynamic", "granularity": "per_tensor"}
 STATIC = {"mode": "static", "clipping": "mse"}
@@ -69,6 +71,13 @@ def rows(explorer: Explorer) -> dict[str, dict[str, Any]]:
         "W8A8 dynamic per-token, weights MSE": {"activations": DYN_TOKEN, "weights": {"clipping": "mse"}},
         "W8A8 dynamic per-token + SmoothQuant 0.5": {"activations": DYN_TOKEN, "algorithms": SQ},
         "W8A8 dynamic per-token + SmoothQuant auto": {"activations": DYN_TOKEN, "algorithms": SQ_AUTO},
+        "W8A8 dynamic per-token, weights per-group 64": {"activations": DYN_TOKEN, "weights": W8G64},
+        "W8A8 dynamic per-token, weights per-group 128 + SmoothQuant 0.5": {"activations": DYN_TOKEN, "weights": W8G128,
+                                                                           "algorithms": SQ},
+        "W8A8 dynamic per-token, weights per-group 64 + SmoothQuant 0.5": {"activations": DYN_TOKEN, "weights": W8G64,
+                                                                          "algorithms": SQ},
+        "W8A8 dynamic per-token, weights per-group 32 + SmoothQuant 0.5": {"activations": DYN_TOKEN, "weights": W8G32,
+                                                                          "algorithms": SQ},
         "W8A8 dynamic per-tensor": {"activations": DYN_TENSOR},
         "W8A8 dynamic per-tensor + SmoothQuant 0.5": {"activations": DYN_TENSOR, "algorithms": SQ},
         "W8A8 dynamic per-tensor, integer arithmetic": {"activations": DYN_TENSOR, "evaluation": INTEGER},
