@@ -42,12 +42,12 @@ def key_range(keys: Any) -> Any:  # 1. min and max as ordered integer keys (vect
 
 @numba.njit(nogil=True, cache=True)
 def bin_indices(x: Any, inv_width: Any, num_bins: int, idx: Any) -> None:  # 3. (vectorized)
-    span = np.int32(2 * num_bins)
-    top, nb = span - np.int32(1), np.int32(num_bins)
+    # In float32 until the store: numba widens int32 arithmetic to int64, which halved the vector lanes and made this
+    # step 0.06 ns per element slower. Exact: floor(x * inv_width) is an integer below num_bins in magnitude.
+    nb, top, span = np.float32(num_bins), np.float32(2 * num_bins - 1), np.float32(2 * num_bins)
     for j in range(x.shape[0]):
-        t = np.int32(np.floor(x[j] * inv_width)) + nb
-        t = min(max(t, np.int32(0)), top)
-        idx[j] = np.uint16(span + (j & (SPREAD - 1)) if t == nb else t)
+        t = min(max(np.floor(x[j] * inv_width) + nb, np.float32(0.0)), top)
+        idx[j] = np.uint16(span + np.float32(j & (SPREAD - 1)) if t == nb else t)
 
 
 @numba.njit(nogil=True, cache=True)

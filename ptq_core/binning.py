@@ -26,7 +26,8 @@ second-level cache between the steps):
 
 One core, 2026-12-03, AMD EPYC (AVX512-VNNI), EfficientNet-Lite0's activations at all 61 points for
 8 images: 0.90 ns per element for the whole pass, against 1.16-1.21 ns for the earlier ``aminmax``
-plus a loop of four sub-histograms, measured side by side (benchmarks/RESULTS.md, issue 9). The loops are
+plus a loop of four sub-histograms, measured side by side (benchmarks/RESULTS.md, issue 9); 0.75-0.88 ns since the
+indices are computed in float32. The loops are
 :mod:`ptq_core._histogram_kernel`; they compile once per installation (numba's on-disk cache) and loading it takes about a second in each
 new process, so tensors below :data:`NUMBA_MIN_ELEMENTS` take the PyTorch ops. It releases the GIL, so the
 calibration workers count side by side.
