@@ -104,7 +104,10 @@ class TensorStats:
         if self.name is None:
             self.name = name
         self.num_batches += 1
-        flat = x.detach().reshape(-1)
+        flat = x.detach()
+        if flat.dim() == 4 and not flat.is_contiguous() and flat.is_contiguous(memory_format=torch.channels_last):
+            flat = flat.permute(0, 2, 3, 1)  # channels-last: the elements in memory order, no copy (order is not counted)
+        flat = flat.reshape(-1)
         if flat.numel() == 0:
             return
         if not flat.is_floating_point():

@@ -45,7 +45,7 @@ from .errors import CalibrationError, DataError, ExportError
 from .graph import PreparedModel, prepare
 from .metrics import agreement, embedding_metrics, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
-from .models.device import device_context, moved_copy, resolve_device
+from .models.device import device_context, fast_layout, moved_copy, resolve_device
 from .observers import NUM_BINS
 from .outliers import ChannelRanges, channel_absmax
 from .parallel import map_ordered
@@ -69,7 +69,7 @@ WEIGHT_CACHE_VARIANTS = 8  # weight settings kept per layer (each holds a fake-q
 # FP32 reference logits: samples per job. PyTorch gives bit-identical logits for EfficientNet-Lite0 at 16, 32
 # and 128 samples per batch (not at 8 or 1), and 16 per job lets a first answer on a few samples pay for those.
 FORWARD_BATCH = 16
-CACHE_FORMAT = 1  # part of every disk-cache key: bump when what is stored there changes meaning
+CACHE_FORMAT = 2  # part of every disk-cache key: bump when what is stored there changes meaning (2: channels-last forwards)
 LOGITS_CACHE_ENTRIES = 8  # configs whose quantized logits are kept (1.5 MB each for 372 ImageNet images)
 # Below this FP32 agreement of the equalized float model with the original, the Result warns that CLE's
 # ReLU6 -> ReLU changed the model itself (EfficientNet-Lite0: 60%, its FP32 top-1 88.7% -> 58.1%).
@@ -543,7 +543,7 @@ class Explorer:
                     dev = resolve_device(device)
                     x, _ = load_batch(data, piece)
                     with torch.inference_mode(), device_context(dev):
-                        logits = self.on_device("model", self.model, dev)(x.to(dev)).float().cpu()
+                        logits = self.on_device("model", self.model, dev)(fast_layout(x.to(dev))).float().cpu()
                     if disk is not None:
                         default_cache().save("fp32", disk, logits)
                 with self._lock:

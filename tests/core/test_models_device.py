@@ -10,7 +10,7 @@ import torch
 
 from ptq_core.config import Evaluation, QuantConfig
 from ptq_core.errors import ConfigError
-from ptq_core.models.device import device_context, moved_copy, resolve_device
+from ptq_core.models.device import device_context, fast_layout, moved_copy, resolve_device
 from ptq_core.pipeline import Explorer
 
 _EVAL = {f: v for f, v in (("runtime", None),) if f in Evaluation.__dataclass_fields__}
@@ -85,3 +85,20 @@ def test_cuda_float_reference_matches_cpu_logits() -> None:
     gpu = explorer.float_reference(Evaluation(**_EVAL), device="cuda")
     assert gpu.logits.device.type == "cpu"
     torch.testing.assert_close(gpu.logits, cpu.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_layout_stores_image_batches_channels_last_and_leaves_the_rest() -> None:
+    images = torch.randn(2, 3, 8, 8)
+    fast = fast_layout(images)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and not fast.is_contiguous()
+    assert torch.equal(fast, images)  # the same values: only the order in memory changes
+    for other in (torch.randn(2, 5, 7), torch.randint(0, 9, (2, 3, 8, 8)), torch.randn(4, 10)):  # text, ids, logits
+        assert fast_layout(other) is other
+
+
+def test_a_conv_net_gives_the_same_logits_from_a_channels_last_batch() -> None:
+    explorer = Explorer("digits_cnn")
+    x = torch.stack([explorer.dataset.evaluation[i][0] for i in range(64)])
+    with torch.inference_mode():
+        plain, fast = explorer.model(x), explorer.model(fast_layout(x))
+    assert torch.allclose(plain, fast, rtol=1e-5, atol=1e-5)  # float summation order only

@@ -174,3 +174,11 @@ def test_from_dict_rejects_malformed() -> None:
         TensorStats.from_dict({**d, "count": 99})
     with pytest.raises(CalibrationError, match="malformed"):
         TensorStats.from_dict({"count": 1})
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 32, 40, 40)])  # the PyTorch ops, and the compiled pass (>= 128K)
+def test_a_channels_last_batch_counts_the_same_as_its_contiguous_copy(shape: tuple[int, ...]) -> None:
+    x = torch.randn(*shape).relu()
+    fast = x.contiguous(memory_format=torch.channels_last)  # how the engine feeds conv nets (models.device.fast_layout)
+    a, b = _stats(x), _stats(fast)
+    assert torch.equal(a.hist, b.hist) and (a.min, a.max, a.count, a.range_exp) == (b.min, b.max, b.count, b.range_exp)
