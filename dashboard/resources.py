@@ -61,7 +61,7 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from ptq_core import binning
+from ptq_core import binning, models
 from ptq_core.allocator import tune_malloc
 from ptq_core.calibration_check import check_calibration
 from ptq_core.config import ACTIVATION_CLIPPING, QuantConfig
@@ -109,26 +109,32 @@ def configure_torch() -> None:
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
     serialize_onnx_exports()
-    warm_histogram_kernel()
+    warm_up_in_background()
 
 
 _WARM_UP = threading.Lock()
 _warm_up_started = False
 
 
-def warm_histogram_kernel() -> None:
-    """Load the statistics' compiled histogram pass in a background thread, once per process (idempotent).
+def warm_up_in_background() -> None:
+    """Load, in one background thread, once per process (idempotent), what a real model's first load would wait for.
 
-    The first statistics of a real model use it (:func:`ptq_core.binning.histogram`); loading it takes about half
-    a second in a new process and compiling it about 5 s after an install, which would otherwise land on the first
-    "Load model and data" of a user. The digits default does not need it, so it loads while the user looks around.
+    The statistics' compiled histogram pass (:func:`ptq_core.binning.warm_up`: about half a second in a new process,
+    about 5 s to compile after an install) and torchvision (:func:`ptq_core.models.warm_up`: 1.4-2 s, which was most
+    of a warm "Load model and data" of EfficientNet-Lite0 after a server restart). The digits default needs neither,
+    so they load while the user looks around.
     """
     global _warm_up_started
     with _WARM_UP:
         if _warm_up_started:
             return
         _warm_up_started = True
-    threading.Thread(target=binning.warm_up, name="ptq_warm_histogram", daemon=True).start()
+    threading.Thread(target=_warm_up, name="ptq_warm_up", daemon=True).start()
+
+
+def _warm_up() -> None:
+    binning.warm_up()
+    models.warm_up()
 
 
 _EXPORT_LOCK = threading.Lock()

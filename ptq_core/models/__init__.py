@@ -50,6 +50,7 @@ __all__ = [
     "register_model",
     "register_model_kind",
     "unregister_model",
+    "warm_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,16 @@ def get_model_entry(spec: str | dict[str, Any]) -> ModelEntry:
 def load_model(spec: str | dict[str, Any]) -> nn.Module:
     """A NEW instance of the model a spec names, in eval mode, weights loaded."""
     return get_model_entry(spec).build().eval()
+
+
+def warm_up() -> None:
+    """Import what building EfficientNet-Lite0 or a torchvision model needs, now (safe from any thread).
+
+    torchvision is imported on first use so that the digits models start without it; in a new process importing it
+    takes 1.4-2 s on the benchmark machine, most of it ``torch._dynamo``, which its ops pull in. A server calls this
+    in the background at start, so a user's first "Load model and data" on an image model does not wait for it.
+    """
+    from . import efficientnet_lite  # noqa: F401  (imports torchvision.transforms)
 
 
 register_model(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -216,12 +217,13 @@ def test_the_dashboard_exports_one_at_a_time() -> None:
     assert _export_during_another(torch.onnx.export) == []
 
 
-def test_the_histogram_kernel_is_loaded_once_in_the_background() -> None:
-    """Every run calls configure_torch: the compiled histogram pass is loaded by one background thread, once."""
+def test_the_histogram_kernel_and_torchvision_are_loaded_once_in_the_background() -> None:
+    """Every run calls configure_torch: one background thread, once, loads the compiled histogram pass and torchvision."""
     resources.configure_torch()
     resources.configure_torch()
-    starters = [t for t in threading.enumerate() if t.name == "ptq_warm_histogram"]
+    starters = [t for t in threading.enumerate() if t.name == "ptq_warm_up"]
     assert len(starters) <= 1 and resources._warm_up_started
     for t in starters:
         t.join(timeout=120)
     assert binning._kernel.cache_info().currsize == 1 and binning._kernel() is not None
+    assert "torchvision.transforms" in sys.modules and "ptq_core.models.efficientnet_lite" in sys.modules
