@@ -56,6 +56,7 @@ def main() -> None:
             {"warning": st.warning, "error": st.error}[kind](message)
     sharing.show_error()
     navigation.run()
+    resources.warm_up_in_background()  # once the page is drawn: its imports would slow the first page down
     resources.finish_pending()  # the rest of what the page shows (complete evaluation, runtime check, targets), then redraw
 
 

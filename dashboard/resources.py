@@ -109,7 +109,6 @@ def configure_torch() -> None:
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
     serialize_onnx_exports()
-    warm_up_in_background()
 
 
 _WARM_UP = threading.Lock()
@@ -122,7 +121,8 @@ def warm_up_in_background() -> None:
     The statistics' compiled histogram pass (:func:`ptq_core.binning.warm_up`: about half a second in a new process,
     about 5 s to compile after an install) and torchvision (:func:`ptq_core.models.warm_up`: 1.4-2 s, which was most
     of a warm "Load model and data" of EfficientNet-Lite0 after a server restart). The digits default needs neither,
-    so they load while the user looks around.
+    so they load while the user looks around: ``app.py`` calls this once a page is drawn, because importing holds
+    the interpreter lock and slowed the first digits page by about a second when it ran alongside it.
     """
     global _warm_up_started
     with _WARM_UP:

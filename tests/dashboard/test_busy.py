@@ -218,9 +218,9 @@ def test_the_dashboard_exports_one_at_a_time() -> None:
 
 
 def test_the_histogram_kernel_and_torchvision_are_loaded_once_in_the_background() -> None:
-    """Every run calls configure_torch: one background thread, once, loads the compiled histogram pass and torchvision."""
-    resources.configure_torch()
-    resources.configure_torch()
+    """Every run of the app calls it: one background thread, once, loads the compiled histogram pass and torchvision."""
+    resources.warm_up_in_background()
+    resources.warm_up_in_background()
     starters = [t for t in threading.enumerate() if t.name == "ptq_warm_up"]
     assert len(starters) <= 1 and resources._warm_up_started
     for t in starters:
