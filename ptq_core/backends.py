@@ -39,7 +39,7 @@ from .calibration import chunks, load_batch
 from .errors import CalibrationError
 from .graph import PreparedModel
 from .metrics import sqnr_db
-from .models.device import device_context, fast_layout
+from .models.device import device_context
 from .parallel import map_ordered
 from .progress import StepFn
 from .quantize import QuantPlan
@@ -197,7 +197,7 @@ class TorchBackend:
             start = time.perf_counter()
             x, _ = load_batch(dataset, chunk)
             graph = probe if with_probe and probe is not None else forward
-            outs = run(graph, fast_layout(x.to(device)))
+            outs = run(graph, prepared.layout(x.to(device)))
             for point, check in graph.info["dynamic_checks"]:  # what DynamicFakeQuantize checks, in network order
                 if not bool(torch.isfinite(outs[check])):
                     raise CalibrationError(f"{point}: activation contains NaN or Inf")
@@ -211,7 +211,7 @@ class TorchBackend:
             max_workers=None if device.type == "cpu" else 1,
         )
         t = time.perf_counter()
-        latency = self._latency(forward, model, run, fast_layout(example.to(device)))
+        latency = self._latency(forward, model, run, prepared.layout(example.to(device)))
         timing.update({"export_s": 0.0, "session_s": 0.0, "latency_s": time.perf_counter() - t})
         return SimulatedRun(logits, rows, latency, timing, {"evaluation_backend": "torch"})
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .graph import PreparedModel
-from .models.device import CPU, device_context, fast_layout, moved_copy
+from .models.device import CPU, device_context, moved_copy
 from .observers import TensorStats
 from .parallel import map_ordered
 from .progress import StepFn
@@ -144,7 +144,7 @@ def collect_stats(
             collector.batch = k
         x, _ = load_batch(dataset, chunk)
         with torch.inference_mode(), device_context(device):
-            local.view(fast_layout(x.to(device)))
+            local.view(prepared.layout(x.to(device)))
 
     jobs = list(enumerate(chunks(indices, batch_size)))
     map_ordered(run, jobs, max_workers=None if device.type == "cpu" else 1, on_step=on_progress)

@@ -62,6 +62,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import ModelError
+from .models.device import fast_layout, takes_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,15 @@ class PreparedModel:
     # "" for the model as traced; "cle" after cross-layer equalization (ptq_core.algorithms.cle), whose
     # weights, and possibly activations, differ: part of every key of what is derived from it.
     variant: str = ""
+    # The graph gives the same outputs from a channels-last batch as from a contiguous one (checked on the example
+    # input): the engine's PyTorch passes then feed it one, which CPU convolutions run faster
+    # (ptq_core.models.device.fast_layout). False for a model that cannot take one (a feature map flattened with
+    # .view(), say) and for anything that is not a 4-D float CPU batch.
+    channels_last: bool = False
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory layout this graph's PyTorch passes take: channels-last when :attr:`channels_last`."""
+        return fast_layout(x) if self.channels_last else x
 
     def unit(self, name: str) -> Unit:
         for u in self.units:
@@ -459,7 +469,8 @@ def prepare(model: nn.Module, example: torch.Tensor, *, fold_bn: bool = True) ->
     ]
     if unsupported:
         log.info("layers with weights that ptq_core does not quantize (kept in float): %s", ", ".join(unsupported))
-    return PreparedModel(graph_module=gm, units=units, points=points, fold_batchnorm=fold_bn, unsupported=unsupported)
+    return PreparedModel(graph_module=gm, units=units, points=points, fold_batchnorm=fold_bn, unsupported=unsupported,
+                         channels_last=takes_channels_last(gm, example))
 
 
 def is_tokens(x: torch.Tensor) -> bool:

@@ -45,7 +45,7 @@ from .errors import CalibrationError, DataError, ExportError
 from .graph import PreparedModel, prepare
 from .metrics import agreement, embedding_metrics, mean_kl_divergence, quantized_size, topk_accuracy
 from .models import ModelEntry, get_model_entry
-from .models.device import device_context, fast_layout, moved_copy, resolve_device
+from .models.device import device_context, moved_copy, resolve_device
 from .observers import NUM_BINS
 from .outliers import ChannelRanges, channel_absmax
 from .parallel import map_ordered
@@ -526,6 +526,7 @@ class Explorer:
         bs = min(evaluation.batch_size, FORWARD_BATCH)
         pieces = chunks(indices, bs)
         data = self.dataset.evaluation
+        layout = self.prepared().layout  # the traced graph's check stands for the model it was traced from
         start = time.perf_counter()
 
         def piece_key(piece: list[int]) -> tuple[Any, ...]:
@@ -543,7 +544,7 @@ class Explorer:
                     dev = resolve_device(device)
                     x, _ = load_batch(data, piece)
                     with torch.inference_mode(), device_context(dev):
-                        logits = self.on_device("model", self.model, dev)(fast_layout(x.to(dev))).float().cpu()
+                        logits = self.on_device("model", self.model, dev)(layout(x.to(dev))).float().cpu()
                     if disk is not None:
                         default_cache().save("fp32", disk, logits)
                 with self._lock:

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from ptq_core.errors import ConfigError
 
-__all__ = ["CPU", "device_context", "fast_layout", "moved_copy", "resolve_device"]
+__all__ = ["CPU", "device_context", "fast_layout", "moved_copy", "resolve_device", "takes_channels_last"]
 
 CPU = torch.device("cpu")
 
@@ -56,6 +57,34 @@ def fast_layout(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 4 and x.is_floating_point() and x.device.type == "cpu":
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def takes_channels_last(module: torch.nn.Module, example: torch.Tensor) -> bool:
+    """Whether ``module`` gives the same outputs (float summation order aside) from ``fast_layout(example)`` as from
+    ``example``. False when the layout would not change (not a 4-D float CPU batch) and when the module fails on it:
+    a model that flattens a feature map with ``.view()`` cannot take a channels-last batch."""
+    fast = fast_layout(example)
+    if fast is example or fast.data_ptr() == example.data_ptr():
+        return False
+    try:
+        with torch.inference_mode():
+            plain, other = module(example), module(fast)
+    except Exception:  # noqa: BLE001 - any failure means: keep the layout the model was written for
+        return False
+    leaves = tree_leaves((plain, other))
+    half = len(leaves) // 2
+    for a, b in zip(leaves[:half], leaves[half:], strict=True):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or a != b:
+                return False
+        elif a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        elif a.is_floating_point():
+            if not torch.allclose(a, b, rtol=1e-3, atol=1e-4 * (1.0 + float(a.abs().max()))):
+                return False
+        elif not torch.equal(a, b):
+            return False
+    return True
 
 
 # TF32 switches are process-wide: the first thread in turns them off, the last one out restores them.

@@ -102,3 +102,33 @@ def test_a_conv_net_gives_the_same_logits_from_a_channels_last_batch() -> None:
     with torch.inference_mode():
         plain, fast = explorer.model(x), explorer.model(fast_layout(x))
     assert torch.allclose(plain, fast, rtol=1e-5, atol=1e-5)  # float summation order only
+
+
+class _ViewFlatten(torch.nn.Module):
+    """A conv net that flattens its feature map with .view(), as much user code does: it cannot take channels-last."""
+
+    def __init__(self, view: bool) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+        self.view = view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        return self.fc(y.view(y.shape[0], -1) if self.view else torch.flatten(y, 1))
+
+
+@pytest.mark.parametrize("view", [True, False])
+def test_a_model_that_cannot_take_channels_last_keeps_its_layout_and_still_calibrates(view: bool) -> None:
+    from ptq_core.calibration import collect_stats
+    from ptq_core.graph import prepare
+
+    torch.manual_seed(0)
+    model = _ViewFlatten(view).eval()
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 6, 6), torch.zeros(8, dtype=torch.long))
+    prepared = prepare(model, data[0][0].unsqueeze(0))
+    assert prepared.channels_last is (not view)  # .view() of a channels-last feature map fails: checked, not assumed
+    stats = collect_stats(prepared, data, list(range(8)), batch_size=4)
+    assert all(s.count > 0 for s in stats.points.values())
+    x = torch.randn(2, 3, 6, 6)
+    assert prepared.layout(x).is_contiguous(memory_format=torch.channels_last) is (not view)
