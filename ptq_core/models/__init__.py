@@ -132,8 +132,9 @@ def warm_up() -> None:
     """Import what building EfficientNet-Lite0 or a torchvision model needs, now (safe from any thread).
 
     torchvision is imported on first use so that the digits models start without it; in a new process importing it
-    takes 1.4-2 s on the benchmark machine, most of it ``torch._dynamo``, which its ops pull in. A server calls this
-    in the background at start, so a user's first "Load model and data" on an image model does not wait for it.
+    takes 1.4-2 s on the benchmark machine, most of it ``torch._dynamo``, which its ops pull in. The dashboard calls this
+    in the background once its first page is drawn, so a user's first "Load model and data" on an image model does
+    not wait for it.
     """
     from . import efficientnet_lite  # noqa: F401  (imports torchvision.transforms)
 

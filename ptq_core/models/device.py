@@ -64,7 +64,7 @@ def takes_channels_last(module: torch.nn.Module, example: torch.Tensor) -> bool:
     ``example``. False when the layout would not change (not a 4-D float CPU batch) and when the module fails on it:
     a model that flattens a feature map with ``.view()`` cannot take a channels-last batch."""
     fast = fast_layout(example)
-    if fast is example or fast.data_ptr() == example.data_ptr():
+    if fast is example:  # not an image batch, or already laid out so (one channel): nothing would change
         return False
     try:
         with torch.inference_mode():
