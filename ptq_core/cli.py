@@ -280,6 +280,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = QuantConfig.load(args.config)
     target = Target(max_drop=args.max_drop, min_agreement=args.min_agreement, max_kl=args.max_kl)
     candidates = Candidates(_widths(args.weight_bits), allow_float=args.allow_float, narrow_clipping=args.narrow_clipping,
+                            narrow_scheme=args.narrow_scheme,
                             activation_bits=None if args.activation_bits is None else _widths(
                                 args.activation_bits, "activation-bits",
                                 "one width from 2 to 8, optionally with 16 (float), e.g. 8,16"))
@@ -369,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_search.add_argument("--narrow-clipping", default="mse", metavar="mse|percentile|minmax|keep",
                           help="weight clipping of a width narrower than the config's (default mse: a range chosen "
                                "for the width; keep: the config's own)")
+    p_search.add_argument("--narrow-scheme", default="keep", metavar="asymmetric|symmetric|keep",
+                          help="weight scheme of a width narrower than the config's (default keep: the config's own; "
+                               "asymmetric loses less at 4-5 bits, but LiteRT/TFLite takes symmetric weights only)")
     p_search.add_argument("--activation-bits", default=None, metavar="8[,16]",
                           help="activation width of every point (default: the config's), and 16 to let the search leave "
                                "the points that hurt most in float (keep_float_activations: no weight byte, but their "

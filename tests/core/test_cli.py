@@ -166,6 +166,7 @@ def test_search_that_cannot_meet_the_target_still_answers(tmp_path: Path, capsys
     (["--max-drop", "1", "--activation-bits", "8,f"], "activation-bits: got '8,f'; allowed: one width from 2 to 8"),
     (["--max-drop", "1", "--activation-bits", "8,32"], "activation-bits: got 32; allowed: one width from 2 to 8, "
                                                        "optionally with 16"),
+    (["--max-drop", "1", "--narrow-scheme", "unsigned"], "narrow-scheme: got 'unsigned'; allowed: symmetric, asymmetric or keep"),
     (["--max-drop", "1", "--runner", "ray", "--ray-address", "127.0.0.1:9"], "ray address: cannot reach a Ray cluster at "
                                                                               "'127.0.0.1:9'"),
 ])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import random
 
 import pytest
 import torch
@@ -11,7 +13,18 @@ from ptq_core.config import GPTQ, QuantConfig
 from ptq_core.errors import ConfigError
 from ptq_core.pipeline import Explorer
 from ptq_core.quantize import active_points
-from ptq_core.search import ACTIVATION_SHARE, FLOAT, Candidates, Target, _with_bits, search
+from ptq_core.search import (
+    ACTIVATION_SHARE,
+    FLOAT,
+    STEP_SHARE,
+    Candidates,
+    Target,
+    _allocations,
+    _largest_layers,
+    _with_bits,
+    search,
+)
+from ptq_core.sensitivity import weight_bytes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,6 +80,63 @@ def test_narrower_widths_take_their_own_clipping_unless_kept() -> None:
     assert dict(_with_bits(config, {"conv1": 4}, "keep").overrides["conv1"].weights) == {"bits": 4}
 
 
+def test_narrower_widths_take_the_narrow_scheme_unless_kept() -> None:
+    config = QuantConfig.from_dict({})  # symmetric weights
+    out = _with_bits(config, {"conv1": 4, "conv2": 8}, "keep", (), "asymmetric")
+    assert dict(out.overrides["conv1"].weights) == {"bits": 4, "scheme": "asymmetric"}
+    assert dict(out.overrides["conv2"].weights) == {"bits": 8}
+    assert dict(_with_bits(config, {"conv1": 4}, "keep", (), "keep").overrides["conv1"].weights) == {"bits": 4}
+
+
+def test_allocations_are_the_least_damaging_for_their_bytes_where_a_ratio_order_is_not() -> None:
+    # Saving 6 bytes: layer a at 4 bits (saves 6, damage 3) beats b and c at their cheapest ratio (saves 4 + 2 ...).
+    steps = {"a": [(6, 3, 1.0), (4, 6, 3.0)], "b": [(4, 4, 1.0)], "c": [(4, 2, 0.9)]}
+    allocations = _allocations(steps, 1)
+    saved = [a[0] for a in allocations]
+    assert saved == sorted(saved) and allocations[0] == (0, 0.0, {})
+    damages = [a[1] for a in allocations]
+    assert damages == sorted(damages)
+    # whatever the bytes, no choice of one width per layer saves at least as much with less damage (brute force)
+    rng = random.Random(0)
+    for _ in range(30):
+        steps = {f"l{i}": [(b, rng.randint(1, 50), rng.random()) for b in (6, 4)] for i in range(5)}
+        for i in range(5):  # a narrower width saves more
+            (b6, s6, d6), (b4, s4, d4) = steps[f"l{i}"]
+            steps[f"l{i}"] = [(b6, s6, d6), (b4, s6 + s4, d6 + d4)]
+        found = _allocations(steps, 1)
+        for picks in itertools.product(*[[None, *opts] for opts in steps.values()]):
+            s_ = sum(p[1] for p in picks if p is not None)
+            d_ = sum(p[2] for p in picks if p is not None)
+            assert any(a[0] >= s_ and a[1] <= d_ + 1e-12 for a in found)
+        for saved_, damage, widths in found:  # and each allocation is what it says
+            assert saved_ == sum(next(o[1] for o in steps[n] if o[0] == b) for n, b in widths.items())
+            assert damage == pytest.approx(sum(next(o[2] for o in steps[n] if o[0] == b) for n, b in widths.items()))
+
+
+def test_only_the_largest_layers_are_stepped() -> None:
+    nbytes = {"stem": 10, "big": 900, "mid": 80, "tail": 10}
+    assert _largest_layers(list(nbytes), nbytes, 0.98) == ["big", "mid"]  # 980 of 1000 bytes
+    assert _largest_layers(list(nbytes), nbytes, 0.99) == ["stem", "big", "mid"]  # network order kept
+    assert _largest_layers(list(nbytes), nbytes, 0.5) == ["big"]
+    assert _largest_layers(["tail"], nbytes, STEP_SHARE) == ["tail"]
+
+
+def test_an_asymmetric_narrow_scheme_is_in_the_answer_its_bytes_and_the_rerun(cnn: Explorer) -> None:
+    result = search(cnn, QuantConfig.from_dict(BASE), Target(min_agreement=99.0), Candidates((8, 4), narrow_scheme="asymmetric"))
+    best = QuantConfig.from_dict(result.best.config)
+    narrow = {n: ov.weights for n, ov in best.overrides.items() if ov.weights["bits"] < 8}
+    assert narrow and all(w["scheme"] == "asymmetric" for w in narrow.values())
+    prepared = cnn.prepared()
+    expected = 0
+    for u in prepared.units:
+        if u.has_weights:
+            w = prepared.weight(u)
+            expected += weight_bytes(w, best.weight_quant_for(u.name).bits, best.weight_quant_for(u.name), int(w.shape[0]))
+    assert result.best.weight_bytes == expected  # zero points counted
+    again = Explorer("digits_cnn", "digits").evaluate(best, runtime_check=False)
+    assert again.metrics["kl_divergence"] == pytest.approx(result.best.kl_divergence, rel=1e-6)
+
+
 def test_the_answer_records_the_narrow_clipping(cnn: Explorer) -> None:
     result = search(cnn, QuantConfig.from_dict(BASE), Target(min_agreement=99.0), Candidates((8, 4)))
     narrow = [ov.weights for ov in QuantConfig.from_dict(result.best.config).overrides.values() if ov.weights["bits"] < 8]
@@ -82,6 +152,8 @@ def test_the_answer_records_the_narrow_clipping(cnn: Explorer) -> None:
     (Target(max_kl=float("nan")), Candidates(), r"^max-kl: got nan; allowed: a number >= 0"),
     (Target(max_kl=0.1), Candidates(()), r"^weight-bits: got an empty set"),
     (Target(max_kl=0.1), Candidates((8, 1)), r"^weight-bits: got 1; allowed: widths from 2 to 8"),
+    (Target(max_kl=0.1), Candidates(narrow_scheme="signed"),
+     r"^narrow-scheme: got 'signed'; allowed: symmetric, asymmetric or keep"),
 ])
 def test_bad_targets_and_candidates_name_what_is_allowed(cnn: Explorer, target: Target, candidates: Candidates,
                                                        message: str) -> None:
