@@ -849,10 +849,11 @@ class _Recording:
 
 
 def run_search(config_json: str, kind: str, value: float, bits: tuple[int, ...], allow_float: bool, *,
-               float_activations: bool = False) -> dict[str, Any]:
+               float_activations: bool = False, narrow_scheme: str = "keep") -> dict[str, Any]:
     """:func:`ptq_core.search.search` for the page: points reach ``search_points`` as measured; a PTQError is returned.
 
-    ``float_activations``: activation points may stay in float (the config's activation width, or 16 = float).
+    ``float_activations``: activation points may stay in float (the config's activation width, or 16 = float);
+    ``narrow_scheme``: the scheme of widths below the config's (:class:`ptq_core.search.Candidates`).
     """
     config = QuantConfig.from_json(config_json)
     explorer = explorer_for(config)
@@ -863,7 +864,8 @@ def run_search(config_json: str, kind: str, value: float, bits: tuple[int, ...],
     try:
         with activity().evaluation(), _progress("Search") as on_progress:
             result = search(explorer, config, Target(**{kind: value}),
-                            Candidates(tuple(bits), allow_float, activation_bits=activation_bits),
+                            Candidates(tuple(bits), allow_float, activation_bits=activation_bits,
+                                       narrow_scheme=narrow_scheme),
                             runner=_Recording(SerialRunner(explorer)), on_progress=on_progress,
                             on_point=lambda p: points.append(dataclasses.asdict(p)))
     except PTQError as exc:

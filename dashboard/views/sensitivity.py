@@ -112,8 +112,8 @@ def sensitivity_section(config: QuantConfig, result: dict[str, Any]) -> None:
 def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
     st.subheader("Mixed precision to a target")
     st.caption("The smallest weights that still meet a target: every layer at the widest width first, then each layer "
-               "one width narrower alone (damage per byte saved), then the cheapest steps combined, verified by "
-               "evaluation. The answer is an ordinary configuration you can apply, export and reproduce.")
+               "one width narrower alone (its damage and the bytes it saves), then, for each size, the widths with the "
+               "least summed damage (a knapsack), bisected and verified by evaluation. The answer is an ordinary configuration you can apply, export and reproduce.")
     ss = st.session_state
     ss.setdefault("search_kind", "max_drop" if "quant_top1" in (resources.result_store().get(config.to_json(), "main") or
                                                                {"metrics": {"quant_top1": 1}})["metrics"] else "min_agreement")
@@ -121,6 +121,7 @@ def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
     ss.setdefault("search_bits", [8, 6, 4])
     ss.setdefault("search_float", False)
     ss.setdefault("search_float_acts", False)
+    ss.setdefault("search_asymmetric", False)
     c1, c2, c3, c4 = st.columns([2, 1, 2, 1], vertical_alignment="bottom")
     said = labels.words(result["metrics"])
     targets = EMBEDDING_TARGETS if labels.is_embedding(result["metrics"]) else TARGETS
@@ -136,6 +137,11 @@ def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
                      "the accuracy: a float activation costs no weight byte (its readers run in float on an integer "
                      "runtime), and buys the room 4-bit layers need." if static else
                      "Only for static activation quantizers (this configuration has none to spare).")
+    symmetric = config.weights is None or config.weights.scheme == "symmetric"
+    c4.checkbox("Asymmetric narrow widths", key="search_asymmetric", disabled=not symmetric,
+                help="Widths below the configuration's take a zero point per channel: less damage at 4-5 bits "
+                     "(onnxruntime runs them), but LiteRT/TFLite takes symmetric weights only." if symmetric else
+                     "The configuration's weights are asymmetric already; narrower widths keep that.")
     key = config.to_json()
     c1, c2 = st.columns([1, 3], vertical_alignment="center")
     c1.button("Search", key="search_run", on_click=_search, args=(key,), type="primary")
@@ -144,7 +150,8 @@ def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
     outcome = None
     if ss.get("search_run_for") == key:
         outcome = resources.run_search(key, ss["search_kind"], float(ss["search_value"]), tuple(ss["search_bits"]),
-                                       bool(ss["search_float"]), float_activations=static and bool(ss["search_float_acts"]))
+                                       bool(ss["search_float"]), float_activations=static and bool(ss["search_float_acts"]),
+                                       narrow_scheme="asymmetric" if symmetric and ss["search_asymmetric"] else "keep")
         ss["search_run_for"] = None
         ss["search_outcome"] = outcome
     outcome = ss.get("search_outcome") if outcome is None else outcome
