@@ -70,7 +70,8 @@ def _verify(best: dict[str, Any]) -> dict[str, Any]:
         return json.loads(out.read_text())
 
 
-def bench(model: str, runner_name: str, widths: tuple[int, ...], acts: tuple[int, ...], rounding: str) -> list[str]:
+def bench(model: str, runner_name: str, widths: tuple[int, ...], acts: tuple[int, ...], rounding: str,
+          narrow_scheme: str) -> list[str]:
     config = _config(model, rounding)
     explorer = Explorer(config.model, config.dataset)
     runner = make_runner(explorer, runner_name)
@@ -95,7 +96,8 @@ def bench(model: str, runner_name: str, widths: tuple[int, ...], acts: tuple[int
         lines.append(f"| {i} | {r.name} | {r.kind} | {r.parameters:,} | {only} | {spared} | {proxy} | {hint} |")
 
     start = time.perf_counter()
-    result = search(explorer, config, Target(max_drop=1.0), Candidates(widths, activation_bits=acts), runner=runner)
+    result = search(explorer, config, Target(max_drop=1.0), Candidates(widths, activation_bits=acts, narrow_scheme=narrow_scheme),
+                    runner=runner)
     search_s = time.perf_counter() - start
     start = time.perf_counter()
     cli = _verify(result.best.config)
@@ -105,7 +107,7 @@ def bench(model: str, runner_name: str, widths: tuple[int, ...], acts: tuple[int
     share = result.best.weight_bytes / result.int8_weight_bytes
     total = sens_s + search_s + verify_s
     lines += ["", f"Search to top-1 drop <= 1 point, widths {','.join(map(str, widths))}, activations "
-              f"{','.join(map(str, acts))}, rounding {rounding}: {len(result.points)} evaluations in "
+              f"{','.join(map(str, acts))}, rounding {rounding}, narrow widths {narrow_scheme}: {len(result.points)} evaluations in "
               f"{search_s:.0f} s; {result.message}.", "",
               f"Verified by `python -m ptq_core run` in a fresh process ({verify_s:.0f} s): top-1 {100 * m['quant_top1']:.2f}% "
               f"vs FP32 {100 * m['fp32_top1']:.2f}% = drop {drop:.2f} points ({'met' if drop <= 1.0 else 'NOT met'}); weights "
@@ -126,7 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits,efficientnet")
     parser.add_argument("--runner", default="serial", choices=["serial", "ray"])
-    parser.add_argument("--weight-bits", default="8,6,4")
+    parser.add_argument("--weight-bits", default="8,6,5,4")
+    parser.add_argument("--narrow-scheme", default="asymmetric", choices=["asymmetric", "symmetric", "keep"],
+                        help="scheme of the widths below 8 (asymmetric: onnxruntime; keep (symmetric): LiteRT/TFLite too)")
     parser.add_argument("--activation-bits", default="8,16", help="16: an activation point may stay in float")
     parser.add_argument("--rounding", default="gptq", choices=["gptq", "nearest"],
                         help="gptq: GPTQ from FP32 inputs (algorithms.gptq.inputs float) on every quantized layer")
@@ -142,7 +146,7 @@ def main() -> None:
     print(f"Machine: {cpu}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}\n")
     for model in models:
         acts = tuple(int(b) for b in args.activation_bits.split(","))
-        print("\n".join(bench(model, args.runner, widths, acts, args.rounding)) + "\n", flush=True)
+        print("\n".join(bench(model, args.runner, widths, acts, args.rounding, args.narrow_scheme)) + "\n", flush=True)
 
 
 if __name__ == "__main__":
