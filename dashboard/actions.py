@@ -3,7 +3,7 @@
 ``apply_config`` is the one path by which a config from outside the controls (an imported file,
 pasted JSON, a shared link, a workshop preset) reaches them: checked against its model first, then
 set on every control, or nothing changes. The one-click fixes (keep a layer in float, give it 8
-bits) are callbacks, so they run before the sidebar is drawn in the next run (Streamlit only lets a
+bits, round with GPTQ) are callbacks, so they run before the sidebar is drawn in the next run (Streamlit only lets a
 widget's value be set before that widget is drawn). Each says what it did in the next run's flash
 message.
 """
@@ -46,3 +46,10 @@ def give_8_bits(name: str, input_point: str | None) -> None:
     st.session_state["cfg_overrides"] = overrides
     state.flash("success", f"{name} now has 8-bit weights" + (f" and an 8-bit input ({input_point})" if input_point else "")
                 + "; the model was re-run.")
+
+
+def round_with_gptq(name: str) -> None:
+    """GPTQ rounding (``algorithms.rounding``): model-wide, as every algorithm is, so ``name`` is repaired with the rest."""
+    st.session_state["sb_alg_rounding"] = "gptq"
+    state.flash("success", f"GPTQ now rounds every quantized layer, {name} included (the algorithms apply to the whole "
+                           "model; the sidebar's Algorithms section has the others); the model was re-run.")

@@ -94,8 +94,9 @@ def sensitivity_section(config: QuantConfig, result: dict[str, Any]) -> None:
                      f"{said['agreement']} lost, only this layer (pts)", f"{said['agreement']} lost, all but this layer (pts)",
                      "proxy SQNR (dB)")})
     st.markdown("**Most sensitive layers**")
+    rounding = config.algorithms.rounding
     for r in rows[:NUM_ACTIONS]:
-        c1, c2, c3 = st.columns([4, 1, 1])
+        c1, c2, c3, c4 = st.columns([4, 1, 1, 1])
         why = "; ".join(r.get("hints", [])) or "no single obvious cause"
         c1.markdown(f"**{r['name']}** ({r['kind']}): {why}")
         c2.button("Keep in float", key=f"sens_float_{r['name']}", on_click=actions.keep_float, args=(r["name"],),
@@ -105,8 +106,14 @@ def sensitivity_section(config: QuantConfig, result: dict[str, Any]) -> None:
             point = layer["input_points"][0] if layer.get("input_bits") is not None else None
             c3.button("Give it 8 bits", key=f"sens_8bit_{r['name']}", on_click=actions.give_8_bits,
                       args=(r["name"], point), width="stretch")
-    st.caption("Rounding-aware algorithms (AdaRound, GPTQ) for a sensitive layer come with the INT4 work; for now, "
-               "more bits or float are the fixes.")
+            c4.button("Round with GPTQ", key=f"sens_gptq_{r['name']}", on_click=actions.round_with_gptq,
+                      args=(r["name"],), width="stretch", disabled=rounding != "nearest",
+                      help="GPTQ rounds each weight column and spreads its error over the columns not yet rounded: "
+                           "the fix for a layer that loses at a narrow width without more bits. It applies to every "
+                           "quantized layer (the algorithms are model-wide)." if rounding == "nearest" else
+                           f"Rounding is {labels.ROUNDING.get(rounding, rounding)} already (sidebar, Algorithms).")
+    st.caption("More bits or float spend bytes; GPTQ or AdaRound rounding (and bias correction, fine-tuning: the "
+               "sidebar's Algorithms section) repair a narrow layer without them.")
 
 
 def search_section(config: QuantConfig, result: dict[str, Any]) -> None:

@@ -30,6 +30,20 @@ def test_proxy_first_then_the_measured_rows(explorer: Explorer) -> None:
     assert not [b for b in again.button if b.key == "sens_measure"]
 
 
+def test_round_with_gptq_sets_the_model_wide_rounding() -> None:
+    at = open_page(new_app().run(), "sensitivity")
+    if any(b.key == "sens_measure" for b in at.button):  # not yet measured by this server
+        at.button(key="sens_measure").click().run()
+    button = next(b for b in at.button if b.key.startswith("sens_gptq_"))
+    assert not button.disabled
+    button.click().run()
+    assert not problems(at)
+    assert at.session_state["sb_alg_rounding"] == "gptq"
+    assert all(b.disabled for b in at.button if b.key.startswith("sens_gptq_"))  # already on: nothing more to do
+    open_page(at, "export")
+    assert QuantConfig.from_json(at.code[0].value).algorithms.rounding == "gptq"  # what the pages now evaluate
+
+
 def test_a_search_answer_lands_on_the_scatter_and_applies(explorer: Explorer) -> None:
     at = open_page(new_app().run(), "sensitivity")
     at.selectbox(key="search_kind").set_value("min_agreement")
@@ -67,6 +81,24 @@ def test_a_search_may_leave_activations_in_float(explorer: Explorer) -> None:
     applied = QuantConfig.from_json(at.code[0].value)
     assert applied == QuantConfig.from_dict(engine.best.config)
     assert applied.keep_float_activations  # the answer spares some (measured: the input, "x")
+
+
+def test_a_search_may_take_asymmetric_narrow_widths(explorer: Explorer) -> None:
+    at = open_page(new_app().run(), "sensitivity")
+    at.selectbox(key="search_kind").set_value("min_agreement")
+    at.number_input(key="search_value").set_value(99.5)
+    at.multiselect(key="search_bits").set_value([8, 4])
+    at.checkbox(key="search_asymmetric").check()
+    at.button(key="search_run").click().run()
+    assert not problems(at)
+    engine = search(explorer, state.default_config(), Target(min_agreement=99.5), Candidates((8, 4), narrow_scheme="asymmetric"))
+    assert [s.value for s in at.success] == [engine.message]
+    at.button(key="search_apply").click().run()
+    open_page(at, "export")
+    applied = QuantConfig.from_json(at.code[0].value)
+    assert applied == QuantConfig.from_dict(engine.best.config)
+    narrow = [ov.weights for ov in applied.overrides.values() if ov.weights.get("bits", 8) < 8]
+    assert narrow and all(w["scheme"] == "asymmetric" for w in narrow)
 
 
 def test_float_activations_are_not_offered_without_static_activations() -> None:
