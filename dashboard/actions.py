@@ -51,5 +51,4 @@ def give_8_bits(name: str, input_point: str | None) -> None:
 def round_with_gptq(name: str) -> None:
     """GPTQ rounding (``algorithms.rounding``): model-wide, as every algorithm is, so ``name`` is repaired with the rest."""
     st.session_state["sb_alg_rounding"] = "gptq"
-    state.flash("success", f"GPTQ now rounds every quantized layer, {name} included (the algorithms apply to the whole "
-                           "model; the sidebar's Algorithms section has the others); the model was re-run.")
+    state.flash("success", f"GPTQ now rounds every quantized layer, {name} included; the model was re-run.")

@@ -129,23 +129,24 @@ def search_section(config: QuantConfig, result: dict[str, Any]) -> None:
     ss.setdefault("search_float", False)
     ss.setdefault("search_float_acts", False)
     ss.setdefault("search_asymmetric", False)
-    c1, c2, c3, c4 = st.columns([2, 1, 2, 1], vertical_alignment="bottom")
+    c1, c2, c3 = st.columns([2, 1, 3], vertical_alignment="bottom")
     said = labels.words(result["metrics"])
     targets = EMBEDDING_TARGETS if labels.is_embedding(result["metrics"]) else TARGETS
     c1.selectbox("Target", list(targets), key="search_kind", format_func=targets.get)
     c2.number_input("Value", min_value=0.0, step=0.1, key="search_value", format="%.4g")
     c3.multiselect("Weight widths per layer", list(range(MAX_BITS, MIN_BITS - 1, -1)), key="search_bits",
                    format_func=labels.bits)
-    c4.checkbox("Layers may stay in float", key="search_float",
+    d1, d2, d3 = st.columns(3)
+    d1.checkbox("Layers may stay in float", key="search_float",
                 help="When even the widest width misses the target, keep the layers that help most in float.")
     static = config.activations is not None and config.activations.mode == "static"
-    c4.checkbox("Activations may stay in float", key="search_float_acts", disabled=not static,
+    d2.checkbox("Activations may stay in float", key="search_float_acts", disabled=not static,
                 help="Before narrowing any weight, leave in float the fewest activation points that recover most of "
                      "the accuracy: a float activation costs no weight byte (its readers run in float on an integer "
                      "runtime), and buys the room 4-bit layers need." if static else
                      "Only for static activation quantizers (this configuration has none to spare).")
     symmetric = config.weights is None or config.weights.scheme == "symmetric"
-    c4.checkbox("Asymmetric narrow widths", key="search_asymmetric", disabled=not symmetric,
+    d3.checkbox("Asymmetric narrow widths", key="search_asymmetric", disabled=not symmetric,
                 help="Widths below the configuration's take a zero point per channel: less damage at 4-5 bits "
                      "(onnxruntime runs them), but LiteRT/TFLite takes symmetric weights only." if symmetric else
                      "The configuration's weights are asymmetric already; narrower widths keep that.")
