@@ -5,7 +5,7 @@ widths per layer, the activation width and whether an activation point may stay 
 layer may stay in float), :func:`search` and what it returns (:class:`SearchResult`, :class:`Point`).
 Evaluations go through a :class:`ptq_core.fanout.Runner`.
 
-The method: greedy by measured damage per byte saved, then bisection with verification.
+The method: each layer's damage measured per width, a knapsack over it, then bisection with verification.
 
 1. **Base**: every Conv/Linear layer at the widest candidate width, every activation point at the
    candidate activation width (the config's other settings as they are).
@@ -27,8 +27,9 @@ The method: greedy by measured damage per byte saved, then bisection with verifi
    Its damage is the increase in output KL over the base, a smooth measure that ranks layers even where
    top-1 on a few hundred images moves by whole images; with it, the bytes the step saves.
 3. **Allocation, then bisection**: with damage taken as additive across layers, choosing one width
-   per layer is a multiple-choice knapsack, solved exactly by dynamic programming over bytes saved
-   (:func:`_allocations`): for every number of bytes saved, the widths with the least summed damage.
+   per layer is a multiple-choice knapsack, solved by dynamic programming over bytes saved, exact at a
+   resolution of 1/:data:`ALLOCATION_CELLS` of the all-INT8 bytes (:func:`_allocations`): for every
+   number of bytes saved, the widths with the least summed damage.
    These allocations, from least to most saved, are bisected for the one saving most that still meets
    the target, each candidate verified by an evaluation. Damage is not exactly additive and top-1 moves
    by whole images, so the next few allocations past the bisection point are then evaluated too
@@ -478,7 +479,7 @@ def _allocations(steps: dict[str, list[tuple[int, int, float]]], quantum: int) -
             for bits, step_saved, step_damage in options:
                 key = cell + step_saved // quantum
                 candidate = (damage + step_damage, saved + step_saved, (*chosen, (name, bits)))
-                if key not in grown or candidate[:1] < grown[key][:1]:
+                if key not in grown or candidate[0] < grown[key][0]:
                     grown[key] = candidate
         best = {}
         lowest = math.inf
