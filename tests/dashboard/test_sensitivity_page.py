@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from dashboard import state
 from ptq_core.config import QuantConfig
@@ -10,6 +11,19 @@ from ptq_core.pipeline import Explorer
 from ptq_core.search import Candidates, Target, search
 from ptq_core.sensitivity import sensitivity
 from tests.dashboard.helpers import chart_specs, new_app, open_page, problems
+
+
+def _searched(*checkboxes: str) -> AppTest:
+    """The Sensitivity page after a search to agreement >= 99.5% over widths 8 and 4, with ``checkboxes`` ticked."""
+    at = open_page(new_app().run(), "sensitivity")
+    at.selectbox(key="search_kind").set_value("min_agreement")
+    at.number_input(key="search_value").set_value(99.5)
+    at.multiselect(key="search_bits").set_value([8, 4])
+    for key in checkboxes:
+        at.checkbox(key=key).check()
+    at.button(key="search_run").click().run()
+    assert not problems(at)
+    return at
 
 
 def test_proxy_first_then_the_measured_rows(explorer: Explorer) -> None:
@@ -45,12 +59,7 @@ def test_round_with_gptq_sets_the_model_wide_rounding() -> None:
 
 
 def test_a_search_answer_lands_on_the_scatter_and_applies(explorer: Explorer) -> None:
-    at = open_page(new_app().run(), "sensitivity")
-    at.selectbox(key="search_kind").set_value("min_agreement")
-    at.number_input(key="search_value").set_value(99.5)
-    at.multiselect(key="search_bits").set_value([8, 4])
-    at.button(key="search_run").click().run()
-    assert not problems(at)
+    at = _searched()
     engine = search(explorer, state.default_config(), Target(min_agreement=99.5), Candidates((8, 4)))
     assert [s.value for s in at.success] == [engine.message]
     assert len(at.session_state["history"]) >= len(engine.points)  # every evaluated point is restorable
@@ -63,13 +72,7 @@ def test_a_search_answer_lands_on_the_scatter_and_applies(explorer: Explorer) ->
 
 def test_a_search_may_leave_activations_in_float(explorer: Explorer) -> None:
     """The checkbox hands the config's activation width plus 16 (float) to the engine; the answer applies whole."""
-    at = open_page(new_app().run(), "sensitivity")
-    at.selectbox(key="search_kind").set_value("min_agreement")
-    at.number_input(key="search_value").set_value(99.5)
-    at.multiselect(key="search_bits").set_value([8, 4])
-    at.checkbox(key="search_float_acts").check()
-    at.button(key="search_run").click().run()
-    assert not problems(at)
+    at = _searched("search_float_acts")
     config = state.default_config()
     assert config.activations is not None
     engine = search(explorer, config, Target(min_agreement=99.5),
@@ -84,13 +87,7 @@ def test_a_search_may_leave_activations_in_float(explorer: Explorer) -> None:
 
 
 def test_a_search_may_take_asymmetric_narrow_widths(explorer: Explorer) -> None:
-    at = open_page(new_app().run(), "sensitivity")
-    at.selectbox(key="search_kind").set_value("min_agreement")
-    at.number_input(key="search_value").set_value(99.5)
-    at.multiselect(key="search_bits").set_value([8, 4])
-    at.checkbox(key="search_asymmetric").check()
-    at.button(key="search_run").click().run()
-    assert not problems(at)
+    at = _searched("search_asymmetric")
     engine = search(explorer, state.default_config(), Target(min_agreement=99.5), Candidates((8, 4), narrow_scheme="asymmetric"))
     assert [s.value for s in at.success] == [engine.message]
     at.button(key="search_apply").click().run()
