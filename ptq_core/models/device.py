@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import torch
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten
 
 from ptq_core.errors import ConfigError
 
@@ -71,9 +71,11 @@ def takes_channels_last(module: torch.nn.Module, example: torch.Tensor) -> bool:
             plain, other = module(example), module(fast)
     except Exception:  # noqa: BLE001 - any failure means: keep the layout the model was written for
         return False
-    leaves = tree_leaves((plain, other))
-    half = len(leaves) // 2
-    for a, b in zip(leaves[:half], leaves[half:], strict=True):
+    plain_leaves, plain_spec = tree_flatten(plain)
+    other_leaves, other_spec = tree_flatten(other)
+    if plain_spec != other_spec:  # outputs of another structure
+        return False
+    for a, b in zip(plain_leaves, other_leaves, strict=True):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or a != b:
                 return False

@@ -132,3 +132,18 @@ def test_a_model_that_cannot_take_channels_last_keeps_its_layout_and_still_calib
     assert all(s.count > 0 for s in stats.points.values())
     x = torch.randn(2, 3, 6, 6)
     assert prepared.layout(x).is_contiguous(memory_format=torch.channels_last) is (not view)
+
+
+class _LayoutDependent(torch.nn.Module):
+    """Returns one tensor from a contiguous batch and a pair from a channels-last one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return x * 2 if x.is_contiguous() else (x * 2, x)
+
+
+def test_outputs_of_another_structure_mean_the_model_keeps_its_layout() -> None:
+    from ptq_core.models.device import takes_channels_last
+
+    x = torch.randn(2, 3, 4, 4)
+    assert not takes_channels_last(_LayoutDependent(), x)
+    assert takes_channels_last(torch.nn.Conv2d(3, 2, 3), x)
