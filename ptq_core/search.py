@@ -82,7 +82,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import MAX_BITS, MIN_BITS, SCHEMES, WEIGHT_CLIPPING, LayerOverride, QuantConfig, WeightQuant
+from .config import MAX_BITS, MIN_BITS, SCHEMES, WEIGHT_CLIPPING, LayerOverride, QuantConfig
 from .errors import ConfigError
 from .fanout import Runner, SerialRunner
 from .progress import ProgressFn
@@ -300,8 +300,11 @@ def search(
         w = prepared.weight(unit)
         if bits == FLOAT:
             return 4 * w.numel()
-        own = config.weight_quant_for(unit.name) or config.weights
-        return weight_bytes(w, bits, _narrow_quant(own, bits, candidates), int(w.shape[0]))
+        # the layer's quantization in the config the search evaluates at this width (narrow clipping and scheme too)
+        quant = _with_bits(config, {unit.name: bits}, candidates.narrow_clipping, (),
+                           candidates.narrow_scheme).weight_quant_for(unit.name)
+        assert quant is not None and quant.bits == bits
+        return weight_bytes(w, bits, quant, int(w.shape[0]))
 
     table = {u.name: {b: layer_bytes(u, b) for b in [*widths_desc, 8, FLOAT]} for u in layers}
     int8_bytes = sum(t[8] for t in table.values())
@@ -442,13 +445,6 @@ def search(
         target=dataclasses.asdict(target), met=bool(meeting), message=message, best=best, int8_weight_bytes=int8_bytes,
         fp32_top1=fp32_top1, points=points, runner=runner.name, seconds=time.perf_counter() - start,
     )
-
-
-def _narrow_quant(own: WeightQuant, bits: int, candidates: Candidates) -> WeightQuant:
-    """The weight quantization a layer whose own is ``own`` takes at ``bits`` in the search (for its bytes)."""
-    if bits < own.bits and candidates.narrow_scheme != "keep":
-        return dataclasses.replace(own, scheme=candidates.narrow_scheme)
-    return own
 
 
 def _largest_layers(names: Sequence[str], nbytes: dict[str, int], share: float) -> list[str]:
